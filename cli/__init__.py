@@ -1,0 +1,1 @@
+"""The escapestat command line: parses arguments, calls the library, prints."""

@@ -1,0 +1,3 @@
+"""Importing this module registers every command on the app."""
+
+from . import arrhenius_cmd, fit_cmd  # noqa: F401
