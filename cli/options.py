@@ -1,0 +1,24 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+TableArg = Annotated[
+    Path, typer.Argument(help="Escape-record table (.csv, .tsv or .parquet).", show_default=False)
+]
+DurationCol = Annotated[str, typer.Option("--duration-col", help="Column with escape times (> 0).")]
+EventCol = Annotated[
+    str, typer.Option("--event-col", help="Column with 1 = escaped, 0 = censored at the budget.")
+]
+JsonOut = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
+]
+PlotPath = Annotated[
+    Path | None, typer.Option("--plot", help="Write a figure to this PNG/PDF/SVG file.")
+]
+Unit = Annotated[str, typer.Option("--unit", help="Unit of the durations, for labels.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the bootstraps.")]

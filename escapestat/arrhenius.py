@@ -1,0 +1,196 @@
+"""Arrhenius law k(T) = k₀ exp(−ΔE / T) fitted to censored escape times.
+
+The censored exponential likelihood of a condition depends on its data only through
+D (escapes) and E (exposure, Σ t over all replicas), so a Poisson GLM of D on −1/T with
+offset log E is the exact maximum-likelihood fit across temperatures, zero-escape
+temperatures included: log k = log k₀ + ΔE · (−1/T). When the Pearson dispersion
+χ²/df exceeds 1 the standard errors use the quasi-Poisson scale (and say so). A
+lifelines Weibull AFT model on 1/T is fitted beside it as a cross-check that does not
+assume a constant hazard.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import EscapestatError
+from .records import Columns
+from .survival import LEVEL, poisson_rate_ci
+
+
+@dataclass
+class ArrheniusFit:
+    """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check)."""
+
+    barrier: float
+    barrier_ci: tuple[float, float]
+    log_prefactor: float
+    log_prefactor_ci: tuple[float, float]
+    dispersion: float | None
+    method: str
+    temperatures: list[float]
+    rates: list[float]
+    rates_ci: list[tuple[float, float]]
+    events: list[int]
+    exposure: list[float]
+    n: list[int]
+    weibull_aft: dict = field(default_factory=dict)
+    covariance: list[list[float]] = field(default_factory=list)
+
+    def rate(self, temperature) -> np.ndarray:
+        """k(T) = exp(log_prefactor − barrier / T)."""
+        return np.exp(self.log_prefactor - self.barrier / np.asarray(temperature, dtype=float))
+
+    def log_rate_band(self, temperature, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise CI of log k(T) from the parameter covariance (for plots)."""
+        x = np.column_stack([np.ones_like(np.atleast_1d(temperature)), -1.0 / np.atleast_1d(
+            np.asarray(temperature, dtype=float))])
+        cov = np.asarray(self.covariance)
+        se = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
+        mean = x @ np.array([self.log_prefactor, self.barrier])
+        z = stats.norm.ppf(0.5 + level / 2)
+        return mean - z * se, mean + z * se
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("covariance")
+        return out
+
+
+def aggregate(df: pd.DataFrame, columns: Columns) -> pd.DataFrame:
+    """Per temperature: replicas n, escapes D and exposure E = Σ durations (censored included)."""
+    if columns.temperature is None:
+        raise EscapestatError("no temperature column given")
+    grouped = df.groupby(columns.temperature, sort=True)
+    table = pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "events": grouped[columns.event].sum().astype(int),
+            "exposure": grouped[columns.duration].sum().astype(float),
+        }
+    )
+    table.index.name = "temperature"
+    return table.reset_index()
+
+
+def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> dict:
+    """Cross-check: lifelines WeibullAFTFitter with log λ = a + b/T, so b is the barrier."""
+    from lifelines import WeibullAFTFitter
+
+    data = pd.DataFrame(
+        {
+            "duration": df[columns.duration].to_numpy(dtype=float),
+            "event": df[columns.event].to_numpy(dtype=int),
+            "inv_temperature": 1.0 / df[columns.temperature].to_numpy(dtype=float),
+        }
+    )
+    # Scale the covariate so the optimiser sees O(1) numbers; undo it on the coefficient.
+    scale = float(np.median(data["inv_temperature"]))
+    data["inv_temperature"] /= scale
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aft = WeibullAFTFitter(alpha=1 - level).fit(data, "duration", "event")
+        coef = float(aft.params_[("lambda_", "inv_temperature")]) / scale
+        se = float(aft.standard_errors_[("lambda_", "inv_temperature")]) / scale
+        shape = float(np.exp(aft.params_[("rho_", "Intercept")]))
+    except Exception as exc:  # lifelines raises several types when the fit cannot converge
+        return {"barrier": None, "barrier_ci": None, "shape": None, "note": str(exc)[:120]}
+    z = stats.norm.ppf(0.5 + level / 2)
+    return {"barrier": coef, "barrier_ci": (coef - z * se, coef + z * se), "shape": shape}
+
+
+def fit_arrhenius(
+    df: pd.DataFrame,
+    columns: Columns,
+    level: float = LEVEL,
+    crosscheck: bool = True,
+) -> ArrheniusFit:
+    """Fit log k = log k₀ − ΔE/T by Poisson GLM with offset log(exposure).
+
+    Raises ``EscapestatError`` with fewer than two temperatures, no escapes at all, or
+    escapes at only one temperature (then the barrier is not identified).
+    """
+    import statsmodels.api as sm
+
+    agg = aggregate(df, columns)
+    if len(agg) < 2:
+        raise EscapestatError(
+            f"need at least two temperatures for an Arrhenius fit; column "
+            f"{columns.temperature!r} has {len(agg)} distinct value(s)"
+        )
+    if agg["events"].sum() == 0:
+        bounds = ", ".join(
+            f"T={t:g}: k<{poisson_rate_ci(0, e, level)[1]:.3g}"
+            for t, e in zip(agg["temperature"], agg["exposure"], strict=True)
+        )
+        raise EscapestatError(f"no escapes at any temperature; rate upper bounds only ({bounds})")
+    if (agg["events"] > 0).sum() < 2:
+        raise EscapestatError(
+            "escapes at only one temperature: the barrier is not identified "
+            "(run longer or hotter so that at least two temperatures see escapes)"
+        )
+    temps = agg["temperature"].to_numpy(dtype=float)
+    events = agg["events"].to_numpy(dtype=float)
+    exposure = agg["exposure"].to_numpy(dtype=float)
+    design = np.column_stack([np.ones_like(temps), -1.0 / temps])
+    # Centre the covariate for a well-conditioned fit; map back to (log k₀, ΔE) after.
+    centre = float(np.mean(design[:, 1]))
+    spread = float(np.std(design[:, 1])) or 1.0
+    scaled = np.column_stack([np.ones_like(temps), (design[:, 1] - centre) / spread])
+    model = sm.GLM(events, scaled, family=sm.families.Poisson(), offset=np.log(exposure))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = model.fit()
+    if not result.converged:
+        raise EscapestatError("the Poisson GLM did not converge")
+    df_resid = len(temps) - 2
+    dispersion = float(result.pearson_chi2 / df_resid) if df_resid > 0 else None
+    method = "poisson"
+    if dispersion is not None and dispersion > 1.0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = model.fit(scale="X2")
+        method = "quasi-poisson"
+    # Back-transform: β_raw = J β_scaled with log k₀ = b0 − b1·centre/spread, ΔE = b1/spread.
+    jac = np.array([[1.0, -centre / spread], [0.0, 1.0 / spread]])
+    params = jac @ np.asarray(result.params)
+    cov = jac @ np.asarray(result.cov_params()) @ jac.T
+    se = np.sqrt(np.diag(cov))
+    if method == "quasi-poisson":
+        q = stats.t.ppf(0.5 + level / 2, df_resid)
+    else:
+        q = stats.norm.ppf(0.5 + level / 2)
+    log_k0, barrier = (float(v) for v in params)
+    rate_ci = [poisson_rate_ci(int(d), e, level) for d, e in zip(events, exposure, strict=True)]
+    return ArrheniusFit(
+        barrier=barrier,
+        barrier_ci=(barrier - q * se[1], barrier + q * se[1]),
+        log_prefactor=log_k0,
+        log_prefactor_ci=(log_k0 - q * se[0], log_k0 + q * se[0]),
+        dispersion=dispersion,
+        method=method,
+        temperatures=temps.tolist(),
+        rates=(events / exposure).tolist(),
+        rates_ci=rate_ci,
+        events=events.astype(int).tolist(),
+        exposure=exposure.tolist(),
+        n=agg["n"].astype(int).tolist(),
+        weibull_aft=_weibull_aft(df, columns, level) if crosscheck else {},
+        covariance=cov.tolist(),
+    )
+
+
+def temperature_from_lr_batch(df: pd.DataFrame, lr_col: str, batch_col: str) -> pd.Series:
+    """SGD noise temperature T = lr / B (the design's reported T; the true T_eff has a factor C)."""
+    lr = pd.to_numeric(df[lr_col], errors="coerce")
+    batch = pd.to_numeric(df[batch_col], errors="coerce")
+    if lr.isna().any() or batch.isna().any() or (lr <= 0).any() or (batch <= 0).any():
+        raise EscapestatError(f"columns {lr_col!r} and {batch_col!r} must be positive numbers")
+    return lr / batch
+

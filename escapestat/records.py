@@ -1,0 +1,189 @@
+"""The escape-record table: one row per replica and condition, lifelines' convention.
+
+Columns: ``duration`` (> 0, steps unless the run says epochs), ``event`` (1 escaped,
+0 right-censored) and condition columns (``temperature``, ``lr``, ``batch_size``,
+``weight_decay``, ``noise``, ``seed``, ``replica``, ...). CSV and Parquet both read
+and write; every column name is an option so a user's own table works as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import EscapestatError
+
+DURATION = "duration"
+EVENT = "event"
+TEMPERATURE = "temperature"
+
+_PARQUET = {".parquet", ".pq"}
+_CSV = {".csv", ".txt"}
+_TSV = {".tsv"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a table hold the duration, the event flag, the group and T."""
+
+    duration: str = DURATION
+    event: str = EVENT
+    group: str | None = None
+    temperature: str | None = None
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _PARQUET:
+        return "parquet"
+    if suffix in _TSV:
+        return "tsv"
+    if suffix in _CSV:
+        return "csv"
+    raise EscapestatError(
+        f"{path}: unknown table format {suffix or '(no suffix)'!r}; use .csv, .tsv or .parquet"
+    )
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet table, turning every I/O or parse problem into one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise EscapestatError(f"{path}: no such file")
+    if path.is_dir():
+        raise EscapestatError(f"{path}: is a directory, expected a .csv or .parquet table")
+    fmt = _format(path)
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise EscapestatError(f"{path}: the table is empty") from None
+    except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EscapestatError(f"{path}: cannot read as {fmt}: {first}") from None
+    if df.shape[0] == 0:
+        raise EscapestatError(f"{path}: the table has a header but no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table atomically (temp file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    fmt = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _rows(mask: np.ndarray) -> str:
+    """Name the first few offending rows, counted from 1 as in a spreadsheet's data rows."""
+    idx = np.flatnonzero(mask)
+    shown = ", ".join(str(i + 1) for i in idx[:5])
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def _require(df: pd.DataFrame, col: str, what: str) -> None:
+    if col not in df.columns:
+        have = ", ".join(map(str, df.columns[:12]))
+        raise EscapestatError(
+            f"missing {what} column {col!r} (columns: {have}); name it with --{what}-col"
+        )
+
+
+def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
+    raw = df[col]
+    if raw.dtype == bool:
+        return raw.to_numpy(dtype=float)
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = np.isnan(values) & raw.notna().to_numpy()
+    if bad.any():
+        example = raw[bad].iloc[0]
+        raise EscapestatError(
+            f"column {col!r} is not numeric at {_rows(bad)} (e.g. {example!r})"
+        )
+    if np.isnan(values).any():
+        raise EscapestatError(f"column {col!r} has missing/NaN values at {_rows(np.isnan(values))}")
+    if np.isinf(values).any():
+        raise EscapestatError(f"column {col!r} has infinite values at {_rows(np.isinf(values))}")
+    return values
+
+
+def _events(df: pd.DataFrame, col: str) -> np.ndarray:
+    raw = df[col]
+    if raw.dtype == object:
+        lowered = raw.astype(str).str.strip().str.lower()
+        mapping = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+        if lowered.isin(mapping).all():
+            return lowered.map(mapping).to_numpy(dtype=int)
+    values = _numeric(df, col)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise EscapestatError(
+            f"column {col!r} must be 0 (censored) or 1 (escaped); got {values[bad][0]:g} at "
+            f"{_rows(bad)}"
+        )
+    return values.astype(int)
+
+
+def validate(df: pd.DataFrame, columns: Columns = Columns()) -> pd.DataFrame:
+    """Check a raw table and return a clean copy with float durations and int events.
+
+    Raises ``EscapestatError`` naming the column and rows for: a missing column,
+    non-numeric, NaN or infinite values, zero or negative durations, events not 0/1,
+    and an empty table.
+    """
+    if df.shape[0] == 0:
+        raise EscapestatError("the table has no rows")
+    _require(df, columns.duration, "duration")
+    _require(df, columns.event, "event")
+    if columns.group is not None:
+        _require(df, columns.group, "group")
+    if columns.temperature is not None:
+        _require(df, columns.temperature, "temperature")
+    out = df.copy()
+    durations = _numeric(df, columns.duration)
+    nonpos = durations <= 0
+    if nonpos.any():
+        raise EscapestatError(
+            f"column {columns.duration!r} must be > 0; got {durations[nonpos][0]:g} at "
+            f"{_rows(nonpos)}"
+        )
+    out[columns.duration] = durations
+    out[columns.event] = _events(df, columns.event)
+    if columns.group is not None and df[columns.group].isna().any():
+        raise EscapestatError(
+            f"group column {columns.group!r} has missing values at "
+            f"{_rows(df[columns.group].isna().to_numpy())}"
+        )
+    if columns.temperature is not None:
+        temps = _numeric(df, columns.temperature)
+        if (temps <= 0).any():
+            raise EscapestatError(
+                f"column {columns.temperature!r} must be > 0 at {_rows(temps <= 0)}"
+            )
+        out[columns.temperature] = temps
+    return out
+
+
+def load(path: str | os.PathLike, columns: Columns = Columns()) -> pd.DataFrame:
+    """Read and validate an escape-record table in one call."""
+    return validate(read_table(path), columns)
