@@ -152,15 +152,15 @@ def fit_arrhenius(
     df_resid = len(temps) - 2
     dispersion = float(result.pearson_chi2 / df_resid) if df_resid > 0 else None
     method = "poisson"
+    cov_scaled = np.asarray(result.cov_params())
     if dispersion is not None and dispersion > 1.0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = model.fit(scale="X2")
+        # Quasi-Poisson: same estimates, covariance scaled by the Pearson dispersion.
+        cov_scaled = cov_scaled * dispersion
         method = "quasi-poisson"
     # Back-transform: β_raw = J β_scaled with log k₀ = b0 − b1·centre/spread, ΔE = b1/spread.
     jac = np.array([[1.0, -centre / spread], [0.0, 1.0 / spread]])
     params = jac @ np.asarray(result.params)
-    cov = jac @ np.asarray(result.cov_params()) @ jac.T
+    cov = jac @ cov_scaled @ jac.T
     se = np.sqrt(np.diag(cov))
     if method == "quasi-poisson":
         q = stats.t.ppf(0.5 + level / 2, df_resid)

@@ -1,0 +1,32 @@
+"""Shared fixtures: a CLI runner with the commands registered, and small tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import escapestat_cli.commands  # noqa: F401  (registers the commands)
+from escapestat.synthetic import arrhenius_table
+from escapestat_cli.app import app
+
+
+@pytest.fixture
+def cli():
+    """Invoke the CLI in-process; returns (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(a) for a in args])
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+@pytest.fixture
+def ladder_csv(tmp_path):
+    """A censored Arrhenius ladder with barrier 0.03 and tau0 = 120 steps, as CSV."""
+    df = arrhenius_table(0.03, -np.log(120), [0.03 / 3, 0.03 / 4, 0.03 / 6], 96, 4e4, seed=3)
+    path = tmp_path / "escapes.csv"
+    df.to_csv(path, index=False)
+    return path
