@@ -1,0 +1,143 @@
+"""`escapestat run`: batched trap-and-escape trials from a study file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from escapestat.report import run_summary
+from escapestat.study import load_study
+from escapestat.trials import ESCAPES, REPLICAS, run_study
+
+from .app import app
+from .common import domain_errors, err_console, out_console, print_json
+from .options import JsonOut
+
+
+class _Bar:
+    """Renders the engine's progress events as a rich bar on stderr."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task = progress, None
+
+    def __call__(self, info: dict) -> None:
+        if info.get("start"):
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(
+                f"chunk {info['chunk'] + 1}/{info['chunks']} ({info['replicas']} replicas)",
+                total=info["max_steps"], trapped="",
+            )
+            return
+        if self.task is not None:
+            self.progress.update(self.task, completed=info["step"],
+                                 trapped=f"{info['active']} still trapped")
+
+
+def _fmt(x, digits: int = 3) -> str:
+    """Short numbers for narrow terminals: whole steps below 10⁶, else 3 significant digits."""
+    if x is None or x != x:
+        return "—"
+    if x == float("inf"):
+        return "∞"
+    return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
+
+
+def _print_summary(summary: dict, theory: dict[float, float | None]) -> None:
+    rows = summary["conditions"]
+    constant = {key: {r[key] for r in rows} for key in ("weight_decay", "lr", "batch_size")}
+    shown = [key for key, values in constant.items() if len(values) > 1]
+    fixed = [f"{name} = {_fmt(next(iter(constant[key])), 4)}"
+             for key, name in (("weight_decay", "β"), ("lr", "lr"), ("batch_size", "B"))
+             if key not in shown and next(iter(constant[key])) is not None]
+    table = Table(title="Escape times per condition (steps; exact 95% CIs)",
+                  caption=", ".join(fixed) + "; τ = exposure / escapes; "
+                  "excluded: none" if not any(c["diverged"] + c["untrapped"] for c in rows)
+                  else ", ".join(fixed) + "; τ = exposure / escapes")
+    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B"}
+    excluded = any(c["diverged"] + c["untrapped"] for c in rows)
+    for name in [names[k] for k in shown] + ["T", "ΔE/T", "n", "escaped", "τ", "τ CI",
+                                             "median", "Weibull k (CI)"] + (
+                                                 ["excluded"] if excluded else []):
+        table.add_column(name, justify="right")
+    for c in rows:
+        lo, hi = c.get("rate_ci", (None, None))
+        barrier = theory.get(c["weight_decay"])
+        k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
+        table.add_row(
+            *[_fmt(c[k], 4) for k in shown],
+            _fmt(c["temperature"]), _fmt(barrier / c["temperature"] if barrier else None),
+            str(c["n"]), str(c["events"]),
+            _fmt(1 / c["rate"] if c.get("rate") else None),
+            f"{_fmt(1 / hi if hi else None)}–{_fmt(1 / lo if lo else float('inf'))}",
+            _fmt(c.get("median")),
+            "—" if k_lo is None else f"{c['weibull_shape']:.2f} ({k_lo:.2f}–{k_hi:.2f})",
+            *([f"{c['diverged']} div., {c['untrapped']} untr."] if excluded else []),
+        )
+    out_console.print(table)
+    for f in summary["arrhenius"]:
+        head = f"β = {f['weight_decay']:.4g}: "
+        if "error" in f:
+            out_console.print(head + f"no Arrhenius fit — {f['error']}")
+            continue
+        lo, hi = f["barrier_ci"]
+        line = f"{head}barrier {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}] ({f['method']})"
+        if f.get("theory_barrier"):
+            rlo, rhi = f["ratio_ci"]
+            line += (f"; theory {f['theory_barrier']:.4g}; fitted/theory {f['ratio']:.3f} "
+                     f"[{rlo:.3f}, {rhi:.3f}]")
+        out_console.print(line)
+
+
+@app.command("run")
+@domain_errors
+def run(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/NAME).")]
+    = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+    = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")]
+    = False,
+    replicas: Annotated[int | None, typer.Option("--replicas", min=1,
+                        help="Override [run] replicas (per condition).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
+                         help="Override [run] max_steps (the censoring budget).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override [run] seed.")] = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Trap replicas in a metastable state, train them with noise, record escape times.
+
+    Writes DIR/escapes.csv (the survival table: escaped and right-censored replicas),
+    DIR/replicas.csv (every replica with its status, diverged and untrapped included),
+    DIR/run.json (config hash, seeds, versions, device, units) and DIR/study.toml, then
+    prints per-condition rates and the Arrhenius barrier against theory. A killed run
+    continues with --resume, redoing nothing that finished.
+
+    Example: escapestat run studies/quickstart.toml --out runs/quickstart
+    """
+    study = load_study(study_file).with_overrides(
+        replicas=replicas, max_steps=max_steps, seed=seed
+    )
+    out_dir = out if out is not None else Path("runs") / study.name
+    text = study_file.read_text(encoding="utf-8")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("steps · {task.fields[trapped]}"), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    ) as bar:
+        result = run_study(study, out_dir, device=device, resume=resume, study_text=text,
+                           progress=_Bar(bar))
+    summary = run_summary(result.replicas)
+    counts = result.replicas["status"].value_counts().to_dict()
+    if json_out:
+        print_json({"out": str(out_dir), "counts": counts, **summary})
+        return
+    err_console.print(f"wrote {out_dir / ESCAPES} and {out_dir / REPLICAS} "
+                      f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
+    theory = {f["weight_decay"]: f.get("theory_barrier") for f in summary["arrhenius"]}
+    _print_summary(summary, theory)

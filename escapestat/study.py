@@ -1,0 +1,367 @@
+"""Study files (TOML): the schema of a trap-and-escape experiment, loaded and validated.
+
+Every key is checked; an unknown or ill-typed key is one error line that names it
+(with a suggestion for a typo). A study expands into *conditions* — one per
+(β, lr, batch size, temperature) of its ladder — that the trial engine runs as
+replicas of one batched model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EscapestatError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Deep linear student f(x) = W_L···W_1 x on a teacher A = U diag(strengths) Vᵀ."""
+
+    depth: int = 3
+    strengths: tuple[float, ...] = (1.5, 1.25, 1.0)
+    hidden: tuple[int, ...] | None = None  # hidden widths; default: one unit per mode
+    trapped_mode: int | None = None  # index into strengths; default: the weakest mode
+    d_in: int | None = None  # input dimension; default: number of modes
+    d_out: int | None = None
+    rotate: bool = False  # random singular vectors instead of the coordinate axes
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data term's moments come from.
+
+    ``population``: the exact population loss ½‖A − P‖² (whitened inputs, no sampling);
+    ``fixed``: a training set of ``n_train`` samples per replica, minibatches drawn
+    without replacement each epoch, and a held-out test set; ``fresh``: new samples every step.
+    """
+
+    kind: str = "population"
+    n_train: int = 512
+    n_test: int = 512
+    label_noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How replicas are put into the trap.
+
+    ``aligned``: the structured trapped start — learned modes at their fixed point at
+    β_run, the trapped mode at zero, plus N(0, noise²) on every weight. ``trained``: the
+    paper's protocol — random init of scale ``scale``, ``trap_steps`` of full-batch
+    gradient descent at ``beta_trap`` with ``trap_lr``; replicas whose trapped mode is
+    not below the fall-back level at the switch are reported as untrapped and excluded.
+    """
+
+    kind: str = "aligned"
+    noise: float = 1e-3
+    scale: float = 1.0
+    beta_trap: float | None = None
+    trap_steps: int = 3000
+    trap_lr: float = 0.05
+
+
+@dataclass(frozen=True)
+class DynamicsSpec:
+    """The noise model and the ladder of conditions (their Cartesian product is run).
+
+    Langevin: gradient step plus √(2·lr·T) Gaussian noise, exact temperature T, given as
+    ``temperature`` or as ``barrier_over_temperature`` (T = ΔE(β)/x). SGD: minibatch
+    noise, reported temperature T = lr / batch_size. β is ``beta`` or ``beta_over_beta_c``.
+    """
+
+    noise: str = "langevin"
+    lr: tuple[float, ...] = (0.25,)
+    batch_size: tuple[int, ...] = ()
+    temperature: tuple[float, ...] = ()
+    barrier_over_temperature: tuple[float, ...] = ()
+    beta: tuple[float, ...] = ()
+    beta_over_beta_c: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class EscapeSpec:
+    """Escape = the order parameter crosses ``threshold`` and does not fall back below
+    ``fallback`` within ``commit_steps``.
+
+    ``mode``: the trapped mode's end-to-end strength as a fraction of its learned value;
+    ``test_error``: the fraction of the way test error has fallen from the trapped plateau
+    to the learned state's level (threshold 0.5 is the midpoint).
+    """
+
+    order_parameter: str = "mode"
+    threshold: float = 0.5
+    fallback: float = 0.25
+    commit_steps: int = 200
+    check_every: int = 10
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Replicas per condition, the step budget (right-censoring), seeds and numerics."""
+
+    replicas: int = 256
+    max_steps: int = 40_000
+    seed: int = 0
+    chunk_replicas: int = 4096
+    dtype: str = "float32"
+    divergence_limit: float = 1e4
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str = "study"
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    init: InitSpec = field(default_factory=InitSpec)
+    dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
+    escape: EscapeSpec = field(default_factory=EscapeSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+    @property
+    def trapped_mode(self) -> int:
+        m = self.model
+        if m.trapped_mode is not None:
+            return m.trapped_mode
+        return min(range(len(m.strengths)), key=lambda k: m.strengths[k])
+
+    @property
+    def widths(self) -> list[int]:
+        """Layer widths [d_in, hidden..., d_out]."""
+        m = self.model
+        k = len(m.strengths)
+        hidden = list(m.hidden) if m.hidden is not None else [k] * (m.depth - 1)
+        return [m.d_in or k, *hidden, m.d_out or k]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """SHA-256 of everything that changes results (the description does not)."""
+        payload = self.as_dict()
+        payload.pop("description")
+        text = json.dumps(payload, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def with_overrides(self, **run_overrides) -> Study:
+        """A copy with some [run] values replaced (None means keep)."""
+        changes = {k: v for k, v in run_overrides.items() if v is not None}
+        if not changes:
+            return self
+        study = dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+        _check_semantics(study, "command line")
+        return study
+
+
+_SECTIONS = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "init": InitSpec,
+    "dynamics": DynamicsSpec,
+    "escape": EscapeSpec,
+    "run": RunSpec,
+}
+_TOP = {"name", "description", *_SECTIONS}
+
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value, hint, where: str):
+    """Convert a TOML value to the annotated type, or raise naming the key."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _convert(value, inner, where)
+    if origin is tuple:
+        items = value if isinstance(value, list) else [value]
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise EscapestatError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise EscapestatError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EscapestatError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise EscapestatError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r}")  # a bug in the schema, not user input
+
+
+def _section(cls, raw, name: str, source: str):
+    if not isinstance(raw, dict):
+        raise EscapestatError(f"{source}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise EscapestatError(
+                f"{source}: unknown key {key!r} in [{name}]{_suggest(key, allowed)}"
+            )
+        values[key] = _convert(value, hints[key], f"{source}: [{name}] {key}")
+    return cls(**values)
+
+
+def _check_semantics(study: Study, source: str) -> None:
+    """Range and consistency checks, each naming the offending key."""
+
+    def bad(key: str, why: str):
+        raise EscapestatError(f"{source}: {key} {why}")
+
+    m, d, i, y, e, r = (study.model, study.data, study.init, study.dynamics, study.escape,
+                        study.run)
+    if m.depth < 2:
+        bad("[model] depth", f"must be at least 2, got {m.depth}")
+    if not m.strengths or any(s <= 0 for s in m.strengths):
+        bad("[model] strengths", "must be a non-empty list of positive numbers")
+    k = len(m.strengths)
+    if m.trapped_mode is not None and not 0 <= m.trapped_mode < k:
+        bad("[model] trapped_mode", f"must be an index in 0..{k - 1}")
+    if m.hidden is not None and (len(m.hidden) != m.depth - 1 or min(m.hidden) < k):
+        bad("[model] hidden", f"must list {m.depth - 1} widths, each at least {k} (the modes)")
+    for key in ("d_in", "d_out"):
+        if getattr(m, key) is not None and getattr(m, key) < k:
+            bad(f"[model] {key}", f"must be at least the number of modes ({k})")
+    if d.kind not in ("population", "fixed", "fresh"):
+        bad("[data] kind", f"must be 'population', 'fixed' or 'fresh', got {d.kind!r}")
+    if d.n_train < 1 or d.n_test < 1 or d.label_noise < 0:
+        bad("[data]", "n_train and n_test must be ≥ 1 and label_noise ≥ 0")
+    if i.kind not in ("aligned", "trained"):
+        bad("[init] kind", f"must be 'aligned' or 'trained', got {i.kind!r}")
+    if i.kind == "trained" and (i.beta_trap is None or i.beta_trap <= 0):
+        bad("[init] beta_trap", "is required (> 0) when [init] kind = 'trained'")
+    if i.noise < 0 or i.scale <= 0 or i.trap_steps < 0 or i.trap_lr <= 0:
+        bad("[init]", "noise ≥ 0, scale > 0, trap_steps ≥ 0 and trap_lr > 0 are required")
+    if y.noise not in ("langevin", "sgd"):
+        bad("[dynamics] noise", f"must be 'langevin' or 'sgd', got {y.noise!r}")
+    if not y.lr or any(v <= 0 for v in y.lr):
+        bad("[dynamics] lr", "must be positive")
+    if bool(y.beta) == bool(y.beta_over_beta_c):
+        bad("[dynamics]", "needs exactly one of beta or beta_over_beta_c")
+    if any(v < 0 for v in y.beta + y.beta_over_beta_c):
+        bad("[dynamics] beta", "must be ≥ 0")
+    if y.noise == "langevin":
+        if bool(y.temperature) == bool(y.barrier_over_temperature):
+            bad("[dynamics]", "langevin needs exactly one of temperature or "
+                "barrier_over_temperature")
+        if any(v <= 0 for v in y.temperature + y.barrier_over_temperature):
+            bad("[dynamics] temperature", "must be positive")
+        if y.batch_size:
+            bad("[dynamics] batch_size", "is for noise = 'sgd'; Langevin uses the full data")
+    else:
+        if not y.batch_size or any(b < 1 for b in y.batch_size):
+            bad("[dynamics] batch_size", "must list batch sizes ≥ 1 for noise = 'sgd'")
+        if y.temperature or y.barrier_over_temperature:
+            bad("[dynamics] temperature", "is set by lr / batch_size for noise = 'sgd'")
+        if d.kind == "population":
+            bad("[data] kind", "must be 'fixed' or 'fresh' for SGD (minibatches need samples)")
+        if d.kind == "fixed" and max(y.batch_size) > d.n_train:
+            bad("[dynamics] batch_size", f"cannot exceed [data] n_train = {d.n_train}")
+    if e.order_parameter not in ("mode", "test_error"):
+        bad("[escape] order_parameter", f"must be 'mode' or 'test_error', got "
+            f"{e.order_parameter!r}")
+    if not 0 < e.fallback < e.threshold:
+        bad("[escape] fallback", "must be between 0 and threshold")
+    if e.check_every < 1 or e.commit_steps < 0:
+        bad("[escape] check_every", "must be ≥ 1 (and commit_steps ≥ 0)")
+    if r.replicas < 1 or r.max_steps < 1 or r.chunk_replicas < 1:
+        bad("[run]", "replicas, max_steps and chunk_replicas must be ≥ 1")
+    if r.dtype not in ("float32", "float64"):
+        bad("[run] dtype", f"must be 'float32' or 'float64', got {r.dtype!r}")
+
+
+def parse_study(text: str, source: str = "study") -> Study:
+    """Parse and validate TOML text; errors name the file and the offending key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EscapestatError(f"{source}: not valid TOML: {exc}") from None
+    for key in raw:
+        if key not in _TOP:
+            raise EscapestatError(f"{source}: unknown top-level key {key!r}{_suggest(key, _TOP)}")
+    kwargs = {}
+    for key in ("name", "description"):
+        if key in raw:
+            kwargs[key] = _convert(raw[key], str, f"{source}: {key}")
+    for name, cls in _SECTIONS.items():
+        if name in raw:
+            kwargs[name] = _section(cls, raw[name], name, source)
+    study = Study(**kwargs)
+    _check_semantics(study, source)
+    return study
+
+
+def load_study(path: str | Path) -> Study:
+    """Read a study file from disk."""
+    path = Path(path)
+    if not path.is_file():
+        raise EscapestatError(f"{path}: no such study file")
+    return parse_study(path.read_text(encoding="utf-8"), source=str(path))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One point of the ladder: what a block of replicas is run at."""
+
+    beta: float
+    lr: float
+    temperature: float
+    batch_size: int | None  # None for Langevin (full data)
+    barrier: float | None  # theory barrier ΔE(β) out of the trapped mode's zero state
+
+
+def conditions(study: Study) -> list[Condition]:
+    """Expand the study's ladder into conditions (Cartesian product, in file order)."""
+    from .theory import barrier, critical_beta
+
+    m, y = study.model, study.dynamics
+    s = m.strengths[study.trapped_mode]
+    betas = y.beta or tuple(f * critical_beta(m.depth, s) for f in y.beta_over_beta_c)
+    out = []
+    for beta in betas:
+        dE = barrier(m.depth, s, beta)
+        if y.noise == "langevin":
+            if y.temperature:
+                temps = y.temperature
+            elif dE is None or dE <= 0:
+                raise EscapestatError(
+                    f"[dynamics] barrier_over_temperature: at beta = {beta:.4g} the trapped "
+                    f"mode (strength {s:g}) has no barrier; give temperature instead"
+                )
+            else:
+                temps = tuple(dE / x for x in y.barrier_over_temperature)
+            for lr, t in itertools.product(y.lr, temps):
+                out.append(Condition(beta, lr, t, None, dE))
+        else:
+            for lr, b in itertools.product(y.lr, y.batch_size):
+                out.append(Condition(beta, lr, lr / b, b, dE))
+    return out

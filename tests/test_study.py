@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from escapestat.errors import EscapestatError
+from escapestat.study import load_study, parse_study
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_studies_load(path):
+    study = load_study(path)
+    assert study.name and study.run.replicas > 0
+
+
+def test_defaults_and_overrides():
+    study = parse_study('[dynamics]\nbeta = 0.3\ntemperature = [0.01, 0.02]\n')
+    assert study.widths == [3, 3, 3, 3] and study.trapped_mode == 2
+    changed = study.with_overrides(replicas=8, max_steps=None)
+    assert changed.run.replicas == 8 and changed.run.max_steps == study.run.max_steps
+    assert changed.config_hash() != study.config_hash()
+    described = parse_study('description = "x"\n[dynamics]\nbeta = 0.3\ntemperature = 0.01\n')
+    assert described.dynamics.temperature == (0.01,)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[dynamics]\ntemprature = [0.1]\n", "unknown key 'temprature' in [dynamics] "
+         "(did you mean 'temperature'?)"),
+        ("[modle]\ndepth = 3\n", "unknown top-level key 'modle' (did you mean 'model'?)"),
+        ("[model]\ndepth = 'three'\n", "[model] depth must be an integer"),
+        ("[model]\nstrengths = [1, -1]\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[model] strengths must be"),
+        ("[model]\ndepth = 1\n", "[model] depth must be at least 2"),
+        ("[dynamics]\ntemperature = 0.1\n", "needs exactly one of beta or beta_over_beta_c"),
+        ("[dynamics]\nbeta = 0.3\n", "exactly one of temperature or barrier_over_temperature"),
+        ("[dynamics]\nnoise = 'adam'\nbeta = 0.3\n", "[dynamics] noise must be 'langevin'"),
+        ("[dynamics]\nnoise = 'sgd'\nbeta = 0.3\nbatch_size = 64\n",
+         "must be 'fixed' or 'fresh' for SGD"),
+        ("[data]\nkind = 'fixed'\nn_train = 32\n[dynamics]\nnoise = 'sgd'\nbeta = 0.3\n"
+         "batch_size = 64\n", "cannot exceed [data] n_train = 32"),
+        ("[init]\nkind = 'trained'\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[init] beta_trap is required"),
+        ("[run]\ndtype = 'float16'\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[run] dtype must be"),
+        ("[escape]\nfallback = 0.7\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[escape] fallback must be between"),
+        ("[run\nreplicas = 3\n", "not valid TOML"),
+    ],
+)
+def test_bad_study_names_the_key(text, message):
+    with pytest.raises(EscapestatError) as info:
+        parse_study(text, source="s.toml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("s.toml")
+
+
+def test_missing_study_file(tmp_path):
+    with pytest.raises(EscapestatError, match="no such study file"):
+        load_study(tmp_path / "nope.toml")
