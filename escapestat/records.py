@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,23 +75,43 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a table atomically (temp file, then rename): a crash never leaves half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place.
+
+    Readers never see half a file and a crash leaves the old one intact; the file gets
+    the usual permissions (mkstemp's would be owner-only).
+    """
     path = Path(path)
-    fmt = _format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if fmt == "parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
+        os.chmod(tmp, 0o666 & ~_umask())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table atomically (CSV, TSV or Parquet by extension)."""
+    fmt = _format(Path(path))
+
+    def write(tmp: str) -> None:
+        if fmt == "parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, sep="\t" if fmt == "tsv" else ",")
+
+    return atomic_write(path, write)
 
 
 def _rows(mask: np.ndarray) -> str:

@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from . import ensemble as ens_mod
 from . import tasks
 from .errors import EscapestatError
-from .records import write_table
+from .records import atomic_write, write_table
 from .study import Condition, Study, conditions
 from .theory import stationary_points
 
@@ -293,10 +292,10 @@ def run_chunk(
 
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+
+    atomic_write(path, write)
 
 
 def _versions() -> dict:
