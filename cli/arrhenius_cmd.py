@@ -6,6 +6,7 @@ import math
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from escapestat import records
@@ -62,13 +63,14 @@ def arrhenius(
     df = records.read_table(table)
     if temperature_col not in df.columns and {lr_col, batch_col} <= set(df.columns):
         df[temperature_col] = temperature_from_lr_batch(df, lr_col, batch_col)
-        err_console.print(f"no {temperature_col!r} column: using T = {lr_col} / {batch_col}")
+        note = f"no {temperature_col!r} column: using T = {lr_col} / {batch_col}"
+        err_console.print(escape(note))
     columns = records.Columns(duration=duration_col, event=event_col, temperature=temperature_col)
     df = records.validate(df, columns)
     fit = fit_arrhenius(df, columns)
     if plot is not None:
         plot_arrhenius(fit, plot, theory_barrier=theory_barrier, unit=unit.rstrip("s"))
-        err_console.print(f"wrote {plot}")
+        err_console.print(f"wrote {escape(str(plot))}")
     payload = fit.as_dict()
     if theory_barrier is not None:
         payload["theory_barrier"] = theory_barrier

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from escapestat.errors import EscapestatError
 
@@ -40,7 +41,7 @@ def print_json(obj: Any) -> None:
 
 def fail(message: str) -> typer.Exit:
     """Print one clear error line on stderr and return the exit to raise (status 1)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 

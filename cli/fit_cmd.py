@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from escapestat import records, survival
@@ -83,7 +84,7 @@ def fit(
     summaries = survival.summarize(df, columns, n_bootstrap=bootstrap, seed=seed)
     if plot is not None:
         plot_survival(df, columns, plot, unit=unit)
-        err_console.print(f"wrote {plot}")
+        err_console.print(f"wrote {escape(str(plot))}")
     if json_out:
         print_json({"groups": [s.as_dict() for s in summaries]})
         return

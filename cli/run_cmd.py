@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -137,7 +138,7 @@ def run(
     if json_out:
         print_json({"out": str(out_dir), "counts": counts, **summary})
         return
-    err_console.print(f"wrote {out_dir / ESCAPES} and {out_dir / REPLICAS} "
-                      f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
+    tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    err_console.print(escape(f"wrote {out_dir / ESCAPES} and {out_dir / REPLICAS} ({tally})"))
     theory = {f["weight_decay"]: f.get("theory_barrier") for f in summary["arrhenius"]}
     _print_summary(summary, theory)

@@ -1,0 +1,88 @@
+"""`escapestat run` through the CLI: outputs, the summary, and one-line errors."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from test_trials import FAST
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    path = tmp_path / "fast.toml"
+    path.write_text(FAST)
+    return path
+
+
+def test_run_json_and_files(cli, study_file, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("run", study_file, "--out", out, "--device", "cpu",
+                               "--replicas", 12, "--max-steps", 2000, "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert set(summary) == {"out", "counts", "conditions", "arrhenius"}
+    assert sum(summary["counts"].values()) == 24
+    assert {"rate", "rate_ci", "tau", "median", "weibull_shape", "poisson_pvalue"} <= set(
+        summary["conditions"][0])
+    fit = summary["arrhenius"][0]
+    assert fit["theory_barrier"] > 0 and ("ratio" in fit or "error" in fit)
+    escapes = pd.read_csv(out / "escapes.csv")
+    assert len(escapes) == summary["counts"].get("escaped", 0) + summary["counts"].get(
+        "censored", 0)
+    assert (out / "replicas.csv").exists() and (out / "study.toml").read_text() == FAST
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config_hash"] and meta["status"] == "complete"
+    # The survival table feeds the statistics commands as it is.
+    code, stdout, _ = cli("fit", out / "escapes.csv", "--group-col", "temperature", "--json")
+    assert code == 0 and len(json.loads(stdout)["groups"]) == 2
+
+
+def test_run_human_summary(cli, study_file, tmp_path):
+    code, stdout, stderr = cli("run", study_file, "--out", tmp_path / "r", "--device", "cpu",
+                               "--max-steps", 1500)
+    assert code == 0, stderr
+    assert "Escape times per condition" in stdout and "theory" in stdout
+    assert "escapes.csv" in stderr
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("max_steps", "max_stpes"), "did you mean 'max_steps'"),
+        (lambda t: t.replace("lr = 0.25", "lr = -1"), "[dynamics] lr"),
+        (lambda t: t.replace("depth = 3", "depth = 'three'"), "must be an integer"),
+        (lambda t: t + "\n[[[", "not valid TOML"),
+    ],
+)
+def test_bad_study_one_line(cli, tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(FAST))
+    code, stdout, stderr = cli("run", path, "--out", tmp_path / "r")
+    assert code == 1 and stdout == ""
+    assert len(stderr.strip().splitlines()) == 1 and message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_existing_run_needs_resume(cli, study_file, tmp_path):
+    out = tmp_path / "r"
+    args = ("run", study_file, "--out", out, "--device", "cpu", "--max-steps", 300)
+    assert cli(*args)[0] == 0
+    before = (out / "escapes.csv").read_bytes()
+    code, _, stderr = cli(*args)
+    assert code == 1 and "--resume" in stderr
+    assert (out / "escapes.csv").read_bytes() == before  # nothing already written is lost
+    assert cli(*args, "--resume")[0] == 0
+    assert (out / "escapes.csv").read_bytes() == before
+
+
+def test_missing_study_and_bad_device(cli, study_file, tmp_path):
+    code, _, stderr = cli("run", tmp_path / "nope.toml")
+    assert code == 1 and "no such study file" in stderr
+    code, _, stderr = cli("run", study_file, "--out", tmp_path / "r", "--device", "tpu")
+    assert code == 1 and "unknown device" in stderr
+    if not torch.cuda.is_available():
+        code, _, stderr = cli("run", study_file, "--out", tmp_path / "c", "--device", "cuda")
+        assert code == 1 and "no CUDA device" in stderr
+    code, _, _ = cli("run", study_file, "--replicas", 0)
+    assert code == 2  # a usage error from the option's range
