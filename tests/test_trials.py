@@ -120,3 +120,19 @@ def test_test_error_order_parameter_agrees_with_mode(data, tmp_path):
     tau = [df.groupby("temperature")["duration"].mean() for df in (by_mode, by_error)]
     ratio = tau[1] / tau[0]
     assert ((ratio > 0.67) & (ratio < 1.5)).all(), ratio
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_is_reproducible_and_escapes(study, tmp_path):
+    a = run_study(study, tmp_path / "a", device="cuda")
+    b = run_study(study, tmp_path / "b", device="cuda")
+    pd.testing.assert_frame_equal(a.replicas, b.replicas)
+    assert "cuda" in a.meta["device"]
+    by_t = a.escapes.groupby("temperature")["event"].mean()
+    assert by_t.iloc[-1] > 0.8
+    cpu = run_study(study, tmp_path / "c", device="cpu").escapes
+    # Different random streams, same physics: mean times agree within sampling error.
+    ratio = (a.escapes.groupby("temperature")["duration"].mean()
+             / cpu.groupby("temperature")["duration"].mean())
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
