@@ -136,3 +136,41 @@ def test_cuda_run_is_reproducible_and_escapes(study, tmp_path):
     ratio = (a.escapes.groupby("temperature")["duration"].mean()
              / cpu.groupby("temperature")["duration"].mean())
     assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
+
+
+PAPER_SGD = """
+name = "paper-sgd"
+[model]
+depth = 3
+strengths = [0.9, 0.8]
+hidden = [10, 10]
+d_in = 2
+d_out = 2
+rotate = true
+[data]
+kind = "fixed"
+[init]
+kind = "trained"
+beta_trap = 0.361
+trap_steps = 3000
+trap_lr = 0.08
+[dynamics]
+noise = "sgd"
+lr = 0.08
+batch_size = [16, 512]
+beta = 0.2
+[run]
+replicas = 16
+max_steps = 2000
+seed = 1
+"""
+
+
+def test_sgd_cannot_leave_a_converged_trap(tmp_path):
+    """Design §1: in a rank-r state every SGD gradient lies in the learned directions."""
+    df = run_study(parse_study(PAPER_SGD), tmp_path / "sgd", device="cpu").replicas
+    assert set(df["batch_size"]) == {16, 512}
+    assert np.allclose(df["temperature"], 0.08 / df["batch_size"])
+    trapped = df[df["status"] != "untrapped"]
+    assert len(trapped) >= 16  # β_trap = 0.361 is just above β_sp(0.8) = 0.351
+    assert (trapped["status"] == "censored").all()  # absorbing: no escape, full batch or not
