@@ -1,0 +1,5 @@
+"""`python -m escapestat_cli` runs the CLI (same as the `escapestat` command)."""
+
+from .app import main
+
+main()
