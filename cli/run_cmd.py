@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from escapestat.errors import EscapestatError
 from escapestat.report import run_summary
 from escapestat.study import load_study
 from escapestat.trials import ESCAPES, REPLICAS, run_study
@@ -48,7 +49,7 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
 
 
-def _print_summary(summary: dict, theory: dict[float, float | None]) -> None:
+def _print_summary(summary: dict) -> None:
     rows = summary["conditions"]
     constant = {key: {r[key] for r in rows} for key in ("weight_decay", "lr", "batch_size")}
     shown = [key for key, values in constant.items() if len(values) > 1]
@@ -67,14 +68,14 @@ def _print_summary(summary: dict, theory: dict[float, float | None]) -> None:
         table.add_column(name, justify="right")
     for c in rows:
         lo, hi = c.get("rate_ci", (None, None))
-        barrier = theory.get(c["weight_decay"])
+        barrier = c["barrier_theory"]
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
         table.add_row(
             *[_fmt(c[k], 4) for k in shown],
             _fmt(c["temperature"]), _fmt(barrier / c["temperature"] if barrier else None),
             str(c["n"]), str(c["events"]),
             _fmt(1 / c["rate"] if c.get("rate") else None),
-            f"{_fmt(1 / hi if hi else None)}–{_fmt(1 / lo if lo else float('inf'))}",
+            "—" if hi is None else f"{_fmt(1 / hi)}–{_fmt(1 / lo if lo else float('inf'))}",
             _fmt(c.get("median")),
             "—" if k_lo is None else f"{c['weibull_shape']:.2f} ({k_lo:.2f}–{k_hi:.2f})",
             *([f"{c['diverged']} div., {c['untrapped']} untr."] if excluded else []),
@@ -137,8 +138,23 @@ def run(
     counts = result.replicas["status"].value_counts().to_dict()
     if json_out:
         print_json({"out": str(out_dir), "counts": counts, **summary})
+        _check_usable(counts, out_dir)
         return
     tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     err_console.print(escape(f"wrote {out_dir / ESCAPES} and {out_dir / REPLICAS} ({tally})"))
-    theory = {f["weight_decay"]: f.get("theory_barrier") for f in summary["arrhenius"]}
-    _print_summary(summary, theory)
+    _print_summary(summary)
+    _check_usable(counts, out_dir)
+
+
+def _check_usable(counts: dict, out_dir: Path) -> None:
+    """A run in which no replica gave survival data is an error (its tables are kept)."""
+    usable = counts.get("escaped", 0) + counts.get("censored", 0)
+    if usable == 0:
+        raise EscapestatError(
+            f"no usable replicas: {counts.get('diverged', 0)} diverged (weights non-finite or "
+            f"beyond divergence_limit), {counts.get('untrapped', 0)} untrapped; lower lr or T, "
+            f"or check the trap — tables kept in {out_dir}"
+        )
+    if counts.get("diverged", 0):
+        err_console.print(escape(f"note: {counts['diverged']} replicas diverged; they are "
+                                 "excluded from the survival table, never counted as escapes"))

@@ -120,6 +120,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0) -
             "temperature": float(first["temperature"]),
             "lr": float(first["lr"]),
             "batch_size": None if pd.isna(first["batch_size"]) else int(first["batch_size"]),
+            "barrier_theory": None if pd.isna(first["barrier_theory"])
+            else float(first["barrier_theory"]),
             "diverged": int((part["status"] == "diverged").sum()),
             "untrapped": int((part["status"] == "untrapped").sum()),
         }

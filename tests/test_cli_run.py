@@ -86,3 +86,17 @@ def test_missing_study_and_bad_device(cli, study_file, tmp_path):
         assert code == 1 and "no CUDA device" in stderr
     code, _, _ = cli("run", study_file, "--replicas", 0)
     assert code == 2  # a usage error from the option's range
+
+
+def test_all_diverged_is_one_line_error_and_keeps_tables(cli, tmp_path):
+    path = tmp_path / "div.toml"
+    path.write_text(FAST.replace("lr = 0.25", "lr = 3.0").replace("max_steps = 3000",
+                                                                   "max_steps = 200"))
+    out = tmp_path / "r"
+    code, stdout, stderr = cli("run", path, "--out", out, "--device", "cpu")
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "48 diverged" in lines[0]
+    assert "Traceback" not in stderr
+    replicas = pd.read_csv(out / "replicas.csv")
+    assert (replicas["status"] == "diverged").all() and len(replicas) == 48
