@@ -106,10 +106,10 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")]
     = False,
     replicas: Annotated[int | None, typer.Option("--replicas", min=1,
-                        help="Override [run] replicas (per condition).")] = None,
+                        help="Override \\[run] replicas (per condition).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
-                         help="Override [run] max_steps (the censoring budget).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override [run] seed.")] = None,
+                         help="Override \\[run] max_steps (the censoring budget).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override \\[run] seed.")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Trap replicas in a metastable state, train them with noise, record escape times.

@@ -100,3 +100,8 @@ def test_all_diverged_is_one_line_error_and_keeps_tables(cli, tmp_path):
     assert "Traceback" not in stderr
     replicas = pd.read_csv(out / "replicas.csv")
     assert (replicas["status"] == "diverged").all() and len(replicas) == 48
+
+
+def test_help_names_study_sections(cli):
+    code, stdout, _ = cli("run", "--help")
+    assert code == 0 and "Override [run] replicas" in stdout
