@@ -338,7 +338,10 @@ def run_study(
     study_text: str | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Run (or resume) a study into ``out_dir``; finished chunks are written atomically."""
+    """Run (or resume) a study into ``out_dir``; finished chunks are written atomically.
+
+    A directory holding a complete run of the same study is read back, not rerun.
+    """
     out = Path(out_dir)
     dev = resolve_device(device)
     conds = conditions(study)
@@ -346,13 +349,14 @@ def run_study(
     meta_path = out / RUN_JSON
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if not resume:
+        same = meta.get("config_hash") == study.config_hash()
+        if not resume and not (same and meta.get("status") == "complete"):
             raise EscapestatError(
                 f"{out} already holds a run ({meta.get('chunks_done', '?')}/"
                 f"{meta.get('chunks_total', '?')} chunks); pass --resume to continue it or "
                 "choose another --out"
             )
-        if meta.get("config_hash") != study.config_hash():
+        if not same:
             raise EscapestatError(
                 f"{out} holds a run of a different study (config hash "
                 f"{meta.get('config_hash')} ≠ {study.config_hash()}); choose another --out"

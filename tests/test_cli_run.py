@@ -69,10 +69,18 @@ def test_existing_run_needs_resume(cli, study_file, tmp_path):
     args = ("run", study_file, "--out", out, "--device", "cpu", "--max-steps", 300)
     assert cli(*args)[0] == 0
     before = (out / "escapes.csv").read_bytes()
+    # The same, complete study again: read back and summarised, nothing rerun or lost.
+    assert cli(*args)[0] == 0
+    assert (out / "escapes.csv").read_bytes() == before
+    # An unfinished run needs --resume; a different study is refused.
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "status": "running"}))
     code, _, stderr = cli(*args)
     assert code == 1 and "--resume" in stderr
-    assert (out / "escapes.csv").read_bytes() == before  # nothing already written is lost
     assert cli(*args, "--resume")[0] == 0
+    assert (out / "escapes.csv").read_bytes() == before
+    code, _, stderr = cli("run", study_file, "--out", out, "--max-steps", 400, "--resume")
+    assert code == 1 and "different study" in stderr
     assert (out / "escapes.csv").read_bytes() == before
 
 

@@ -78,6 +78,8 @@ def test_same_seed_same_table_and_resume(study, tmp_path):
     kept = chunk_files[0].read_bytes()
     chunk_files[-1].unlink()
     (tmp_path / "b" / "escapes.csv").unlink()
+    meta_path = tmp_path / "b" / "run.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "status": "running"}))
     with pytest.raises(EscapestatError, match="--resume"):
         run_study(study, tmp_path / "b", device="cpu")
     c = run_study(study, tmp_path / "b", device="cpu", resume=True).replicas
