@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from escapestat.errors import EscapestatError
-from escapestat.report import run_summary
 from escapestat.study import load_study
+from escapestat.summary import run_summary
 from escapestat.trials import ESCAPES, REPLICAS, run_study
 
 from .app import app
