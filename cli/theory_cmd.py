@@ -52,6 +52,8 @@ def theory(
     table.add_row("barrier ΔE", _fmt(scape.barrier), "ℓ(saddle) − ℓ(0), out of the zero state")
     table.add_row("saddle w", _fmt(scape.saddle), "end-to-end strength at the saddle")
     table.add_row("learned w", _fmt(scape.learned), "end-to-end strength when learned")
-    table.add_row("β / β_c", _fmt(beta / scape.beta_c), "below 1: zero state is metastable")
-    table.add_row("transition", scape.transition, "")
+    table.add_row("β / β_c", _fmt(beta / scape.beta_c), "")
+    table.add_row("transition", scape.transition,
+                  "zero is never a trap at depth 2" if depth == 2 else "")
+    table.add_row("phase", scape.phase, "at this β")
     out_console.print(table)

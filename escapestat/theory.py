@@ -118,6 +118,18 @@ class ModeLandscape:
     learned: float | None
     transition: str
 
+    @property
+    def phase(self) -> str:
+        """Which state is stable: "zero metastable" (a trap), "learned metastable", or only one.
+
+        Depth 2 has a continuous transition: zero is never a trap (learned only below β = s).
+        """
+        if self.learned is None:
+            return "zero only"
+        if self.depth == 2:
+            return "learned only"
+        return "zero metastable" if self.beta < self.beta_c else "learned metastable"
+
     def as_dict(self) -> dict:
         """The ``escapestat theory --json`` contract."""
         return {
@@ -130,6 +142,7 @@ class ModeLandscape:
             "saddle": self.saddle,
             "learned": self.learned,
             "transition": self.transition,
+            "phase": self.phase,
         }
 
 
@@ -155,13 +168,5 @@ def phase_diagram(depth: int, strengths, betas) -> pd.DataFrame:
     rows = []
     for s in strengths:
         for b in betas:
-            scape = landscape(depth, float(s), float(b))
-            row = scape.as_dict()
-            if scape.learned is None:
-                row["phase"] = "zero only"
-            elif depth == 2:
-                row["phase"] = "learned only"
-            else:
-                row["phase"] = "zero metastable" if b < scape.beta_c else "learned metastable"
-            rows.append(row)
+            rows.append(landscape(depth, float(s), float(b)).as_dict())
     return pd.DataFrame(rows)

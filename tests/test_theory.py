@@ -107,3 +107,14 @@ def test_cli_bad_depth_one_line(cli):
     code, stdout, stderr = cli("theory", "--depth", 1, "--strength", 1)
     assert code == 1 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "depth must be" in stderr
+
+
+def test_depth_two_never_calls_zero_metastable(cli):
+    """Depth 2 is a continuous transition: below β = s the zero state is no trap."""
+    for beta in ("0.3", "0.9"):
+        code, out, err = cli("theory", "--depth", "2", "--strength", "1", "--beta", beta)
+        assert code == 0, err
+        assert "zero metastable" not in out and "is metastable" not in out
+        assert "learned only" in out and "never a trap" in out
+    code, out, _ = cli("theory", "--depth", "3", "--strength", "1", "--beta", "0.3")
+    assert code == 0 and "zero metastable" in out
