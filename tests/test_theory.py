@@ -97,7 +97,7 @@ def test_cli_json(cli):
     assert code == 0, stderr
     out = json.loads(stdout)
     assert set(out) == {"depth", "strength", "beta", "beta_c", "beta_sp", "barrier", "saddle",
-                        "learned", "transition"}
+                        "learned", "transition", "phase"}
     assert out["barrier"] == pytest.approx(barrier(3, 1.0, 0.3))
     _, stdout, _ = cli("theory", "--depth", 2, "--strength", 1, "--beta", 0.3, "--json")
     assert json.loads(stdout)["barrier"] is None
