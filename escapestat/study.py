@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EscapestatError
+from .grad_filter import parse_grad_filter
+from .schedules import Constant, Schedule, parse_ladder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,21 +77,47 @@ class InitSpec:
 
 
 @dataclass(frozen=True)
+class GradFilterSpec:
+    """A validated Grokfast filter spec (``{kind = "ema", alpha, lamb}`` or ``"ma"``)."""
+
+    items: tuple[tuple[str, object], ...]
+
+    @classmethod
+    def parse(cls, raw, where: str) -> GradFilterSpec:
+        if not isinstance(raw, dict):
+            raise EscapestatError(f"{where} must be a table such as "
+                                  '{kind = "ema", alpha = 0.98, lamb = 2.0}')
+        parse_grad_filter(raw, where)  # validates; the filter itself is built per chunk
+        return cls(tuple(sorted(raw.items())))
+
+    def as_dict(self) -> dict:
+        return dict(self.items)
+
+    def build(self, where: str = "[dynamics] grad_filter"):
+        """A fresh filter object (it holds per-replica state)."""
+        return parse_grad_filter(self.as_dict(), where)
+
+
+@dataclass(frozen=True)
 class DynamicsSpec:
     """The noise model and the ladder of conditions (their Cartesian product is run).
 
     Langevin: gradient step plus √(2·lr·T) Gaussian noise, exact temperature T, given as
     ``temperature`` or as ``barrier_over_temperature`` (T = ΔE(β)/x). SGD: minibatch
     noise, reported temperature T = lr / batch_size. β is ``beta`` or ``beta_over_beta_c``.
+    ``lr``, ``beta``, ``temperature`` and ``batch_size`` are ladders of schedules: a number
+    is a constant, a table a schedule of the step (``schedules``), a list of either a
+    ladder. ``grad_filter`` is an optional Grokfast filter (``grad_filter``).
     """
 
     noise: str = "langevin"
-    lr: tuple[float, ...] = (0.25,)
-    batch_size: tuple[int, ...] = ()
-    temperature: tuple[float, ...] = ()
+    lr: tuple[Schedule, ...] = (Constant(0.25),)
+    batch_size: tuple[Schedule, ...] = ()
+    temperature: tuple[Schedule, ...] = ()
     barrier_over_temperature: tuple[float, ...] = ()
-    beta: tuple[float, ...] = ()
+    beta: tuple[Schedule, ...] = ()
     beta_over_beta_c: tuple[float, ...] = ()
+    grad_filter: GradFilterSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +176,15 @@ class Study:
         return [m.d_in or k, *hidden, m.d_out or k]
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data: a constant schedule is its number, a schedule its JSON description."""
+        return _plain(self)
 
     def config_hash(self) -> str:
         """SHA-256 of everything that changes results (the description does not)."""
         payload = self.as_dict()
         payload.pop("description")
+        if payload["dynamics"]["grad_filter"] is None:  # keeps older studies' hashes
+            payload["dynamics"].pop("grad_filter")
         text = json.dumps(payload, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -165,6 +196,21 @@ class Study:
         study = dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
         _check_semantics(study, "command line")
         return study
+
+
+def _plain(obj, key: str = ""):
+    if isinstance(obj, Schedule):
+        if not obj.is_constant:
+            return json.loads(obj.describe())
+        value = obj.value(0)
+        return int(value) if key == "batch_size" else value
+    if isinstance(obj, GradFilterSpec):
+        return obj.as_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_plain(v, key) for v in obj]
+    return obj
 
 
 _SECTIONS = {
@@ -185,6 +231,10 @@ def _suggest(key: str, allowed) -> str:
 
 def _convert(value, hint, where: str):
     """Convert a TOML value to the annotated type, or raise naming the key."""
+    if hint == tuple[Schedule, ...]:
+        return parse_ladder(value, where)
+    if hint is GradFilterSpec:
+        return GradFilterSpec.parse(value, where)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -231,6 +281,14 @@ def _section(cls, raw, name: str, source: str):
     return cls(**values)
 
 
+def _min(schedule: Schedule) -> float:
+    return schedule.min_value
+
+
+def _max(schedule: Schedule) -> float:
+    return schedule.max_value
+
+
 def _check_semantics(study: Study, source: str) -> None:
     """Range and consistency checks, each naming the offending key."""
 
@@ -263,28 +321,31 @@ def _check_semantics(study: Study, source: str) -> None:
         bad("[init]", "noise ≥ 0, scale > 0, trap_steps ≥ 0 and trap_lr > 0 are required")
     if y.noise not in ("langevin", "sgd"):
         bad("[dynamics] noise", f"must be 'langevin' or 'sgd', got {y.noise!r}")
-    if not y.lr or any(v <= 0 for v in y.lr):
+    if not y.lr or not all(v.positive for v in y.lr):
         bad("[dynamics] lr", "must be positive")
     if bool(y.beta) == bool(y.beta_over_beta_c):
         bad("[dynamics]", "needs exactly one of beta or beta_over_beta_c")
-    if any(v < 0 for v in y.beta + y.beta_over_beta_c):
+    if any(_min(v) < 0 for v in y.beta) or any(v < 0 for v in y.beta_over_beta_c):
         bad("[dynamics] beta", "must be ≥ 0")
     if y.noise == "langevin":
         if bool(y.temperature) == bool(y.barrier_over_temperature):
             bad("[dynamics]", "langevin needs exactly one of temperature or "
                 "barrier_over_temperature")
-        if any(v <= 0 for v in y.temperature + y.barrier_over_temperature):
+        if not all(v.positive for v in y.temperature) or any(
+                v <= 0 for v in y.barrier_over_temperature):
             bad("[dynamics] temperature", "must be positive")
         if y.batch_size:
             bad("[dynamics] batch_size", "is for noise = 'sgd'; Langevin uses the full data")
     else:
-        if not y.batch_size or any(b < 1 for b in y.batch_size):
+        if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
             bad("[dynamics] batch_size", "must list batch sizes ≥ 1 for noise = 'sgd'")
+        if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
+            bad("[dynamics] batch_size", "must be whole numbers")
         if y.temperature or y.barrier_over_temperature:
             bad("[dynamics] temperature", "is set by lr / batch_size for noise = 'sgd'")
         if d.kind == "population":
             bad("[data] kind", "must be 'fixed' or 'fresh' for SGD (minibatches need samples)")
-        if d.kind == "fixed" and max(y.batch_size) > d.n_train:
+        if d.kind == "fixed" and max(_max(b) for b in y.batch_size) > d.n_train:
             bad("[dynamics] batch_size", f"cannot exceed [data] n_train = {d.n_train}")
     if e.order_parameter not in ("mode", "test_error"):
         bad("[escape] order_parameter", f"must be 'mode' or 'test_error', got "
@@ -330,13 +391,34 @@ def load_study(path: str | Path) -> Study:
 
 @dataclass(frozen=True)
 class Condition:
-    """One point of the ladder: what a block of replicas is run at."""
+    """One point of the ladder: the schedules a block of replicas is run at.
 
-    beta: float
-    lr: float
-    temperature: float
-    batch_size: int | None  # None for Langevin (full data)
-    barrier: float | None  # theory barrier ΔE(β) out of the trapped mode's zero state
+    ``temperature`` is the Langevin T(t); for SGD it is None and the reported temperature
+    is lr / batch_size. ``barrier`` is theory's ΔE(β) out of the trapped mode's zero
+    state, for a constant β only.
+    """
+
+    beta: Schedule
+    lr: Schedule
+    temperature: Schedule | None
+    batch_size: Schedule | None  # None for Langevin (full data)
+    barrier: float | None
+
+    @property
+    def reported_temperature(self) -> float:
+        """T at the first step: Langevin T(0), or lr(0) / B(0) for SGD."""
+        if self.temperature is not None:
+            return self.temperature.value(0)
+        return self.lr.value(0) / self.batch_size.value(0)
+
+    @property
+    def temperature_is_constant(self) -> bool:
+        if self.temperature is not None:
+            return self.temperature.is_constant
+        return self.lr.is_constant and self.batch_size.is_constant
+
+    def as_dict(self) -> dict:
+        return _plain(self)
 
 
 def conditions(study: Study) -> list[Condition]:
@@ -345,23 +427,23 @@ def conditions(study: Study) -> list[Condition]:
 
     m, y = study.model, study.dynamics
     s = m.strengths[study.trapped_mode]
-    betas = y.beta or tuple(f * critical_beta(m.depth, s) for f in y.beta_over_beta_c)
+    betas = y.beta or tuple(Constant(f * critical_beta(m.depth, s)) for f in y.beta_over_beta_c)
     out = []
     for beta in betas:
-        dE = barrier(m.depth, s, beta)
+        dE = barrier(m.depth, s, beta.value(0)) if beta.is_constant else None
         if y.noise == "langevin":
             if y.temperature:
                 temps = y.temperature
             elif dE is None or dE <= 0:
                 raise EscapestatError(
-                    f"[dynamics] barrier_over_temperature: at beta = {beta:.4g} the trapped "
-                    f"mode (strength {s:g}) has no barrier; give temperature instead"
+                    f"[dynamics] barrier_over_temperature: at beta = {beta.describe()} the "
+                    f"trapped mode (strength {s:g}) has no barrier; give temperature instead"
                 )
             else:
-                temps = tuple(dE / x for x in y.barrier_over_temperature)
+                temps = tuple(Constant(dE / x) for x in y.barrier_over_temperature)
             for lr, t in itertools.product(y.lr, temps):
                 out.append(Condition(beta, lr, t, None, dE))
         else:
             for lr, b in itertools.product(y.lr, y.batch_size):
-                out.append(Condition(beta, lr, lr / b, b, dE))
+                out.append(Condition(beta, lr, None, b, dE))
     return out

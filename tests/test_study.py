@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.study import load_study, parse_study
+from escapestat.schedules import Constant
+from escapestat.study import conditions, load_study, parse_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -21,7 +22,7 @@ def test_defaults_and_overrides():
     assert changed.run.replicas == 8 and changed.run.max_steps == study.run.max_steps
     assert changed.config_hash() != study.config_hash()
     described = parse_study('description = "x"\n[dynamics]\nbeta = 0.3\ntemperature = 0.01\n')
-    assert described.dynamics.temperature == (0.01,)
+    assert described.dynamics.temperature == (Constant(0.01),)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,43 @@ def test_bad_study_names_the_key(text, message):
 def test_missing_study_file(tmp_path):
     with pytest.raises(EscapestatError, match="no such study file"):
         load_study(tmp_path / "nope.toml")
+
+
+def test_constant_studies_keep_their_config_hash():
+    """Schedule support must not change the hash of a study of constants (finished runs)."""
+    assert load_study(STUDIES / "quickstart.toml").config_hash() == "607871ecccc6b6bf"
+
+
+def test_schedules_and_ladders_in_the_dynamics():
+    study = parse_study(
+        "[dynamics]\nbeta = 0.3\n"
+        "lr = [0.1, {shape = 'cosine', start = 0.2, end = 0.02, steps = 100}]\n"
+        "temperature = {shape = 'log', c = 0.01, t0 = 50}\n"
+        "grad_filter = {kind = 'ema', alpha = 0.9, lamb = 2.0}\n")
+    lrs = study.dynamics.lr
+    assert lrs[0] == Constant(0.1) and not lrs[1].is_constant
+    assert lrs[1].value(0) == 0.2 and lrs[1].value(500) == 0.02
+    assert study.dynamics.grad_filter.as_dict() == {"kind": "ema", "alpha": 0.9, "lamb": 2.0}
+    conds = conditions(study)
+    assert len(conds) == 2 and not conds[0].temperature_is_constant
+    plain = study.as_dict()["dynamics"]
+    assert plain["lr"][0] == 0.1 and plain["lr"][1]["shape"] == "cosine"
+    assert study.config_hash() != parse_study(
+        "[dynamics]\nbeta = 0.3\nlr = [0.1, 0.2]\ntemperature = 0.01\n").config_hash()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[dynamics]\nbeta = 0.3\ntemperature = {shape = 'cosine', start = 1, end = 0.1}\n",
+     "[dynamics] temperature"),
+    ("[dynamics]\nbeta = 0.3\ntemperature = 0.1\nlr = {shape = 'wobble'}\n", "[dynamics] lr"),
+    ("[dynamics]\nbeta = 0.3\ntemperature = 0.1\ngrad_filter = {kind = 'ema', alpa = 0.9}\n",
+     "alpa"),
+    ("[dynamics]\nbeta = 0.3\ntemperature = {shape = 'linear', start = 0.1, end = -1, "
+     "steps = 10}\n", "temperature"),
+    ("[data]\nkind = 'fixed'\n[dynamics]\nnoise = 'sgd'\nbeta = 0.3\nbatch_size = 64.5\n",
+     "whole numbers"),
+])
+def test_bad_schedules_name_the_key(text, message):
+    with pytest.raises(EscapestatError) as info:
+        parse_study(text, source="s.toml")
+    assert message in str(info.value)
