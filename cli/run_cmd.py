@@ -10,10 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from escapestat.errors import EscapestatError
 from escapestat.study import load_study
 from escapestat.summary import run_summary
-from escapestat.trials import ESCAPES, REPLICAS, run_study
+from escapestat.trials import ESCAPES, REPLICAS, ChunkProgress, ChunkStarted, run_study
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -26,18 +25,18 @@ class _Bar:
     def __init__(self, progress: Progress):
         self.progress, self.task = progress, None
 
-    def __call__(self, info: dict) -> None:
-        if info.get("start"):
+    def __call__(self, event: ChunkStarted | ChunkProgress) -> None:
+        if isinstance(event, ChunkStarted):
             if self.task is not None:
                 self.progress.remove_task(self.task)
             self.task = self.progress.add_task(
-                f"chunk {info['chunk'] + 1}/{info['chunks']} ({info['replicas']} replicas)",
-                total=info["max_steps"], trapped="",
+                f"chunk {event.chunk + 1}/{event.chunks} ({event.replicas} replicas)",
+                total=event.max_steps, trapped="",
             )
             return
         if self.task is not None:
-            self.progress.update(self.task, completed=info["step"],
-                                 trapped=f"{info['active']} still trapped")
+            self.progress.update(self.task, completed=event.step,
+                                 trapped=f"{event.active} still running")
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -134,27 +133,19 @@ def run(
     ) as bar:
         result = run_study(study, out_dir, device=device, resume=resume, study_text=text,
                            progress=_Bar(bar))
-    summary = run_summary(result.replicas)
-    counts = result.replicas["status"].value_counts().to_dict()
+    summary = run_summary(result.replicas, grid=result.meta.get("check_every"))
+    counts = result.counts
+    for note in result.notes:
+        err_console.print(escape(f"note: {note}"))
     if json_out:
-        print_json({"out": str(out_dir), "counts": counts, **summary})
-        _check_usable(counts, out_dir)
+        print_json({"out": str(out_dir), "counts": counts, "notes": result.notes, **summary})
+        result.require_usable()
         return
     tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     err_console.print(escape(f"wrote {out_dir / ESCAPES} and {out_dir / REPLICAS} ({tally})"))
     _print_summary(summary)
-    _check_usable(counts, out_dir)
-
-
-def _check_usable(counts: dict, out_dir: Path) -> None:
-    """A run in which no replica gave survival data is an error (its tables are kept)."""
-    usable = counts.get("escaped", 0) + counts.get("censored", 0)
-    if usable == 0:
-        raise EscapestatError(
-            f"no usable replicas: {counts.get('diverged', 0)} diverged (weights non-finite or "
-            f"beyond divergence_limit), {counts.get('untrapped', 0)} untrapped; lower lr or T, "
-            f"or check the trap — tables kept in {out_dir}"
-        )
+    result.require_usable()
     if counts.get("diverged", 0):
-        err_console.print(escape(f"note: {counts['diverged']} replicas diverged; they are "
-                                 "excluded from the survival table, never counted as escapes"))
+        err_console.print(escape(
+            f"note: {counts['diverged']} replicas diverged; they stay in the survival table "
+            "as censored at the step they diverged (a competing risk), never as escapes"))

@@ -7,17 +7,24 @@ through Sxx = XᵀX/B and Syx = YᵀX/B, so with P = W_L ··· W_1 and G = P Sx
 
 a few small batched matmuls whose cost does not grow with B (design §5). Per-replica lr,
 β and temperature are tensors of shape [R], so one launch covers a whole ladder.
+
+The moments come from a sampler (``MomentSampler``): the population (``PopulationMoments``),
+fresh samples every step (``FreshSampler``) or minibatches without replacement from each
+replica's own training set (``MinibatchSampler``). Models and samplers shrink the same
+way: ``keep(idx)`` keeps, in place, the replicas at positions ``idx``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from .tasks import Dataset, Teacher, sample
 
 Scalar = float | torch.Tensor
+Moments = tuple[torch.Tensor, torch.Tensor]
 
 
 def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
@@ -27,11 +34,52 @@ def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+#: Small nets on CPU: up to this many multiply-adds per replica in one gradient
+#: (d_in · (3 Σ_{l≥2} w_l w_{l−1} + d_out d_in); 728 for the paper's 2 → 10 → 10 → 2) the
+#: weights are stored replica-last, and from ``VECTOR_MIN_REPLICAS`` replicas on each tiny
+#: per-replica matmul is done as a few vector ops over R (``_vector_matmul``). Measured at
+#: R 4096 on the paper net: 1.3 ms per gradient against 5.9 ms with bmm, whose cost there is
+#: per matrix, not per flop. Below ``VECTOR_MIN_REPLICAS`` (a chunk's tail) bmm's fewer ops
+#: win, and at width 16 bmm wins at any R.
+VECTOR_MAX_MADDS = 2048
+VECTOR_MIN_REPLICAS = 256
+
+
+def _replica_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` [R, a, b] with the R entries of each (a, b) adjacent in memory (a view if so)."""
+    if t.permute(1, 2, 0).is_contiguous():
+        return t
+    return t.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+def _vector_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for [R, m, k] @ [R, k, n] as k vector ops over R (replica-last in and out)."""
+    at, bt = a.permute(1, 2, 0), b.permute(1, 2, 0)  # [m, k, R], [k, n, R]
+    out = at[:, 0].unsqueeze(1) * bt[0]  # [m, 1, R] * [n, R] → [m, n, R]
+    for j in range(1, at.shape[1]):
+        out.addcmul_(at[:, j].unsqueeze(1), bt[j])
+    return out.permute(2, 0, 1)
+
+
+def _gradient_madds(widths: Sequence[int]) -> int:
+    d0 = widths[0]
+    return d0 * (3 * sum(a * b for a, b in zip(widths[1:-1], widths[2:], strict=True))
+                 + widths[-1] * d0)
+
+
 class DeepLinearEnsemble:
-    """Weights as tensors [R, out, in], one per layer; layer 1 acts first."""
+    """Weights as tensors [R, out, in], one per layer; layer 1 acts first.
+
+    Small nets on CPU keep their weights replica-last in memory (still shaped [R, out, in];
+    see ``VECTOR_MAX_MADDS``), so the ensemble holds its own copy of the tensors given.
+    """
 
     def __init__(self, weights: Sequence[torch.Tensor]):
-        self.weights = list(weights)
+        weights = list(weights)
+        widths = [int(weights[0].shape[2])] + [int(w.shape[1]) for w in weights]
+        self.replica_last = (weights[0].device.type == "cpu"
+                             and _gradient_madds(widths) <= VECTOR_MAX_MADDS)
+        self.weights = [_replica_last(w) for w in weights] if self.replica_last else weights
 
     @property
     def replicas(self) -> int:
@@ -87,15 +135,23 @@ class DeepLinearEnsemble:
             layers.append(w)
         return cls(layers)
 
-    def select(self, idx: torch.Tensor) -> DeepLinearEnsemble:
-        """The replicas in ``idx`` as a new ensemble."""
-        return DeepLinearEnsemble([w[idx] for w in self.weights])
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep, in place, only the replicas at positions ``idx`` (1-D integers, in that order)."""
+        self.weights = [w[idx] for w in self.weights]
+        if self.replica_last:
+            self.weights = [_replica_last(w) for w in self.weights]
+
+    def _vector(self) -> bool:
+        return self.replica_last and self.replicas >= VECTOR_MIN_REPLICAS
+
+    def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _vector_matmul(a, b) if self._vector() else a @ b
 
     def prefixes(self) -> list[torch.Tensor]:
         """[W_1, W_2 W_1, …, W_L ··· W_1]."""
         out = [self.weights[0]]
         for w in self.weights[1:]:
-            out.append(w @ out[-1])
+            out.append(self._matmul(w, out[-1]))
         return out
 
     def end_to_end(self) -> torch.Tensor:
@@ -106,7 +162,7 @@ class DeepLinearEnsemble:
         """Per replica: every weight finite and no larger than ``limit`` in magnitude."""
         ok = torch.ones(self.replicas, dtype=torch.bool, device=self.weights[0].device)
         for w in self.weights:
-            big = w.abs().flatten(1).amax(1)
+            big = w.abs().amax((1, 2))
             ok &= torch.isfinite(big) & (big <= limit)
         return ok
 
@@ -115,7 +171,7 @@ class DeepLinearEnsemble:
     ) -> torch.Tensor:
         """Per-replica ½ mean‖y − Px‖² + (β/2) Σ‖W_l‖² from the moments (syy = mean ‖y‖²)."""
         p = self.end_to_end()
-        fit = 0.5 * syy - (p * syx).sum((1, 2)) + 0.5 * ((p @ sxx) * p).sum((1, 2))
+        fit = 0.5 * syy - (p * syx).sum((1, 2)) + 0.5 * (self._matmul(p, sxx) * p).sum((1, 2))
         b = _per_replica(beta, p).reshape(-1)
         l2 = sum(w.square().sum((1, 2)) for w in self.weights)
         return fit + 0.5 * b * l2
@@ -124,16 +180,19 @@ class DeepLinearEnsemble:
         self, sxx: torch.Tensor, syx: torch.Tensor, beta: Scalar = 0.0
     ) -> list[torch.Tensor]:
         """∇W_l of the loss, from the moments (backprop through P by hand)."""
+        if self._vector():
+            sxx, syx = _replica_last(sxx), _replica_last(syx)
+        mm = self._matmul
         pre = self.prefixes()
-        back = pre[-1] @ sxx - syx  # G, then (W_L ··· W_{l+1})ᵀ G going down
+        back = mm(pre[-1], sxx) - syx  # G, then (W_L ··· W_{l+1})ᵀ G going down
         b = _per_replica(beta, back)
         grads: list[torch.Tensor] = [None] * len(self.weights)  # type: ignore[list-item]
         for layer in range(len(self.weights) - 1, -1, -1):
             w = self.weights[layer]
-            g = back if layer == 0 else back @ pre[layer - 1].transpose(1, 2)
+            g = back if layer == 0 else mm(back, pre[layer - 1].transpose(1, 2))
             grads[layer] = g.addcmul_(b, w)
             if layer:
-                back = w.transpose(1, 2) @ back
+                back = mm(w.transpose(1, 2), back)
         return grads
 
 
@@ -160,18 +219,49 @@ def langevin_step(
         w.addcmul_(step, g, value=-1).addcmul_(kick, xi)
 
 
+
+# ------------------------------------------------------------------------------ samplers
+
+
+@runtime_checkable
+class MomentSampler(Protocol):
+    """Where a batched model's data come from: one (Sxx, Syx) pair per step for all replicas.
+
+    ``next_moments(batch_size)`` returns Sxx [R, d_in, d_in] and Syx [R, d_out, d_in], the
+    moments XᵀX/B and YᵀX/B of each replica's next minibatch (each replica its own, from the
+    sampler's generator). ``batch_size`` is one int for all replicas and may change from
+    call to call (a batch-size schedule); None means the size the sampler was built with.
+    ``keep(idx)`` keeps, in place, only the replicas at positions ``idx`` (a 1-D integer
+    tensor, in that order) — the same meaning as ``DeepLinearEnsemble.keep``.
+    """
+
+    def next_moments(self, batch_size: int | None = None) -> Moments: ...
+
+    def keep(self, idx: torch.Tensor) -> None: ...
+
+
+def _batch(batch_size: int | None, default: int) -> int:
+    b = default if batch_size is None else int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch size must be at least 1, got {b}")
+    return b
+
+
 class PopulationMoments:
-    """The population's moments (Sxx = I, Syx = A): full-gradient dynamics on the true loss."""
+    """The population's moments (Sxx = I, Syx = A): full-gradient dynamics on the true loss.
+
+    The population has no minibatches, so ``batch_size`` is accepted and ignored.
+    """
 
     def __init__(self, teacher: Teacher, replicas: int):
         self.teacher, self.replicas = teacher, replicas
 
-    def next_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_moments(self, batch_size: int | None = None) -> Moments:
         a = self.teacher.matrix
         eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
         return (eye.expand(self.replicas, -1, -1), a.expand(self.replicas, -1, -1))
 
-    def select(self, idx: torch.Tensor) -> None:
+    def keep(self, idx: torch.Tensor) -> None:
         self.replicas = int(idx.numel())
 
 
@@ -182,93 +272,195 @@ class FreshSampler:
         self, teacher: Teacher, replicas: int, batch_size: int, noise_std: float = 0.0,
         generator: torch.Generator | None = None,
     ):
-        self.teacher, self.replicas, self.batch_size = teacher, replicas, batch_size
+        self.teacher, self.replicas = teacher, replicas
+        self.batch_size = _batch(batch_size, 1)
         self.noise_std, self.generator = noise_std, generator
 
-    def next_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = sample(self.teacher, self.replicas, self.batch_size, self.noise_std, self.generator)
-        return x.transpose(1, 2) @ x / self.batch_size, y.transpose(1, 2) @ x / self.batch_size
+    def next_moments(self, batch_size: int | None = None) -> Moments:
+        b = _batch(batch_size, self.batch_size)
+        x, y = sample(self.teacher, self.replicas, b, self.noise_std, self.generator)
+        return x.transpose(1, 2) @ x / b, y.transpose(1, 2) @ x / b
 
-    def select(self, idx: torch.Tensor) -> None:
+    def keep(self, idx: torch.Tensor) -> None:
         self.replicas = int(idx.numel())
 
 
-def _permutations(replicas: int, n: int, generator, device) -> torch.Tensor:
-    """An independent uniform permutation of range(n) per replica, [R, n]."""
-    if torch.device(device).type == "cpu":
-        # On CPU one randperm per replica beats sorting random keys (≈ 2× at R 4096).
-        out = torch.empty(replicas, n, dtype=torch.long)
-        for row in out:
-            torch.randperm(n, generator=generator, out=row)
-        return out
-    keys = torch.rand(replicas, n, generator=generator, device=device)
+def permutations(
+    replicas: int, n: int, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """An independent uniform random permutation of range(n) per replica, [R, n] int64.
+
+    On CPU one ``torch.randperm`` per replica (Fisher–Yates in C, from ``generator``): at
+    R 4096, n 512 it takes about half the time of sorting random keys. Elsewhere (CUDA),
+    with no Python loop, ``_permutations_by_keys``.
+    """
+    if torch.device(device).type != "cpu":
+        return _permutations_by_keys(replicas, n, generator, device)
+    out = torch.empty(replicas, n, dtype=torch.long)
+    for row in out.unbind(0):
+        torch.randperm(n, generator=generator, out=row)
+    return out
+
+
+def _permutations_by_keys(replicas: int, n: int, generator, device) -> torch.Tensor:
+    """Per row, the order of n random 62-bit integer keys: uniform up to key ties (~n²/2⁶³)."""
+    keys = torch.randint(0, 2**62, (replicas, n), generator=generator, dtype=torch.long,
+                         device=device)
     return keys.argsort(dim=1)
+
+
+#: Per-sample moment vectors (x xᵀ, y xᵀ: d_in·(d_in + d_out) numbers) are kept when they
+#: are at most this long; otherwise the data are reordered each epoch (large inputs).
+PER_SAMPLE_MAX = 32
 
 
 class MinibatchSampler:
     """Minibatches without replacement from each replica's own training set, reshuffled per epoch.
 
-    Each epoch every replica draws its own permutation; its data are put in that order once,
-    so a minibatch is a contiguous slice. When the moments of a batch are no larger than
-    the batch (d_in ≤ B), all of an epoch's batch moments are formed in one batched matmul.
-    A batch size of at least the training-set size is the full-batch twin: the moments are
-    the training set's, computed once. A last, smaller batch is kept (like a DataLoader).
+    **Epochs.** Each epoch every replica draws its own uniform permutation of its n samples
+    (``permutations``: independent across replicas and epochs, all from ``generator``) and
+    a call takes the next B samples in that order. When fewer than B remain, the call gets
+    those that remain — the epoch's last, smaller batch, as a DataLoader that keeps its
+    last batch — and the next call starts a new epoch with fresh permutations; so each
+    epoch uses every sample exactly once. A batch size ≥ n is the full-batch twin: the
+    training set's moments, drawing nothing and leaving the epoch where it was.
+
+    **Batch-size schedules.** ``next_moments(batch_size)`` takes the size per call (one int
+    for all replicas; None: the constructor's). A change mid-epoch carries on through the
+    current permutation with the new size; the rule above still ends the epoch (a last
+    batch of what remains, then a reshuffle), so a change never skips or repeats a sample.
+
+    **How the moments are formed.** For small inputs (d_in·(d_in + d_out) ≤
+    ``PER_SAMPLE_MAX``, e.g. the paper's 2 → … → 2) each sample's products x xᵀ and y xᵀ
+    are formed once, and a minibatch's moments are the mean of its samples' vectors; the
+    data are never reordered. On CPU the drawn permutation gives each sample its place in
+    the epoch, and one scatter-add by batch label forms every remaining batch of the epoch
+    at once (again after a batch-size change); elsewhere (CUDA) the permutation is the
+    epoch order and each call gathers and sums its B vectors (deterministic, unlike a
+    scatter-add there). Either way a uniform permutation, so the same law. For larger
+    inputs each epoch puts the data in permuted order once and a call forms XᵀX/B and
+    YᵀX/B from a contiguous slice.
+
+    ``keep(idx)`` keeps replicas in place; it does not touch the ``Dataset`` the sampler was
+    built from (the sampler holds what it needs; the dataset's owner keeps it in step).
     """
 
     def __init__(self, data: Dataset, batch_size: int, generator: torch.Generator | None = None):
-        self.data, self.generator = data, generator
-        self.n = int(data.x_train.shape[1])
-        self.batch_size = min(int(batch_size), self.n)
-        self.full = self.batch_size >= self.n
-        self._full_moments = data.train_moments()[:2] if self.full else None
-        self.d_in = int(data.x_train.shape[2])
-        self._per_epoch = self.d_in <= self.batch_size
-        self._starts = list(range(0, self.n, self.batch_size))
-        self._step = len(self._starts)
-        self._source = torch.cat([data.x_train, data.y_train], dim=2)
-        self._xy: torch.Tensor | None = None  # this epoch's data, [R, n, d_in + d_out]
-        self._epoch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.generator = generator
+        self.replicas, self.n, self.d_in = (int(s) for s in data.x_train.shape)
+        self.d_out = int(data.y_train.shape[2])
+        self.batch_size = _batch(batch_size, 1)
+        x, y = data.x_train, data.y_train
+        self.device = x.device
+        self.per_sample = self.d_in * (self.d_in + self.d_out) <= PER_SAMPLE_MAX
+        # How the per-sample path forms batches: scatter by label (CPU) or gather per call.
+        self.scatter = self.per_sample and self.device.type == "cpu"
+        if self.per_sample:  # [R, F, n]: F = d_in² entries of x xᵀ, then d_out·d_in of y xᵀ
+            xx = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2)
+            yx = (y.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2)
+            self._source = torch.cat([xx, yx], dim=2).transpose(1, 2).contiguous()
+        else:  # [R, n, d_in + d_out]
+            self._source = torch.cat([x, y], dim=2)
+        self._perm: torch.Tensor | None = None  # this epoch's permutation, [R, n]
+        self._xy: torch.Tensor | None = None  # data path: this epoch's data in order
+        self._pos = self.n  # samples of this epoch used so far (n: none left)
+        self._plan: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+        self._full: Moments | None = None
 
-    def _shuffle(self) -> None:
-        r, device = self._source.shape[0], self._source.device
-        perm = _permutations(r, self.n, self.generator, device)
-        perm += self.n * torch.arange(r, device=device)[:, None]
-        xy = self._source.reshape(r * self.n, -1).index_select(0, perm.flatten())
-        self._xy = xy.view(r, self.n, -1)
-        self._step = 0
-        self._epoch = []
-        if self._per_epoch:
-            b, full = self.batch_size, (self.n // self.batch_size) * self.batch_size
-            blocks = self._xy[:, :full].reshape(r, full // b, b, -1)
-            mom = blocks.transpose(2, 3) @ blocks[..., : self.d_in] / b
-            self._epoch = [(mom[:, k, : self.d_in], mom[:, k, self.d_in :])
-                           for k in range(full // b)]
-            if full < self.n:
-                self._epoch.append(self._moments(full, self.n))
+    @property
+    def full(self) -> bool:
+        """Whether the default batch size is the whole training set (full-batch twin)."""
+        return self.batch_size >= self.n
 
-    def _moments(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self._xy[:, start:stop]
-        x, y = batch[..., : self.d_in], batch[..., self.d_in :]
-        b = stop - start
-        return x.transpose(1, 2) @ x / b, y.transpose(1, 2) @ x / b
-
-    def next_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.full:
-            return self._full_moments
-        if self._step >= len(self._starts):
+    # -------------------------------------------------------------------- the protocol
+    def next_moments(self, batch_size: int | None = None) -> Moments:
+        b = _batch(batch_size, self.batch_size)
+        if b >= self.n:
+            return self._full_moments()
+        if self._pos >= self.n:
             self._shuffle()
-        k = self._step
-        self._step += 1
-        if self._per_epoch:
-            return self._epoch[k]
-        start = self._starts[k]
-        return self._moments(start, min(start + self.batch_size, self.n))
+        pos, take = self._pos, min(b, self.n - self._pos)
+        self._pos += take
+        if not self.per_sample:
+            return self._slice_moments(pos, take)
+        if not self.scatter:
+            idx = self._perm[:, pos : pos + take].unsqueeze(1)
+            sums = self._source.gather(2, idx.expand(-1, self._source.shape[1], -1)).sum(2)
+            return self._split(sums / take)
+        plan = self._plan
+        if plan is None or plan[0] != b or (pos - plan[1]) % b:
+            plan = self._plan = self._scatter_plan(pos, b)
+        k = (pos - plan[1]) // b
+        return plan[2][k], plan[3][k]
 
-    def select(self, idx: torch.Tensor) -> None:
-        self.data.select(idx)
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep, in place, only the replicas at positions ``idx`` (1-D integers, in that order)."""
+        idx = idx.to(self.device)
+        self.replicas = int(idx.numel())
         self._source = self._source[idx]
+        if self._perm is not None:
+            self._perm = self._perm[idx]
         if self._xy is not None:
             self._xy = self._xy[idx]
-        self._epoch = [(a[idx], b[idx]) for a, b in self._epoch]
-        if self._full_moments is not None:
-            self._full_moments = tuple(m[idx] for m in self._full_moments)
+        if self._plan is not None:
+            b, start, sxx, syx = self._plan
+            self._plan = (b, start, sxx[:, idx], syx[:, idx])
+        self._full = None
+
+    # -------------------------------------------------------------------- internals
+    def _shuffle(self) -> None:
+        self._perm = permutations(self.replicas, self.n, self.generator, self.device)
+        self._pos, self._plan = 0, None
+        if not self.per_sample:
+            r, n = self.replicas, self.n
+            rows = self._perm + n * torch.arange(r, device=self.device).unsqueeze(1)
+            self._xy = self._source.reshape(r * n, -1).index_select(0, rows.flatten())
+            self._xy = self._xy.view(r, n, -1)
+
+    def _split(self, vectors: torch.Tensor) -> Moments:
+        """[..., F] moment vectors → (Sxx [..., d_in, d_in], Syx [..., d_out, d_in])."""
+        d, lead = self.d_in, vectors.shape[:-1]
+        return (vectors[..., : d * d].reshape(*lead, d, d),
+                vectors[..., d * d :].reshape(*lead, self.d_out, d))
+
+    def _scatter_plan(self, pos: int, b: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        """Every batch of size b from epoch position ``pos`` on, by one scatter-add.
+
+        ``_perm[r, i]`` is sample i's place in replica r's epoch; its batch is
+        (place − pos) // b, and samples already used (place < pos) go to a dropped bucket.
+        """
+        r, n, f = self.replicas, self.n, self._source.shape[1]
+        count = -(-(n - pos) // b)
+        label = self._perm - pos if pos else self._perm
+        if b & (b - 1) == 0:
+            label = label >> (b.bit_length() - 1)  # floor division by a power of two
+        else:
+            label = torch.div(label, b, rounding_mode="floor")
+        if pos:
+            label = label.clamp_(min=-1).add_(1)  # bucket 0: used before pos
+        sums = self._source.new_zeros(r, f, count + (1 if pos else 0))
+        sums.scatter_add_(2, label.unsqueeze(1).expand(r, f, n), self._source)
+        sizes = torch.full((count,), float(b), dtype=sums.dtype, device=sums.device)
+        sizes[-1] = n - pos - (count - 1) * b
+        means = (sums[:, :, 1:] if pos else sums) / sizes  # [R, F, count]
+        # [count, F, R]: each batch's moments replica-last in memory (see DeepLinearEnsemble)
+        vec = means.permute(2, 1, 0).contiguous()
+        d, o = self.d_in, self.d_out
+        sxx = vec[:, : d * d].unflatten(1, (d, d)).permute(0, 3, 1, 2)
+        syx = vec[:, d * d :].unflatten(1, (o, d)).permute(0, 3, 1, 2)
+        return b, pos, sxx, syx
+
+    def _slice_moments(self, pos: int, take: int) -> Moments:
+        batch = self._xy[:, pos : pos + take]
+        x, y = batch[..., : self.d_in], batch[..., self.d_in :]
+        return x.transpose(1, 2) @ x / take, y.transpose(1, 2) @ x / take
+
+    def _full_moments(self) -> Moments:
+        if self._full is None:
+            if self.per_sample:
+                self._full = self._split(self._source.mean(2))
+            else:
+                x, y = self._source[..., : self.d_in], self._source[..., self.d_in :]
+                self._full = (x.transpose(1, 2) @ x / self.n, y.transpose(1, 2) @ x / self.n)
+        return self._full

@@ -1,7 +1,8 @@
 """Run summaries: per-condition escape statistics and, per L2 strength, the Arrhenius fit.
 
-Statistics on a run's replica table (diverged and untrapped replicas are counted, never
-used as escapes); the CLI and the report only render what this returns.
+Statistics on a run's replica table: escaped, censored and diverged replicas (the last a
+competing risk, censored where it diverged) are survival data; untrapped replicas are
+counted only. The CLI and the report only render what this returns.
 """
 
 from __future__ import annotations
@@ -10,21 +11,33 @@ import pandas as pd
 
 from .records import Columns
 
+SURVIVAL = ("escaped", "censored", "diverged")
 
-def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0) -> dict:
-    """Per-condition rates and, per L2 strength, the Arrhenius fit against theory.
+
+def _strata_columns(replicas: pd.DataFrame) -> list[str]:
+    """What must be equal within one Arrhenius fit: β (and its schedule), the filter, and for
+    Langevin the lr (for SGD, lr and B make up T = lr / B)."""
+    cols = ["weight_decay", "weight_decay_schedule", "grad_filter"]
+    if (replicas["noise"] == "langevin").all():
+        cols.append("lr")
+    return [c for c in cols if c in replicas.columns]
+
+
+def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
+                grid: float | None = None) -> dict:
+    """Per-condition rates and, per stratum of equal β (and lr for Langevin), Arrhenius.
 
     ``replicas`` is a run's replica table (``replicas.csv``: every replica with its
-    status); diverged and untrapped replicas are counted, never used as escapes.
+    status); ``grid`` is the run's ``check_every`` (the KS null is drawn on it).
     """
     from .arrhenius import fit_arrhenius
     from .errors import EscapestatError
     from .survival import describe
 
-    survival_rows = replicas[replicas["status"].isin(["escaped", "censored"])]
+    survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
     conditions = []
     for key, part in replicas.groupby("condition", sort=True):
-        usable = part[part["status"].isin(["escaped", "censored"])]
+        usable = part[part["status"].isin(SURVIVAL)]
         first = part.iloc[0]
         row = {
             "condition": int(key),
@@ -39,7 +52,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0) -
         }
         if len(usable):
             s = describe(usable["duration"], usable["event"], group=int(key),
-                         n_bootstrap=n_bootstrap, seed=seed)
+                         n_bootstrap=n_bootstrap, seed=seed, grid=grid)
             row.update(n=s.n, events=s.events, rate=s.rate, rate_ci=s.rate_ci, tau=s.tau,
                        median=s.median, weibull_shape=s.weibull_shape,
                        weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue)
@@ -47,10 +60,15 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0) -
             row.update(n=0, events=0)
         conditions.append(row)
     fits = []
-    for beta, part in survival_rows.groupby("weight_decay", sort=True):
+    by = _strata_columns(replicas)
+    for key, part in survival_rows.groupby(by, sort=True):
         theory = part["barrier_theory"].dropna()
-        entry = {"weight_decay": float(beta),
+        entry = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
                  "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
+        if "temperature_schedule" in part and (part["temperature_schedule"] != "constant").any():
+            entry["error"] = "the temperature is a schedule, not constant: no Arrhenius law"
+            fits.append(entry)
+            continue
         try:
             fit = fit_arrhenius(part, Columns(temperature="temperature"), crosscheck=False)
         except EscapestatError as exc:

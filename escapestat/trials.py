@@ -1,37 +1,74 @@
 """The trial engine: trap replicas, train them with noise, detect escape, censor, resume.
 
 A study's conditions × replicas are laid out replica-major and cut into *chunks* of at
-most ``chunk_replicas`` replicas; each chunk is one batched model on one device with
-its own seed, so a chunk's result is fixed by (study, chunk index) and a killed run
-resumes chunk by chunk without redoing or losing finished ones. Within a chunk,
-escaped and diverged replicas leave the active set, so compute follows the replicas
-that are still trapped.
+most ``chunk_replicas`` replicas; each chunk is one batched replica model on one device
+with its own seed, so a chunk's result is fixed by (study, chunk index) and a killed run
+resumes chunk by chunk. Within a chunk the loop is flat: evaluate the schedules at step
+t, step the model, and every ``check_every`` steps let the escape detector decide;
+decided replicas leave the active set, so compute follows the replicas still running.
+The model (``linear_model``), the detector (``detector``) and the run directory
+(``storage``) live in their own modules.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import json
 import os
-import platform
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import ensemble as ens_mod
-from . import tasks
+from .detector import CENSORED, DIVERGED, ESCAPED, UNTRAPPED, EscapeDetector, EscapeRule
 from .errors import EscapestatError
-from .records import atomic_write, write_table
+from .linear_model import DeepLinearTrial
+from .replica_model import Hyper, ReplicaModel
+from .schedules import ReplicaSchedules
+from .storage import ESCAPES, REPLICAS, RunStore, device_text, versions
 from .study import Condition, Study, conditions
-from .theory import stationary_points
 
-ESCAPED, CENSORED, DIVERGED, UNTRAPPED = "escaped", "censored", "diverged", "untrapped"
-Progress = Callable[[dict], None]
+__all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
+           "ChunkProgress", "ChunkStarted", "RunResult", "plan_chunks", "resolve_device",
+           "run_chunk", "run_study"]
+
+#: Statuses that enter the survival table (diverged: a competing risk, censored there).
+SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
+
+
+@dataclass(frozen=True)
+class ChunkStarted:
+    """Progress event: a chunk begins."""
+
+    chunk: int
+    chunks: int
+    replicas: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    """Progress event: a check inside a chunk (``active`` replicas still running)."""
+
+    chunk: int
+    step: int
+    max_steps: int
+    active: int
+    replicas: int
+
+
+Progress = Callable[[ChunkStarted | ChunkProgress], None]
+
+
+def _batch_key(cond: Condition) -> tuple:
+    """Chunks share one batch-size schedule; constants sort by size (keeps chunk seeds)."""
+    b = cond.batch_size
+    if b is None:
+        return (0, 0.0, "")
+    return (0 if b.is_constant else 1, b.value(0) if b.is_constant else 0.0, b.describe())
 
 
 @dataclass(frozen=True)
@@ -39,7 +76,6 @@ class Chunk:
     """A block of replicas run as one batched model: which condition and replica each is."""
 
     index: int
-    batch_size: int | None
     condition: tuple[int, ...]
     replica: tuple[int, ...]
 
@@ -49,16 +85,15 @@ class Chunk:
 
 
 def plan_chunks(study: Study, conds: list[Condition]) -> list[Chunk]:
-    """Replica-major layout so every chunk spans the whole ladder; one batch size per chunk."""
+    """Replica-major layout so every chunk spans the ladder; one batch-size schedule per chunk."""
     chunks: list[Chunk] = []
-    sizes = sorted({c.batch_size or 0 for c in conds})
-    for size in sizes:
-        ids = [i for i, c in enumerate(conds) if (c.batch_size or 0) == size]
+    for key in sorted({_batch_key(c) for c in conds}):
+        ids = [i for i, c in enumerate(conds) if _batch_key(c) == key]
         pairs = [(c, r) for r in range(study.run.replicas) for c in ids]
         step = study.run.chunk_replicas
         for start in range(0, len(pairs), step):
             block = pairs[start : start + step]
-            chunks.append(Chunk(len(chunks), size or None, *map(tuple, zip(*block, strict=True))))
+            chunks.append(Chunk(len(chunks), *map(tuple, zip(*block, strict=True))))
     return chunks
 
 
@@ -73,261 +108,169 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _amplitudes(study: Study, beta: float) -> list[float]:
-    """Per-layer amplitude of each mode in the structured trapped start at β."""
-    m = study.model
-    amps = []
-    for k, s in enumerate(m.strengths):
-        learned = stationary_points(m.depth, s, beta)[1]
-        amps.append(0.0 if k == study.trapped_mode or learned is None else float(learned))
-    return amps
+class HyperSchedules:
+    """The chunk's schedules, evaluated per step into per-replica ``Hyper`` tensors."""
+
+    def __init__(self, conds: list[Condition], dtype: torch.dtype, device: torch.device):
+        self.lr = ReplicaSchedules([c.lr for c in conds], dtype, device)
+        self.beta = ReplicaSchedules([c.beta for c in conds], dtype, device)
+        temps = [c.temperature for c in conds]
+        self.temperature = (None if temps[0] is None
+                            else ReplicaSchedules(temps, dtype, device))
+        self.batch = conds[0].batch_size  # one per chunk (plan_chunks)
+
+    def batch_size(self, t: int) -> int | None:
+        return None if self.batch is None else max(1, int(round(self.batch.value(t))))
+
+    def at(self, t: int) -> Hyper:
+        temperature = None if self.temperature is None else self.temperature.at(t)
+        return Hyper(self.lr.at(t), self.beta.at(t), temperature, self.batch_size(t))
+
+    def keep(self, idx: torch.Tensor) -> None:
+        for s in (self.lr, self.beta, self.temperature):
+            if s is not None:
+                s.keep(idx)
 
 
-def _learned_strength(study: Study, beta: float) -> float:
-    """End-to-end strength w = a^L of the trapped mode's learned state at β."""
-    m = study.model
-    s = m.strengths[study.trapped_mode]
-    learned = stationary_points(m.depth, s, beta)[1]
-    if learned is None:
-        raise EscapestatError(
-            f"at beta = {beta:.4g} the trapped mode (strength {s:g}) has no learned state "
-            "to escape to (beta is above its spinodal)"
-        )
-    return float(learned) ** m.depth
+def build_model(study: Study, conds: list[Condition], generator: torch.Generator,
+                device: torch.device, batch_size: int | None) -> ReplicaModel:
+    """The study's replica model, trapped (deep linear nets for now)."""
+    return DeepLinearTrial(study, conds, generator, device, batch_size)
 
 
-class _Trial:
-    """State of one chunk while it runs: the active replicas and their bookkeeping."""
+def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
+              progress: Progress | None = None) -> pd.DataFrame:
+    """Run one chunk until every replica is decided; one row per replica with its status."""
+    run, esc = study.run, study.escape
+    dtype = torch.float64 if run.dtype == "float64" else torch.float32
+    generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
+    cs = [conds[i] for i in chunk.condition]
+    hyper = HyperSchedules(cs, dtype, device)
+    model = build_model(study, cs, generator, device, hyper.batch_size(0))
+    n, budget, every = len(cs), run.max_steps, esc.check_every
+    detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
+                              budget, n, device)
+    status = np.full(n, CENSORED, dtype=object)
+    duration = np.full(n, float(budget))
+    active = np.arange(n)
 
-    def __init__(self, study: Study, conds: list[Condition], chunk: Chunk, device: torch.device):
-        self.study, self.chunk = study, chunk
-        run, m = study.run, study.model
-        self.dtype = torch.float64 if run.dtype == "float64" else torch.float32
-        self.gen = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
-        self.device = device
-        c = [conds[i] for i in chunk.condition]
-        n = len(c)
-        as_t = lambda v: torch.tensor(v, dtype=self.dtype, device=device)  # noqa: E731
-        self.lr = as_t([x.lr for x in c])
-        self.beta = as_t([x.beta for x in c])
-        self.temperature = as_t([x.temperature for x in c])
-        self.learned = as_t([_learned_strength(study, x.beta) for x in c])
-        widths = study.widths
-        self.teacher = tasks.make_teacher(
-            m.strengths, widths[0], widths[-1], rotate=m.rotate, generator=self.gen,
-            dtype=self.dtype, device=device,
-        )
-        self.sampler = self._sampler(n)
-        if study.escape.order_parameter == "test_error":
-            self.err_trap, self.err_learned = self._reference_errors(c)
-        self.model = self._init(c, widths, n)
-        self.active = np.arange(n)
-        self.status = np.full(n, CENSORED, dtype=object)
-        self.duration = np.full(n, float(run.max_steps))
-        self.pending = torch.full((n,), -1, dtype=torch.long, device=device)
-
-    def _sampler(self, n: int):
-        d = self.study.data
-        self.data = None
-        if d.kind == "population":
-            return ens_mod.PopulationMoments(self.teacher, n)
-        batch = self.chunk.batch_size or d.n_train
-        if d.kind == "fresh":
-            return ens_mod.FreshSampler(self.teacher, n, batch, d.label_noise, generator=self.gen)
-        self.data = tasks.make_dataset(
-            self.teacher, n, d.n_train, d.n_test, noise_std=d.label_noise, generator=self.gen
-        )
-        return ens_mod.MinibatchSampler(self.data, batch, generator=self.gen)
-
-    def _init(self, c: list[Condition], widths: list[int], n: int):
-        init = self.study.init
-        if init.kind == "trained":
-            model = ens_mod.DeepLinearEnsemble.random(
-                n, widths, init.scale, generator=self.gen, dtype=self.dtype, device=self.device
-            )
-            full = self._full_moments(n)
-            for _ in range(init.trap_steps):
-                ens_mod.sgd_step(model, full[0], full[1], init.trap_lr, init.beta_trap)
-            return model
-        # Structured trapped start, built per distinct β and put back in replica order.
-        betas = [x.beta for x in c]
-        order, parts = [], []
-        for beta in sorted(set(betas)):
-            idx = [i for i, b in enumerate(betas) if b == beta]
-            order.extend(idx)
-            parts.append(ens_mod.DeepLinearEnsemble.aligned(
-                len(idx), self.teacher, widths, _amplitudes(self.study, beta), init.noise,
-                generator=self.gen, dtype=self.dtype, device=self.device,
-            ))
-        inverse = torch.as_tensor(np.argsort(order), device=self.device)
-        layers = [torch.cat(stack)[inverse].contiguous()
-                  for stack in zip(*(p.weights for p in parts), strict=True)]
-        return ens_mod.DeepLinearEnsemble(layers)
-
-    def _full_moments(self, n: int):
-        """Full-batch moments for the trapping phase: the training set, or the population."""
-        if self.data is not None:
-            sxx, syx, _ = self.data.train_moments()
-            return sxx, syx
-        return ens_mod.PopulationMoments(self.teacher, n).next_moments()
-
-    def _test_error(self, end_to_end: torch.Tensor) -> torch.Tensor:
-        """Held-out test error per replica; the exact population error without a test set."""
-        if self.data is not None:
-            return self.data.test_error(end_to_end)
-        return 0.5 * (self.teacher.matrix - end_to_end).square().sum((1, 2))
-
-    def _reference_errors(self, c: list[Condition]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test error of the trapped plateau and of the learned state, per replica."""
-        depth, k = self.study.model.depth, self.study.trapped_mode
-        trap, learned = [], []
-        for x, w_k in zip(c, self.learned.tolist(), strict=True):
-            w = [a**depth for a in _amplitudes(self.study, x.beta)]
-            trap.append(w)
-            learned.append(w[:k] + [w_k] + w[k + 1 :])
-        u, v = self.teacher.u, self.teacher.v
-        maps = [torch.einsum("ok,rk,ik->roi", u, torch.tensor(w, dtype=u.dtype, device=u.device),
-                             v) for w in (trap, learned)]
-        return self._test_error(maps[0]), self._test_error(maps[1])
-
-    def order_parameter(self) -> torch.Tensor:
-        """Escape progress: 0 in the trap, 1 at the learned state (see ``EscapeSpec``)."""
-        p = self.model.end_to_end()
-        if self.study.escape.order_parameter == "test_error":
-            return (self.err_trap - self._test_error(p)) / (self.err_trap - self.err_learned)
-        strengths = tasks.mode_strengths(p, self.teacher)
-        return strengths[:, self.study.trapped_mode] / self.learned
-
-    def drop(self, keep: torch.Tensor) -> None:
-        """Keep only the replicas flagged in ``keep`` in the active set."""
-        if bool(keep.all()):
+    def retire(done: torch.Tensor) -> None:
+        nonlocal active
+        keep = ~done.cpu().numpy()  # host sync, once per check
+        if keep.all():
             return
-        idx = torch.nonzero(keep).squeeze(1)
-        self.active = self.active[keep.cpu().numpy()]
-        self.model = self.model.select(idx)
-        self.sampler.select(idx)
-        for name in ("lr", "beta", "temperature", "learned", "pending", "err_trap",
-                     "err_learned"):
-            if hasattr(self, name):
-                setattr(self, name, getattr(self, name)[idx])
+        idx = torch.as_tensor(np.flatnonzero(keep), device=device)
+        active = active[keep]
+        model.keep(idx)
+        detector.keep(idx)
+        hyper.keep(idx)
 
-    def mark_untrapped(self) -> None:
-        """Replicas whose trapped mode is already past the fall-back level at the switch."""
-        q = self.order_parameter()
-        bad = ~(q < self.study.escape.fallback) | ~self.model.is_finite_and_bounded(
-            self.study.run.divergence_limit)
-        where = self.active[bad.cpu().numpy()]
-        self.status[where] = UNTRAPPED
-        self.duration[where] = 0.0
-        self.drop(~bad)
-
-    def step(self) -> None:
-        sxx, syx = self.sampler.next_moments()
-        if self.study.dynamics.noise == "langevin":
-            ens_mod.langevin_step(self.model, sxx, syx, self.lr, self.beta, self.temperature,
-                                  self.gen)
-        else:
-            ens_mod.sgd_step(self.model, sxx, syx, self.lr, self.beta)
-
-    def check(self, step: int, final: bool) -> None:
-        """Vectorised escape/divergence check with commitment; finished replicas leave."""
-        esc = self.study.escape
-        q = self.order_parameter()
-        ok = self.model.is_finite_and_bounded(self.study.run.divergence_limit) & torch.isfinite(q)
-        above, below = q >= esc.threshold, q < esc.fallback
-        self.pending = torch.where((self.pending < 0) & above & ok,
-                                   torch.full_like(self.pending, step), self.pending)
-        self.pending = torch.where(below, torch.full_like(self.pending, -1), self.pending)
-        held = (self.pending >= 0) & (step - self.pending >= esc.commit_steps)
-        # At the budget a crossing that has not fallen back counts (it has not been censored).
-        escaped = ok & (held | ((self.pending >= 0) & final))
-        diverged = ~ok
-        if bool(escaped.any()):
-            where = escaped.cpu().numpy()
-            self.status[self.active[where]] = ESCAPED
-            self.duration[self.active[where]] = self.pending[escaped].cpu().numpy()
-        if bool(diverged.any()):
-            where = diverged.cpu().numpy()
-            self.status[self.active[where]] = DIVERGED
-            self.duration[self.active[where]] = step
-        self.drop(~(escaped | diverged))
-
-
-def run_chunk(
-    study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-    progress: Progress | None = None,
-) -> pd.DataFrame:
-    """Run one chunk to its step budget; one row per replica with its status."""
-    trial = _Trial(study, conds, chunk, device)
-    n = len(chunk.condition)
-    trial.mark_untrapped()
-    every, budget = study.escape.check_every, study.run.max_steps
-    step = 0
     with torch.no_grad():
-        while step < budget and trial.active.size:
-            for _ in range(min(every, budget - step)):
-                trial.step()
-            step = min(step + every, budget)
-            trial.check(step, final=step >= budget)
+        untrapped = detector.untrapped(model.order_parameter(), model.finite())
+        where = active[untrapped.cpu().numpy()]
+        status[where], duration[where] = UNTRAPPED, 0.0
+        retire(untrapped)
+        t = 0
+        while active.size:
+            for _ in range(min(every, budget - t) if t < budget else every):
+                model.step(t, hyper.at(t))
+                t += 1
+            d = detector.check(t, model.order_parameter(), model.finite())
+            times = d.time.cpu().numpy()
+            for mask, label in ((d.escaped, ESCAPED), (d.censored, CENSORED),
+                                (d.diverged, DIVERGED)):
+                m = mask.cpu().numpy()
+                status[active[m]], duration[active[m]] = label, times[m]
+            retire(d.done)
             if progress is not None:
-                progress({"chunk": chunk.index, "step": step, "max_steps": budget,
-                          "active": int(trial.active.size), "replicas": n})
-    seed = chunk.seed(study.run.seed)
-    rows = {
-        "duration": trial.duration,
-        "event": (trial.status == ESCAPED).astype(int),
-        "status": trial.status.astype(str),
-        "temperature": [conds[i].temperature for i in chunk.condition],
-        "lr": [conds[i].lr for i in chunk.condition],
-        "batch_size": [conds[i].batch_size for i in chunk.condition],
-        "weight_decay": [conds[i].beta for i in chunk.condition],
+                progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
+    return _chunk_table(study, cs, chunk, status, duration)
+
+
+def _label(schedule) -> str:
+    return "constant" if schedule is None or schedule.is_constant else schedule.describe()
+
+
+def _chunk_table(study: Study, cs: list[Condition], chunk: Chunk, status: np.ndarray,
+                 duration: np.ndarray) -> pd.DataFrame:
+    """One row per replica: the survival columns, the conditions and their schedules."""
+    gf = study.dynamics.grad_filter
+    return pd.DataFrame({
+        "duration": duration,
+        "event": (status == ESCAPED).astype(int),
+        "status": status.astype(str),
+        "temperature": [c.reported_temperature for c in cs],
+        "lr": [c.lr.value(0) for c in cs],
+        "batch_size": [None if c.batch_size is None else int(round(c.batch_size.value(0)))
+                       for c in cs],
+        "weight_decay": [c.beta.value(0) for c in cs],
         "noise": study.dynamics.noise,
-        "barrier_theory": [conds[i].barrier for i in chunk.condition],
+        "barrier_theory": [c.barrier for c in cs],
+        "lr_schedule": [_label(c.lr) for c in cs],
+        "weight_decay_schedule": [_label(c.beta) for c in cs],
+        "temperature_schedule": [
+            "constant" if c.temperature_is_constant
+            else (_label(c.temperature) if c.temperature is not None else "lr / batch_size")
+            for c in cs],
+        "batch_size_schedule": [_label(c.batch_size) for c in cs],
+        "grad_filter": "none" if gf is None else json.dumps(gf.as_dict(), sort_keys=True),
         "condition": list(chunk.condition),
         "replica": list(chunk.replica),
         "chunk": chunk.index,
-        "seed": seed,
-    }
-    return pd.DataFrame(rows)
-
-
-def _atomic_json(obj: dict, path: Path) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-
-    atomic_write(path, write)
-
-
-def _versions() -> dict:
-    import lifelines
-    import statsmodels
-
-    from . import __version__
-
-    return {"escapestat": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "lifelines": lifelines.__version__, "statsmodels": statsmodels.__version__,
-            "python": platform.python_version()}
-
-
-def _device_text(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-CHUNK_DIR = "chunks"
-ESCAPES = "escapes.csv"
-REPLICAS = "replicas.csv"
-RUN_JSON = "run.json"
+        "seed": chunk.seed(study.run.seed),
+    })
 
 
 @dataclass
 class RunResult:
     out_dir: Path
-    escapes: pd.DataFrame  # the survival table: escaped and censored replicas
-    replicas: pd.DataFrame  # every replica, with its status
+    escapes: pd.DataFrame  # the survival table: escaped, censored and diverged replicas
+    replicas: pd.DataFrame  # every replica, with its status (untrapped included)
     meta: dict
     conditions: list[Condition]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.replicas["status"].value_counts().items()}
+
+    def require_usable(self) -> None:
+        """A run in which no replica gave survival data is an error (its tables are kept)."""
+        counts = self.counts
+        if sum(counts.get(s, 0) for s in (ESCAPED, CENSORED)) == 0:
+            raise EscapestatError(
+                f"no usable replicas: {counts.get(DIVERGED, 0)} diverged (weights non-finite "
+                f"or beyond divergence_limit), {counts.get(UNTRAPPED, 0)} untrapped; lower lr "
+                f"or T, or check the trap — tables kept in {self.out_dir}")
+
+
+def _chunk_notes(infos: dict[int, dict]) -> list[str]:
+    """Say so when a resumed run's chunks ran on different devices, dtypes or versions."""
+    notes = []
+    for key in ("device", "dtype", "versions"):
+        seen: dict[str, list[int]] = {}
+        for index, info in sorted(infos.items()):
+            seen.setdefault(str(info.get(key, "unknown")), []).append(index)
+        if len(seen) > 1:
+            parts = "; ".join(f"chunks {_ranges(ids)} on {value}" for value, ids in seen.items())
+            notes.append(f"chunks ran with different {key}: {parts}")
+    return notes
+
+
+def _ranges(ids: list[int]) -> str:
+    out, start = [], ids[0]
+    for a, b in zip(ids, ids[1:] + [None], strict=True):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}–{a}")
+            start = b
+    return ", ".join(out)
+
+
+def _tables(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    replicas = pd.concat(frames, ignore_index=True).sort_values(["condition", "replica"])
+    replicas = replicas.reset_index(drop=True)
+    escapes = replicas[replicas["status"].isin(SURVIVAL_STATUSES)].reset_index(drop=True)
+    return replicas, escapes
 
 
 def run_study(
@@ -340,68 +283,50 @@ def run_study(
 ) -> RunResult:
     """Run (or resume) a study into ``out_dir``; finished chunks are written atomically.
 
-    A directory holding a complete run of the same study is read back, not rerun.
+    A directory holding the complete run of the same study is read back, writing nothing.
     """
-    out = Path(out_dir)
     dev = resolve_device(device)
     conds = conditions(study)
     chunks = plan_chunks(study, conds)
-    meta_path = out / RUN_JSON
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        same = meta.get("config_hash") == study.config_hash()
-        if not resume and not (same and meta.get("status") == "complete"):
-            raise EscapestatError(
-                f"{out} already holds a run ({meta.get('chunks_done', '?')}/"
-                f"{meta.get('chunks_total', '?')} chunks); pass --resume to continue it or "
-                "choose another --out"
-            )
-        if not same:
-            raise EscapestatError(
-                f"{out} holds a run of a different study (config hash "
-                f"{meta.get('config_hash')} ≠ {study.config_hash()}); choose another --out"
-            )
-    elif resume and out.exists() and any(out.iterdir()):
-        raise EscapestatError(f"{out} has no {RUN_JSON} to resume from")
-    (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
-    if study_text is not None:
-        (out / "study.toml").write_text(study_text, encoding="utf-8")
-    meta = {
+    store = RunStore(out_dir)
+    if store.open(study.config_hash(), resume):
+        frames = [store.finished_chunk(c.index) for c in chunks]
+        if any(f is None for f in frames):
+            raise EscapestatError(f"{store.out} is marked complete but chunks are missing")
+        replicas, escapes = _tables(frames)
+        return RunResult(store.out, escapes, replicas, store.meta, conds,
+                         list(store.meta.get("notes", [])))
+    store.start({
         "study": study.name,
         "config_hash": study.config_hash(),
         "seed": study.run.seed,
         "chunk_seeds": [c.seed(study.run.seed) for c in chunks],
-        "versions": _versions(),
-        "device": _device_text(dev),
+        "versions": versions(),
+        "device": device_text(dev),
         "dtype": study.run.dtype,
         "units": "steps",
+        "check_every": study.escape.check_every,
+        "max_steps": study.run.max_steps,
         "temperature": "exact Langevin T" if study.dynamics.noise == "langevin"
         else "T = lr / batch_size (SGD)",
-        "conditions": [dataclasses.asdict(c) for c in conds],
+        "conditions": [c.as_dict() for c in conds],
         "chunks_total": len(chunks),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "running",
-    }
+        "chunks_done": sum(store.chunk_path(c.index).exists() for c in chunks),
+    }, study_text)
     frames = []
     for chunk in chunks:
-        path = out / CHUNK_DIR / f"chunk-{chunk.index:05d}.csv"
-        if path.exists():
-            frames.append(pd.read_csv(path))
-            continue
-        meta["chunks_done"] = len(frames)
-        _atomic_json(meta, meta_path)
-        if progress is not None:
-            progress({"chunk": chunk.index, "chunks": len(chunks), "start": True,
-                      "replicas": len(chunk.condition), "max_steps": study.run.max_steps})
-        frame = run_chunk(study, conds, chunk, dev, progress)
-        write_table(frame, path)
-        frames.append(pd.read_csv(path))  # identical whether run now or resumed later
-    replicas = pd.concat(frames, ignore_index=True).sort_values(["condition", "replica"])
-    replicas = replicas.reset_index(drop=True)
-    escapes = replicas[replicas["status"].isin([ESCAPED, CENSORED])].reset_index(drop=True)
-    write_table(replicas, out / REPLICAS)
-    write_table(escapes, out / ESCAPES)
-    meta.update(chunks_done=len(chunks), status="complete",
-                finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    _atomic_json(meta, meta_path)
-    return RunResult(out, escapes, replicas, meta, conds)
+        frame = store.finished_chunk(chunk.index)
+        if frame is None:
+            if progress is not None:
+                progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
+                                      study.run.max_steps))
+            began = time.perf_counter()
+            table = run_chunk(study, conds, chunk, dev, progress)
+            info = {"device": device_text(dev), "dtype": study.run.dtype,
+                    "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
+            frame = store.write_chunk(chunk.index, table, info)
+        frames.append(frame)
+    notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
+    replicas, escapes = _tables(frames)
+    store.complete(replicas, escapes, notes)
+    return RunResult(store.out, escapes, replicas, store.meta, conds, notes)

@@ -21,18 +21,20 @@ def test_run_json_and_files(cli, study_file, tmp_path):
                                "--replicas", 12, "--max-steps", 2000, "--json")
     assert code == 0, stderr
     summary = json.loads(stdout)
-    assert set(summary) == {"out", "counts", "conditions", "arrhenius"}
+    assert set(summary) == {"out", "counts", "notes", "conditions", "arrhenius"}
     assert sum(summary["counts"].values()) == 24
     assert {"rate", "rate_ci", "tau", "median", "weibull_shape", "poisson_pvalue"} <= set(
         summary["conditions"][0])
     fit = summary["arrhenius"][0]
     assert fit["theory_barrier"] > 0 and ("ratio" in fit or "error" in fit)
     escapes = pd.read_csv(out / "escapes.csv")
-    assert len(escapes) == summary["counts"].get("escaped", 0) + summary["counts"].get(
-        "censored", 0)
+    assert len(escapes) == sum(summary["counts"].get(k, 0)
+                               for k in ("escaped", "censored", "diverged"))
+    assert {"lr_schedule", "weight_decay_schedule", "temperature_schedule",
+            "batch_size_schedule", "grad_filter"} <= set(escapes.columns)
     assert (out / "replicas.csv").exists() and (out / "study.toml").read_text() == FAST
     meta = json.loads((out / "run.json").read_text())
-    assert meta["config_hash"] and meta["status"] == "complete"
+    assert meta["config_hash"] and meta["status"] == "complete" and meta["check_every"] == 10
     # The survival table feeds the statistics commands as it is.
     code, stdout, _ = cli("fit", out / "escapes.csv", "--group-col", "temperature", "--json")
     assert code == 0 and len(json.loads(stdout)["groups"]) == 2

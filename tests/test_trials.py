@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fake_models import ScriptedEscapes
 
+from escapestat import trials
 from escapestat.errors import EscapestatError
 from escapestat.study import conditions, parse_study
+from escapestat.survival import ExponentialRate
 from escapestat.trials import plan_chunks, run_chunk, run_study
 
 FAST = """
@@ -90,12 +93,84 @@ def test_same_seed_same_table_and_resume(study, tmp_path):
         run_study(other, tmp_path / "b", device="cpu", resume=True)
 
 
-def test_divergence_is_flagged_not_escaped(tmp_path):
+def test_reading_back_a_complete_run_writes_nothing(study, tmp_path):
+    out = tmp_path / "r"
+    first = run_study(study, out, device="cpu", study_text=FAST)
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    again = run_study(study, out, device="cpu", study_text=FAST + "\n# edited comment\n")
+    pd.testing.assert_frame_equal(first.replicas, again.replicas)
+    now = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert now == files
+
+
+def test_a_different_study_is_refused_at_a_finished_run(study, tmp_path):
+    run_study(study, tmp_path / "r", device="cpu")
+    for resume in (False, True):
+        with pytest.raises(EscapestatError, match="different study"):
+            run_study(study.with_overrides(seed=4), tmp_path / "r", device="cpu", resume=resume)
+
+
+def test_resume_on_another_device_says_so(study, tmp_path):
+    out = tmp_path / "r"
+    run_study(study, out, device="cpu")
+    sidecars = sorted((out / "chunks").glob("chunk-*.json"))
+    assert len(sidecars) >= 2
+    info = json.loads(sidecars[0].read_text())
+    assert {"device", "dtype", "versions"} <= set(info)
+    sidecars[0].write_text(json.dumps({**info, "device": "cuda (some GPU)"}))
+    sidecars[-1].with_suffix(".csv").unlink()
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    result = run_study(study, out, device="cpu", resume=True)
+    assert any("different device" in n and "cuda (some GPU)" in n for n in result.notes)
+    assert json.loads((out / "run.json").read_text())["notes"] == result.notes
+
+
+def test_divergence_is_a_competing_risk_in_the_survival_table(tmp_path):
     text = FAST.replace("lr = 0.25", "lr = 3.0").replace("max_steps = 3000", "max_steps = 200")
-    study = parse_study(text)
-    df = run_study(study, tmp_path / "div", device="cpu").replicas
-    assert (df["status"] == "diverged").all()
-    assert (df["event"] == 0).all()
+    result = run_study(parse_study(text), tmp_path / "div", device="cpu")
+    df = result.replicas
+    assert (df["status"] == "diverged").all() and (df["event"] == 0).all()
+    assert (df["duration"] > 0).all() and (df["duration"] <= 200).all()
+    # Kept in escapes.csv as censored at the step it diverged, counted and reported.
+    assert len(result.escapes) == len(df)
+    with pytest.raises(EscapestatError, match="no usable replicas"):
+        result.require_usable()
+
+
+def _scripted(monkeypatch, escape_rate, divergence_rate):
+    def factory(study, conds, generator, device, batch_size):
+        return ScriptedEscapes(len(conds), escape_rate, divergence_rate, generator, device)
+
+    monkeypatch.setattr(trials, "build_model", factory)
+
+
+def test_divergence_does_not_inflate_the_rate(monkeypatch, tmp_path):
+    """Escape and divergence at equal rates: dropping the diverged doubles the rate."""
+    _scripted(monkeypatch, 1 / 400, 1 / 400)
+    text = FAST.replace("replicas = 24", "replicas = 1000").replace(
+        "chunk_replicas = 20", "chunk_replicas = 4096").replace("max_steps = 3000",
+                                                                "max_steps = 2000")
+    df = run_study(parse_study(text), tmp_path / "cr", device="cpu").escapes
+    assert set(df["status"]) == {"escaped", "censored", "diverged"}
+    for _, part in df.groupby("temperature"):
+        rate = part["event"].sum() / part["duration"].sum()
+        assert rate == pytest.approx(1 / 400, rel=0.12)  # truth, within ~3 SE
+        kept = part[part["status"] != "diverged"]
+        assert kept["event"].sum() / kept["duration"].sum() > 1.5 / 400  # the old bias
+
+
+def test_crossings_near_the_budget_are_decided_not_guessed(monkeypatch, tmp_path):
+    """No escape after the budget; a crossing before it commits (runs on) and counts."""
+    _scripted(monkeypatch, 1 / 300, 0.0)
+    text = FAST.replace("max_steps = 3000", "max_steps = 600").replace(
+        "replicas = 24", "replicas = 400").replace("chunk_replicas = 20", "chunk_replicas = 800")
+    df = run_study(parse_study(text), tmp_path / "b", device="cpu").escapes
+    escaped = df[df["event"] == 1]["duration"]
+    assert escaped.max() <= 600 and (escaped > 600 - 50).any()  # commit_steps = 50
+    censored = df[df["event"] == 0]["duration"]
+    assert (censored == 600).all()
+    assert df["event"].mean() == pytest.approx(1 - np.exp(-600 / 300), abs=0.06)
 
 
 def test_untrapped_replicas_are_excluded():
@@ -176,3 +251,48 @@ def test_sgd_cannot_leave_a_converged_trap(tmp_path):
     trapped = df[df["status"] != "untrapped"]
     assert len(trapped) >= 16  # β_trap = 0.361 is just above β_sp(0.8) = 0.351
     assert (trapped["status"] == "censored").all()  # absorbing: no escape, full batch or not
+
+
+SCHEDULED = FAST.replace("barrier_over_temperature = [1.5, 2.5]", "temperature = TEMP").replace(
+    "beta_over_beta_c = 0.5", "beta = BETA").replace("replicas = 24", "replicas = 300").replace(
+    "chunk_replicas = 20", "chunk_replicas = 4096")
+
+
+def _temperature_study(temp: str):
+    from escapestat.theory import barrier, critical_beta
+
+    beta = 0.5 * critical_beta(3, 1.0)
+    de = barrier(3, 1.0, beta)
+    return parse_study(SCHEDULED.replace("BETA", repr(beta)).replace(
+        "TEMP", temp.replace("HOT", repr(de / 2)).replace("COLD", repr(de / 20))))
+
+
+def test_a_temperature_schedule_reaches_the_engine(tmp_path):
+    """Hot until step 300, then far too cold to cross: the escaped fraction is the constant
+    hot run's fraction crossed by step 300 (the cold phase only lets crossings commit)."""
+    hot = run_study(_temperature_study("HOT"), tmp_path / "hot", device="cpu").escapes
+    cold = run_study(_temperature_study("COLD"), tmp_path / "cold", device="cpu").escapes
+    stepped = run_study(_temperature_study(
+        "{shape = 'steps', values = [HOT, COLD], at = [300]}"), tmp_path / "s", device="cpu")
+    df = stepped.escapes
+    assert (df["temperature_schedule"] != "constant").all()
+    crossed_by = (hot["event"] == 1) & (hot["duration"] <= 300)
+    expect, n = crossed_by.mean(), len(df)
+    assert 0.2 < expect < 0.8  # the test is informative: the switch falls mid-escape
+    se = (expect * (1 - expect) / n) ** 0.5 * 2**0.5
+    assert abs(df["event"].mean() - expect) < 3.5 * se, (df["event"].mean(), expect)
+    assert cold["event"].mean() < 0.05 < df["event"].mean()
+    # Replicas already past the saddle at the switch roll on down and cross a little later.
+    assert df.loc[df["event"] == 1, "duration"].max() <= 300 + 300
+
+
+def test_annealing_escapes_far_sooner_than_constant_cold(tmp_path):
+    """Design §8: hot-then-cold Langevin annealing beats constant cold temperature."""
+    cold = run_study(_temperature_study("COLD"), tmp_path / "cold", device="cpu").escapes
+    anneal = run_study(_temperature_study(
+        "{shape = 'cosine', start = HOT, end = COLD, steps = 1500}"), tmp_path / "a",
+        device="cpu").escapes
+    # Censoring only at the budget: with over half escaped the sample median is KM's.
+    assert anneal["event"].mean() > 0.55 and cold["event"].mean() < 0.05
+    cold_rate = ExponentialRate().fit(cold["duration"], cold["event"])
+    assert np.median(anneal["duration"]) < 0.1 * cold_rate.tau_ci_[0]  # ≥ 10× sooner

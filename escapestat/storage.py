@@ -1,0 +1,135 @@
+"""Run directories: ``run.json``, the study as run, finished chunks, the final tables.
+
+The contract (like an optuna storage's): a finished chunk is written once, atomically,
+with a sidecar saying where and with what it ran, and is never rewritten; reading back a
+complete run writes nothing; a directory holding a different study (config hash) is
+refused whatever the flags; an unfinished run continues only with ``resume``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import EscapestatError
+from .records import atomic_write, write_table
+
+CHUNK_DIR = "chunks"
+ESCAPES = "escapes.csv"
+REPLICAS = "replicas.csv"
+RUN_JSON = "run.json"
+STUDY_TOML = "study.toml"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict:
+    import lifelines
+    import statsmodels
+
+    from . import __version__
+
+    return {"escapestat": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "lifelines": lifelines.__version__, "statsmodels": statsmodels.__version__,
+            "python": platform.python_version()}
+
+
+def device_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def write_json(obj: dict, path: Path) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+
+    atomic_write(path, write)
+
+
+class RunStore:
+    """One run directory. ``open`` checks what is there; chunks and tables go through here."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out = Path(out_dir)
+        self.meta_path = self.out / RUN_JSON
+        self.meta: dict = {}
+
+    def chunk_path(self, index: int) -> Path:
+        return self.out / CHUNK_DIR / f"chunk-{index:05d}.csv"
+
+    def open(self, config_hash: str, resume: bool) -> bool:
+        """Check the directory for this study; True when it holds its complete run."""
+        if self.meta_path.exists():
+            try:
+                meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise EscapestatError(f"{self.meta_path}: unreadable ({exc})") from None
+            if meta.get("config_hash") != config_hash:
+                raise EscapestatError(
+                    f"{self.out} holds a run of a different study (config hash "
+                    f"{meta.get('config_hash')} ≠ {config_hash}); choose another --out")
+            if meta.get("status") == "complete" and self._tables_exist():
+                self.meta = meta
+                return True
+            if not resume:
+                raise EscapestatError(
+                    f"{self.out} already holds an unfinished run of this study "
+                    f"({meta.get('chunks_done', '?')}/{meta.get('chunks_total', '?')} chunks); "
+                    "pass --resume to continue it or choose another --out")
+            self.meta = meta
+        elif resume and self.out.exists() and any(self.out.iterdir()):
+            raise EscapestatError(f"{self.out} has no {RUN_JSON} to resume from")
+        return False
+
+    def _tables_exist(self) -> bool:
+        return (self.out / REPLICAS).exists() and (self.out / ESCAPES).exists()
+
+    def start(self, meta: dict, study_text: str | None) -> None:
+        """Begin or continue writing: the study file and run.json (status running)."""
+        (self.out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+        if study_text is not None:
+            path = self.out / STUDY_TOML
+            if not path.exists() or path.read_text(encoding="utf-8") != study_text:
+                path.write_text(study_text, encoding="utf-8")
+        started = self.meta.get("started")
+        self.meta = {**meta, "status": "running", "started": started or now()}
+        if started:
+            self.meta["resumed"] = [*self.meta.get("resumed", []), now()]
+        write_json(self.meta, self.meta_path)
+
+    def finished_chunk(self, index: int) -> pd.DataFrame | None:
+        """A finished chunk's table as written, or None."""
+        path = self.chunk_path(index)
+        return pd.read_csv(path) if path.exists() else None
+
+    def chunk_info(self, index: int) -> dict:
+        """Where and with what a finished chunk ran (its sidecar); {} if it has none."""
+        path = self.chunk_path(index).with_suffix(".json")
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_chunk(self, index: int, frame: pd.DataFrame, info: dict) -> pd.DataFrame:
+        """Write a finished chunk (sidecar first, then the table that marks it done)."""
+        path = self.chunk_path(index)
+        write_json(info, path.with_suffix(".json"))
+        write_table(frame, path)
+        self.meta["chunks_done"] = self.meta.get("chunks_done", 0) + 1
+        write_json(self.meta, self.meta_path)
+        return pd.read_csv(path)  # identical whether run now or resumed later
+
+    def complete(self, replicas: pd.DataFrame, escapes: pd.DataFrame, notes: list[str]) -> None:
+        write_table(replicas, self.out / REPLICAS)
+        write_table(escapes, self.out / ESCAPES)
+        self.meta.update(status="complete", finished=now(), notes=notes)
+        write_json(self.meta, self.meta_path)

@@ -1,0 +1,93 @@
+"""The replica-model contract, run on every model (a new model is one more line in MODELS)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fake_models import ScriptedEscapes
+from test_trials import FAST
+
+from escapestat import ensemble
+from escapestat.linear_model import DeepLinearTrial
+from escapestat.replica_model import ReplicaModel
+from escapestat.study import conditions, parse_study
+from escapestat.trials import HyperSchedules
+
+SGD_FIXED = FAST.replace('kind = "population"', 'kind = "fixed"\nn_train = 64\nn_test = 64') \
+    .replace('noise = "langevin"', 'noise = "sgd"') \
+    .replace("barrier_over_temperature = [1.5, 2.5]", "batch_size = 16")
+
+
+def _linear(text: str):
+    def make(replicas: int, generator: torch.Generator):
+        study = parse_study(text)
+        conds = (conditions(study) * replicas)[:replicas]
+        model = DeepLinearTrial(study, conds, generator, torch.device("cpu"),
+                                HyperSchedules(conds, torch.float32, "cpu").batch_size(0))
+        return model, HyperSchedules(conds, torch.float32, "cpu")
+    return make
+
+
+def _scripted(replicas: int, generator: torch.Generator):
+    hyper = HyperSchedules(conditions(parse_study(FAST))[:1] * replicas, torch.float32, "cpu")
+    return ScriptedEscapes(replicas, 1 / 50, 1 / 500, generator), hyper
+
+
+MODELS = {
+    "deep-linear-langevin-population": _linear(FAST),
+    "deep-linear-sgd-fixed": _linear(SGD_FIXED),
+    "scripted": _scripted,
+}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def built(request):
+    return MODELS[request.param](6, torch.Generator().manual_seed(0))
+
+
+def test_protocol_members_and_shapes(built):
+    model, hyper = built
+    assert isinstance(model, ReplicaModel) and model.replicas == 6
+    for t in range(5):
+        model.step(t, hyper.at(t))
+    q, ok = model.order_parameter(), model.finite()
+    assert q.shape == (6,) and ok.shape == (6,) and ok.dtype == torch.bool
+
+
+def test_keep_keeps_those_replicas_in_that_order(built):
+    model, hyper = built
+    for t in range(3):
+        model.step(t, hyper.at(t))
+    q = model.order_parameter().clone()
+    idx = torch.tensor([1, 4, 5])
+    model.keep(idx)
+    hyper.keep(idx)
+    assert model.replicas == 3
+    torch.testing.assert_close(model.order_parameter(), q[idx])
+    model.step(3, hyper.at(3))  # still steps after shrinking
+    assert model.order_parameter().shape == (3,)
+
+
+def test_grokfast_filter_reaches_the_step():
+    """EMA filter on the data gradient, L2 added after: same as the update written out."""
+    text = SGD_FIXED.replace("batch_size = 16", "batch_size = 64").replace(
+        "[escape]", "grad_filter = {kind = 'ema', alpha = 0.8, lamb = 2.0}\n[escape]")
+    text = text.replace('[run]', '[run]\ndtype = "float64"')
+    study = parse_study(text)
+    conds = conditions(study) * 3
+    model = DeepLinearTrial(study, conds, torch.Generator().manual_seed(1), torch.device("cpu"),
+                            64)
+    hyper = HyperSchedules(conds, torch.float64, "cpu")
+    weights = [w.clone() for w in model.net.weights]
+    sxx, syx, _ = model.data.train_moments()  # batch 64 = n_train: full batch, deterministic
+    h = None
+    for t in range(4):
+        model.step(t, hyper.at(t))
+        ref = ensemble.DeepLinearEnsemble(weights)
+        g = ref.gradients(sxx, syx, 0.0)
+        h = g if h is None else [0.8 * a + 0.2 * b for a, b in zip(h, g, strict=True)]
+        lr, beta = hyper.at(t).lr.reshape(-1, 1, 1), hyper.at(t).weight_decay.reshape(-1, 1, 1)
+        weights = [w - lr * (gi + 2.0 * hi + beta * w)
+                   for w, gi, hi in zip(weights, g, h, strict=True)]
+    for w, ref in zip(model.net.weights, weights, strict=True):
+        torch.testing.assert_close(w, ref)
