@@ -18,6 +18,13 @@ fraction) (for the ladder, τ of the middle temperature, so colder temperatures 
 censored more and hotter ones less). Coverage is the fraction of datasets whose 95% CI
 contains the truth; relative bias is mean(estimate)/truth − 1.
 
+A second table measures the barrier CI when the Poisson model is exact (σ = 0) and when
+it is not: each temperature's log-rate is jittered by N(0, σ²), which over-disperses the
+escape counts. It compares the moderated quasi-Poisson rule ``fit_arrhenius`` uses
+(φ̃ = (1 + χ²_P)/(1 + df), t on (1 + df)²/df degrees of freedom) with the rule it
+replaced (Poisson z below Pearson dispersion 1, quasi-Poisson t on df above: a cliff)
+and with the classic quasi-Poisson (φ̂ and t on df, always).
+
 Run: ``python benchmarks/estimators.py [--datasets N] [--seed S]``.
 """
 
@@ -29,6 +36,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
@@ -38,6 +46,8 @@ from escapestat.survival import ExponentialRate
 from escapestat.synthetic import arrhenius_table, censored_exponential
 
 CENSORING = [0.0, 0.3, 0.7]
+JITTER = [0.0, 0.1, 0.2]  # σ of the per-temperature log-rate jitter (over-dispersion)
+JITTER_CENSORING = 0.3
 REPLICAS = 64
 TAU = 100.0  # single-condition mean escape time (any unit)
 BARRIER, LOG_PREFACTOR = 1.0, 0.0  # τ(T) = exp(ΔE/T − log k₀) = e^{1/T}
@@ -93,13 +103,28 @@ def tau_trial(rng: np.random.Generator, censored: float) -> dict:
     return estimates
 
 
-def barrier_trial(seed: int, censored: float) -> dict:
+def ladder(seed: int, censored: float, sigma: float = 0.0) -> pd.DataFrame:
+    """The temperature ladder; with sigma > 0 each temperature's log-rate is jittered."""
     tau_mid = math.exp(BARRIER / float(np.median(TEMPERATURES)) - LOG_PREFACTOR)
     budget = budget_for(tau_mid, censored)
-    df = arrhenius_table(BARRIER, LOG_PREFACTOR, TEMPERATURES, REPLICAS, budget, seed=seed)
+    if sigma == 0:
+        return arrhenius_table(BARRIER, LOG_PREFACTOR, TEMPERATURES, REPLICAS, budget, seed=seed)
+    jitter = np.random.default_rng([seed, 1]).normal(0.0, sigma, TEMPERATURES.size)
+    return pd.concat(
+        arrhenius_table(BARRIER, LOG_PREFACTOR + j, [t], REPLICAS, budget, seed=[seed, i])
+        for i, (t, j) in enumerate(zip(TEMPERATURES, jitter, strict=True))
+    )
+
+
+def fit_ladder(df: pd.DataFrame):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = fit_arrhenius(df, COLUMNS, crosscheck=False)
+        return fit_arrhenius(df, COLUMNS, crosscheck=False)
+
+
+def barrier_trial(seed: int, censored: float) -> dict:
+    df = ladder(seed, censored)
+    fit = fit_ladder(df)
     out = {"ours": (fit.barrier, fit.barrier_ci), "censored": 1 - df["event"].mean()}
     naive = {"escaped": [], "budget": []}
     inv_t = []
@@ -110,6 +135,37 @@ def barrier_trial(seed: int, censored: float) -> dict:
             naive[name].append(taus[name][0])
     for name, taus in naive.items():
         out[name] = ols_barrier(np.array(inv_t), np.array(taus))
+    return out
+
+
+RULES = {
+    "moderated": "moderated quasi-Poisson (used)",
+    "switch": "previous: z, or t on df above φ̂ = 1",
+    "classic": "classic quasi-Poisson: φ̂, t on df",
+}
+
+
+def jitter_trial(seed: int, sigma: float) -> dict:
+    """Barrier CI half-widths of the three rules on one (possibly over-dispersed) ladder."""
+    fit = fit_ladder(ladder(seed, JITTER_CENSORING, sigma))
+    df_resid = len(fit.temperatures) - 2
+    se_poisson = math.sqrt(np.asarray(fit.covariance)[1, 1] / fit.scale)
+    phi = fit.dispersion
+    t_df = stats.t.ppf(0.975, df_resid)
+    half = {
+        "moderated": (fit.barrier_ci[1] - fit.barrier_ci[0]) / 2,
+        "switch": (t_df * math.sqrt(phi) if phi > 1 else Z) * se_poisson,
+        "classic": t_df * math.sqrt(phi) * se_poisson,
+    }
+    return {"barrier": fit.barrier, "dispersion": phi, "half": half}
+
+
+def summarise_jitter(rows: list[dict]) -> dict:
+    err = np.array([abs(r["barrier"] - BARRIER) for r in rows])
+    out = {"dispersion": float(np.median([r["dispersion"] for r in rows]))}
+    for rule in RULES:
+        half = np.array([r["half"][rule] for r in rows])
+        out[rule] = (float(np.mean(err <= half)), float(np.median(2 * half)))
     return out
 
 
@@ -182,6 +238,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     for note in notes:
         print("note: " + note)
+
+    jitter = {}
+    for sigma in JITTER:
+        seeds = rng.integers(0, 2**32, size=n)
+        jitter[sigma] = summarise_jitter([jitter_trial(int(s), sigma) for s in seeds])
+    print()
+    print(
+        f"Barrier 95% CI under over-dispersion: per-temperature log-rate jitter N(0, σ²), "
+        f"{TEMPERATURES.size} temperatures (df {TEMPERATURES.size - 2}), "
+        f"{JITTER_CENSORING:.0%} censoring; coverage (median CI width)."
+    )
+    header = f"{'rule':<40}" + "".join(f"{f'σ = {sg:g}':>17}" for sg in JITTER)
+    print(header)
+    print("-" * len(header))
+    print(f"{'median Pearson dispersion':<40}"
+          + "".join(f"{jitter[sg]['dispersion']:>17.2f}" for sg in JITTER))
+    for rule, label in RULES.items():
+        cells = "".join(
+            f"{jitter[sg][rule][0]:>9.3f} ({jitter[sg][rule][1]:.3f})" for sg in JITTER
+        )
+        print(f"{label:<40}{cells}")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

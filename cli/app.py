@@ -3,8 +3,47 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
+
+from .common import usage_error
+
+try:  # typer ≥ 0.2x vendors click as typer._click; older typer uses click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+
+def _one_line(exc: UsageError, ctx=None) -> Exception:
+    """A usage error as one line ``error: …`` on stderr and exit 2 (no rich box)."""
+    if isinstance(exc, NoArgsIsHelpError):  # bare `escapestat`: the help was shown
+        return exc
+    ctx = getattr(exc, "ctx", None) or ctx
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return usage_error(exc.format_message().rstrip().rstrip(".") + hint)
+
+
+class OneLineUsageGroup(TyperGroup):
+    """The app's group: usage errors of the group or any command become one line, exit 2.
+
+    Typer would print its multi-line rich box; the README promises one ``error:`` line.
+    This holds for the console script and for an in-process ``CliRunner`` alike.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise _one_line(exc, ctx) from None
+
 
 app = typer.Typer(
+    cls=OneLineUsageGroup,
     name="escapestat",
     help="Escape-time statistics for metastable training dynamics.",
     no_args_is_help=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -10,16 +9,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from escapestat import records
-from escapestat.arrhenius import ArrheniusFit, fit_arrhenius, temperature_from_lr_batch
-from escapestat.report import plot_arrhenius
+from escapestat.arrhenius import (
+    ArrheniusFit,
+    check_theory_barrier,
+    fit_arrhenius,
+    with_temperature,
+)
+from escapestat.errors import EscapestatError
+from escapestat.report import check_plot_path, plot_arrhenius
+from escapestat.strata import arrhenius_strata
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
-from .options import DurationCol, EventCol, JsonOut, PlotPath, TableArg, Unit
+from .options import ByCols, DurationCol, EventCol, JsonOut, PlotPath, Pool, TableArg, Unit
 
 
-def _table(fit: ArrheniusFit, unit: str) -> Table:
-    table = Table(title=f"Escape rate per temperature (per {unit.rstrip('s')}; exact 95% CIs)")
+def _table(fit: ArrheniusFit, unit: str, label: str | None) -> Table:
+    where = f"{label}: " if label else ""
+    table = Table(title=f"{where}escape rate per temperature (per {unit.rstrip('s')}; "
+                  "exact 95% CIs)")
     for name in ("T", "1/T", "n", "escaped", "exposure", "rate", "rate CI"):
         table.add_column(name, justify="right")
     for t, n, d, e, k, (lo, hi) in zip(
@@ -28,6 +36,36 @@ def _table(fit: ArrheniusFit, unit: str) -> Table:
         table.add_row(f"{t:.4g}", f"{1 / t:.4g}", str(n), str(d), f"{e:.4g}", f"{k:.3g}",
                       f"[{lo:.3g}, {hi:.3g}]")
     return table
+
+
+def _say(text: str, **kwargs) -> None:
+    out_console.print(text, soft_wrap=True, highlight=False, **kwargs)
+
+
+def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -> None:
+    out_console.print(_table(fit, unit, label))
+    lo, hi = fit.barrier_ci
+    plo, phi = fit.log_prefactor_ci
+    _say(f"barrier ΔE      = {fit.barrier:.5g}  95% CI [{lo:.5g}, {hi:.5g}]")
+    _say(f"log prefactor   = {fit.log_prefactor:.5g}  95% CI [{plo:.5g}, {phi:.5g}]"
+         f"  (τ₀ = {fit.tau0:.4g} {unit})")
+    if fit.dispersion is None:
+        _say(f"dispersion      = n/a (two temperatures); method: {fit.method}")
+    else:
+        _say(f"dispersion      = {fit.dispersion:.3g} (moderated scale "
+             f"{fit.scale:.3g}, t on {fit.quantile_df:.3g} df); method: {fit.method}")
+        if fit.dispersion > 1:
+            _say("  rates scatter more than Poisson: CIs widened by the moderated "
+                 "quasi-Poisson scale", style="yellow")
+    aft = fit.weibull_aft
+    if aft.get("barrier") is not None:
+        alo, ahi = aft["barrier_ci"]
+        _say(f"Weibull AFT     = {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
+             f"  (shape {aft['shape']:.3g})")
+    if "theory_barrier" in payload:
+        rlo, rhi = payload["barrier_ratio_ci"]
+        _say(f"theory barrier  = {payload['theory_barrier']:.5g}; fitted / theory = "
+             f"{payload['barrier_ratio']:.3f} [{rlo:.3f}, {rhi:.3f}]")
 
 
 @app.command("arrhenius")
@@ -45,8 +83,10 @@ def arrhenius(
     batch_col: Annotated[
         str, typer.Option("--batch-col", help="T = lr / batch size when T is not in the table.")
     ] = "batch_size",
+    by: ByCols = None,
+    pool: Pool = False,
     theory_barrier: Annotated[
-        float | None, typer.Option("--theory-barrier", help="Barrier to compare the fit with.")
+        float | None, typer.Option("--theory-barrier", help="Barrier (> 0) to compare with.")
     ] = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
@@ -55,45 +95,49 @@ def arrhenius(
     """Fit k(T) = exp(log_prefactor − barrier / T) to censored escape times.
 
     Poisson GLM of escapes on −1/T with offset log(exposure): the exact censored
-    exponential MLE, zero-escape temperatures included. Pearson dispersion > 1 switches
-    to quasi-Poisson errors. A Weibull AFT fit on 1/T is shown beside it as a check.
+    exponential MLE, zero-escape temperatures included. Standard errors use the Pearson
+    dispersion moderated towards 1 (one prior degree of freedom) with t quantiles, so the
+    CIs widen smoothly as rates scatter more than Poisson. Only the temperature may vary
+    within a fit: split other conditions with --by (or pool them knowingly with --pool);
+    a scheduled (non-constant) temperature is refused. A Weibull AFT fit on 1/T is shown
+    beside it as a check.
 
     Example: escapestat arrhenius studies/examples/escapes.csv --plot arrhenius.png
     """
-    df = records.read_table(table)
-    if temperature_col not in df.columns and {lr_col, batch_col} <= set(df.columns):
-        df[temperature_col] = temperature_from_lr_batch(df, lr_col, batch_col)
-        note = f"no {temperature_col!r} column: using T = {lr_col} / {batch_col}"
+    check_theory_barrier(theory_barrier)
+    if plot is not None:
+        check_plot_path(plot)
+    df, note = with_temperature(records.read_table(table), temperature_col, lr_col, batch_col)
+    if note:
         err_console.print(escape(note))
     columns = records.Columns(duration=duration_col, event=event_col, temperature=temperature_col)
     df = records.validate(df, columns)
-    fit = fit_arrhenius(df, columns)
+    strata = arrhenius_strata(df, temperature_col, by or (), pool, lr_col, batch_col)
+    results = []
+    for s in strata:
+        try:
+            fit = fit_arrhenius(s.rows, columns)
+        except EscapestatError as exc:
+            raise EscapestatError(f"{s.label}: {exc}" if s.key else str(exc)) from None
+        payload = fit.as_dict()
+        if theory_barrier is not None:
+            payload.update(fit.versus_theory(theory_barrier))
+        if s.pooled:
+            err_console.print(escape(f"{s.label}: pooled knowingly (--pool) over differing "
+                                     f"{', '.join(s.pooled)}"))
+            payload["pooled"] = list(s.pooled)
+        results.append((s, fit, payload))
     if plot is not None:
-        plot_arrhenius(fit, plot, theory_barrier=theory_barrier, unit=unit.rstrip("s"))
-        err_console.print(f"wrote {escape(str(plot))}")
-    payload = fit.as_dict()
-    if theory_barrier is not None:
-        payload["theory_barrier"] = theory_barrier
-        payload["barrier_ratio"] = fit.barrier / theory_barrier
+        for s, fit, _ in results:
+            written = plot_arrhenius(fit, s.file_for(plot), theory_barrier=theory_barrier,
+                                     unit=unit.rstrip("s"))
+            err_console.print(f"wrote {escape(str(written))}")
     if json_out:
-        print_json(payload)
+        if by:
+            print_json({"strata": [{"stratum": s.as_dict(), **payload}
+                                   for s, _, payload in results]})
+        else:
+            print_json(results[0][2])
         return
-    out_console.print(_table(fit, unit))
-    lo, hi = fit.barrier_ci
-    plo, phi = fit.log_prefactor_ci
-    out_console.print(f"barrier ΔE      = {fit.barrier:.5g}  95% CI [{lo:.5g}, {hi:.5g}]")
-    out_console.print(f"log prefactor   = {fit.log_prefactor:.5g}  95% CI [{plo:.5g}, {phi:.5g}]"
-                      f"  (τ₀ = {math.exp(-fit.log_prefactor):.4g} {unit})")
-    disp = "n/a (two temperatures)" if fit.dispersion is None else f"{fit.dispersion:.3g}"
-    out_console.print(f"dispersion      = {disp}; method: {fit.method}")
-    if fit.method == "quasi-poisson":
-        out_console.print("  rates scatter more than Poisson: CIs widened by the quasi-Poisson "
-                          "scale", style="yellow")
-    aft = fit.weibull_aft
-    if aft.get("barrier") is not None:
-        alo, ahi = aft["barrier_ci"]
-        out_console.print(f"Weibull AFT     = {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
-                          f"  (shape {aft['shape']:.3g})")
-    if theory_barrier is not None:
-        out_console.print(f"theory barrier  = {theory_barrier:.5g}; fitted / theory = "
-                          f"{fit.barrier / theory_barrier:.3f}")
+    for s, fit, payload in results:
+        _print_fit(fit, payload, unit, s.label if by else None)

@@ -45,6 +45,13 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def usage_error(message: str) -> typer.Exit:
+    """Print one usage-error line on stderr and return the exit to raise (status 2)."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
 def domain_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn EscapestatError (and unreadable files) into one line on stderr and exit 1."""
 

@@ -9,11 +9,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from escapestat import records, survival
-from escapestat.report import plot_survival
+from escapestat.report import check_plot_path, plot_survival
+from escapestat.strata import fit_strata
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
-from .options import DurationCol, EventCol, JsonOut, PlotPath, Seed, TableArg, Unit
+from .options import (
+    ByCols,
+    DurationCol,
+    EventCol,
+    JsonOut,
+    PlotPath,
+    Pool,
+    Seed,
+    TableArg,
+    Unit,
+)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -25,9 +36,11 @@ def _interval(ci) -> str:
     return f"{_fmt(lo, 3)}–{'∞' if hi is None or hi == float('inf') else _fmt(hi, 3)}"
 
 
-def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: str) -> Table:
+def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: str,
+           label: str | None = None) -> Table:
     """One column per group, one row per quantity: stays readable in 80 columns."""
-    table = Table(title=f"Escape statistics (durations in {unit}; 95% CIs)")
+    where = f"{label}; " if label else ""
+    table = Table(title=f"Escape statistics ({where}durations in {unit}; 95% CIs)")
     table.add_column(group_col or "group", justify="left", no_wrap=True)
     for s in summaries:
         table.add_column(str(s.group), justify="right", overflow="fold")
@@ -62,6 +75,14 @@ def fit(
     group_col: Annotated[
         str | None, typer.Option("--group-col", help="Fit each value of this column apart.")
     ] = None,
+    by: ByCols = None,
+    pool: Pool = False,
+    grid: Annotated[
+        float | None,
+        typer.Option("--grid", help="Grid the durations sit on (the run's check_every), for "
+                     "the KS test's null; default: check_every from a run.json beside TABLE.",
+                     show_default=False),
+    ] = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
     bootstrap: Annotated[
@@ -75,23 +96,47 @@ def fit(
     Rate = escapes / exposure (censored replicas included) with the exact Poisson CI;
     Kaplan–Meier median; RMST at the largest time; Weibull shape (≈ 1 for activated,
     Poisson-like escape, ≫ 1 for a deterministic delay) and a bootstrap KS p-value
-    against the fitted exponential.
+    against the fitted exponential, its null drawn on the durations' grid. Rows whose
+    conditions (temperature, β, weight decay, ...) differ within a group are refused
+    unless split with --by or pooled with --pool.
 
     Example: escapestat fit studies/examples/escapes.csv --group-col temperature --plot km.png
     """
+    if plot is not None:
+        check_plot_path(plot)
+    grid = records.resolve_grid(grid, table)
     columns = records.Columns(duration=duration_col, event=event_col, group=group_col)
     df = records.load(table, columns)
-    summaries = survival.summarize(df, columns, n_bootstrap=bootstrap, seed=seed)
+    strata = fit_strata(df, group_col, by or (), pool)
+    results = [
+        (s, survival.summarize(s.rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid))
+        for s in strata
+    ]
+    for s in strata:
+        if s.pooled:
+            err_console.print(escape(f"{s.label}: pooled knowingly (--pool) over differing "
+                                     f"{', '.join(s.pooled)}"))
     if plot is not None:
-        plot_survival(df, columns, plot, unit=unit)
-        err_console.print(f"wrote {escape(str(plot))}")
+        for s in strata:
+            written = plot_survival(s.rows, columns, s.file_for(plot), unit=unit)
+            err_console.print(f"wrote {escape(str(written))}")
     if json_out:
-        print_json({"groups": [s.as_dict() for s in summaries]})
+        if by:
+            print_json({"strata": [{"stratum": s.as_dict(), "pooled": list(s.pooled),
+                                    "groups": [g.as_dict() for g in summaries]}
+                                   for s, summaries in results]})
+        else:
+            s, summaries = results[0]
+            payload = {"groups": [g.as_dict() for g in summaries]}
+            if s.pooled:
+                payload["pooled"] = list(s.pooled)
+            print_json(payload)
         return
-    out_console.print(_table(summaries, group_col, unit))
-    for s in summaries:
-        if s.events == 0:
-            out_console.print(
-                f"{s.group}: no escapes — the rate is below {_fmt(s.rate_ci[1], 3)} per "
-                f"{unit.rstrip('s')} (95% upper bound)."
-            )
+    for s, summaries in results:
+        out_console.print(_table(summaries, group_col, unit, s.label if by else None))
+        for g in summaries:
+            if g.events == 0:
+                out_console.print(
+                    f"{g.group}: no escapes — the rate is below {_fmt(g.rate_ci[1], 3)} per "
+                    f"{unit.rstrip('s')} (95% upper bound)."
+                )

@@ -18,7 +18,19 @@ JsonOut = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
 ]
 PlotPath = Annotated[
-    Path | None, typer.Option("--plot", help="Write a figure to this PNG/PDF/SVG file.")
+    Path | None,
+    typer.Option("--plot", help="Write a figure to this PNG/PDF/SVG file (one per stratum "
+                 "with --by: NAME-COL=VALUE.png)."),
+]
+ByCols = Annotated[
+    list[str] | None,
+    typer.Option("--by", help="Fit each value of this condition column apart (repeatable).",
+                 show_default=False),
+]
+Pool = Annotated[
+    bool,
+    typer.Option("--pool", help="Pool rows whose other conditions (β, weight decay, width, "
+                 "schedules, ...) differ, knowingly; refused without it."),
 ]
 Unit = Annotated[str, typer.Option("--unit", help="Unit of the durations, for labels.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the bootstraps.")]

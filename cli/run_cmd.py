@@ -55,29 +55,27 @@ def _print_summary(summary: dict) -> None:
     fixed = [f"{name} = {_fmt(next(iter(constant[key])), 4)}"
              for key, name in (("weight_decay", "β"), ("lr", "lr"), ("batch_size", "B"))
              if key not in shown and next(iter(constant[key])) is not None]
-    table = Table(title="Escape times per condition (steps; exact 95% CIs)",
-                  caption=", ".join(fixed) + "; τ = exposure / escapes; "
-                  "excluded: none" if not any(c["diverged"] + c["untrapped"] for c in rows)
-                  else ", ".join(fixed) + "; τ = exposure / escapes")
-    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B"}
     excluded = any(c["diverged"] + c["untrapped"] for c in rows)
+    caption = ", ".join(fixed) + "; τ = exposure / escapes" + (
+        "; diverged: censored where they diverged; untrapped: not in n" if excluded
+        else "; none diverged or untrapped")
+    table = Table(title="Escape times per condition (steps; exact 95% CIs)", caption=caption)
+    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B"}
     for name in [names[k] for k in shown] + ["T", "ΔE/T", "n", "escaped", "τ", "τ CI",
                                              "median", "Weibull k (CI)"] + (
-                                                 ["excluded"] if excluded else []):
+                                                 ["diverged, untrapped"] if excluded else []):
         table.add_column(name, justify="right")
     for c in rows:
-        lo, hi = c.get("rate_ci", (None, None))
-        barrier = c["barrier_theory"]
+        t_lo, t_hi = c.get("tau_ci") or (None, None)
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
         table.add_row(
             *[_fmt(c[k], 4) for k in shown],
-            _fmt(c["temperature"]), _fmt(barrier / c["temperature"] if barrier else None),
-            str(c["n"]), str(c["events"]),
-            _fmt(1 / c["rate"] if c.get("rate") else None),
-            "—" if hi is None else f"{_fmt(1 / hi)}–{_fmt(1 / lo if lo else float('inf'))}",
+            _fmt(c["temperature"]), _fmt(c["barrier_over_temperature"]),
+            str(c["n"]), str(c["events"]), _fmt(c.get("tau")),
+            "—" if t_lo is None else f"{_fmt(t_lo)}–{_fmt(t_hi)}",
             _fmt(c.get("median")),
             "—" if k_lo is None else f"{c['weibull_shape']:.2f} ({k_lo:.2f}–{k_hi:.2f})",
-            *([f"{c['diverged']} div., {c['untrapped']} untr."] if excluded else []),
+            *([f"{c['diverged']}, {c['untrapped']}"] if excluded else []),
         )
     out_console.print(table)
     for f in summary["arrhenius"]:

@@ -3,14 +3,16 @@
 The censored exponential likelihood of a condition depends on its data only through
 D (escapes) and E (exposure, Σ t over all replicas), so a Poisson GLM of D on −1/T with
 offset log E is the exact maximum-likelihood fit across temperatures, zero-escape
-temperatures included: log k = log k₀ + ΔE · (−1/T). When the Pearson dispersion
-χ²/df exceeds 1 the standard errors use the quasi-Poisson scale (and say so). A
+temperatures included: log k = log k₀ + ΔE · (−1/T). The standard errors use a
+moderated quasi-Poisson scale (see ``moderated_scale``), continuous in the Pearson
+dispersion, so a dispersion of 0.99 and of 1.01 give nearly the same interval. A
 lifelines Weibull AFT model on 1/T is fitted beside it as a cross-check that does not
 assume a constant hazard.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -19,13 +21,41 @@ import pandas as pd
 from scipy import stats
 
 from .errors import EscapestatError
-from .records import Columns
+from .records import Columns, round_significant
 from .survival import LEVEL, poisson_rate_ci
+
+#: Prior degrees of freedom d₀ of the moderated dispersion, placed at the Poisson value 1.
+PRIOR_DF = 1.0
+
+MODERATED = "quasi-poisson (moderated)"
+
+
+def moderated_scale(
+    pearson_chi2: float, df_resid: int, level: float = LEVEL, prior_df: float = PRIOR_DF
+) -> tuple[float, float, float]:
+    """Moderated quasi-Poisson scale φ̃, CI quantile and its degrees of freedom ν.
+
+    φ̃ = (d₀·1 + χ²_P) / (d₀ + df): the Pearson dispersion φ̂ = χ²_P/df shrunk towards the
+    Poisson value 1 with d₀ prior degrees of freedom. The quantile is Student t on
+    ν = (d₀ + df)²/df, the Satterthwaite degrees of freedom of φ̃ when the Poisson model
+    holds (Var φ̃ = 2·df/(d₀ + df)²), so the interval covers ~95% then; ν → ∞ (normal
+    quantile, plain Poisson) with no residual df. Both are continuous in φ̂: no switch.
+    """
+    if df_resid <= 0:
+        return 1.0, float(stats.norm.ppf(0.5 + level / 2)), math.inf
+    scale = (prior_df + pearson_chi2) / (prior_df + df_resid)
+    nu = (prior_df + df_resid) ** 2 / df_resid
+    return float(scale), float(stats.t.ppf(0.5 + level / 2, nu)), float(nu)
 
 
 @dataclass
 class ArrheniusFit:
-    """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check)."""
+    """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check).
+
+    ``dispersion`` is the Pearson χ²/df (None with two temperatures); ``scale`` the
+    moderated φ̃ that multiplies the Poisson covariance; ``quantile`` the t quantile on
+    ``quantile_df`` degrees of freedom used by every interval of the fit.
+    """
 
     barrier: float
     barrier_ci: tuple[float, float]
@@ -39,22 +69,37 @@ class ArrheniusFit:
     events: list[int]
     exposure: list[float]
     n: list[int]
+    scale: float = 1.0
+    quantile: float = float(stats.norm.ppf(0.5 + LEVEL / 2))
+    quantile_df: float = math.inf
     weibull_aft: dict = field(default_factory=dict)
     covariance: list[list[float]] = field(default_factory=list)
+
+    @property
+    def tau0(self) -> float:
+        """τ₀ = 1 / k₀ = exp(−log_prefactor), the attempt time in units of duration."""
+        return math.exp(-self.log_prefactor)
 
     def rate(self, temperature) -> np.ndarray:
         """k(T) = exp(log_prefactor − barrier / T)."""
         return np.exp(self.log_prefactor - self.barrier / np.asarray(temperature, dtype=float))
 
-    def log_rate_band(self, temperature, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise CI of log k(T) from the parameter covariance (for plots)."""
-        x = np.column_stack([np.ones_like(np.atleast_1d(temperature)), -1.0 / np.atleast_1d(
-            np.asarray(temperature, dtype=float))])
+    def log_rate_band(self, temperature) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise CI of log k(T) (for plots), with the same quantile as the parameter CIs."""
+        inv = -1.0 / np.atleast_1d(np.asarray(temperature, dtype=float))
+        x = np.column_stack([np.ones_like(inv), inv])
         cov = np.asarray(self.covariance)
         se = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
         mean = x @ np.array([self.log_prefactor, self.barrier])
-        z = stats.norm.ppf(0.5 + level / 2)
-        return mean - z * se, mean + z * se
+        return mean - self.quantile * se, mean + self.quantile * se
+
+    def versus_theory(self, theory_barrier: float) -> dict:
+        """Fitted / theory barrier with its CI; the theory barrier must be finite and > 0."""
+        check_theory_barrier(theory_barrier)
+        lo, hi = self.barrier_ci
+        return {"theory_barrier": float(theory_barrier),
+                "barrier_ratio": self.barrier / theory_barrier,
+                "barrier_ratio_ci": (lo / theory_barrier, hi / theory_barrier)}
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -62,11 +107,23 @@ class ArrheniusFit:
         return out
 
 
+def check_theory_barrier(theory_barrier: float | None) -> None:
+    """A theory barrier to compare with must be a finite positive number (None: none given)."""
+    if theory_barrier is not None and not (math.isfinite(theory_barrier) and theory_barrier > 0):
+        raise EscapestatError(
+            f"the theory barrier must be a finite number > 0; got {theory_barrier:g}"
+        )
+
+
 def aggregate(df: pd.DataFrame, columns: Columns) -> pd.DataFrame:
-    """Per temperature: replicas n, escapes D and exposure E = Σ durations (censored included)."""
+    """Per temperature: replicas n, escapes D and exposure E = Σ durations (censored included).
+
+    Temperatures are grouped after rounding to ``TEMPERATURE_DIGITS`` significant digits.
+    """
     if columns.temperature is None:
         raise EscapestatError("no temperature column given")
-    grouped = df.groupby(columns.temperature, sort=True)
+    temps = round_significant(df[columns.temperature].to_numpy(dtype=float))
+    grouped = df.assign(**{columns.temperature: temps}).groupby(columns.temperature, sort=True)
     table = pd.DataFrame(
         {
             "n": grouped.size(),
@@ -113,8 +170,10 @@ def fit_arrhenius(
 ) -> ArrheniusFit:
     """Fit log k = log k₀ − ΔE/T by Poisson GLM with offset log(exposure).
 
-    Raises ``EscapestatError`` with fewer than two temperatures, no escapes at all, or
-    escapes at only one temperature (then the barrier is not identified).
+    Covariance: Poisson's, times the moderated dispersion φ̃; intervals: ± t_ν · SE
+    (``moderated_scale``). Raises ``EscapestatError`` with fewer than two temperatures,
+    exposures or rates that overflow, no escapes at all, or escapes at only one
+    temperature (then the barrier is not identified).
     """
     import statsmodels.api as sm
 
@@ -123,6 +182,14 @@ def fit_arrhenius(
         raise EscapestatError(
             f"need at least two temperatures for an Arrhenius fit; column "
             f"{columns.temperature!r} has {len(agg)} distinct value(s)"
+        )
+    with np.errstate(divide="ignore", over="ignore"):
+        finite = np.isfinite(agg["exposure"]) & np.isfinite(agg["events"] / agg["exposure"])
+    if not finite.all() or (agg["exposure"] <= 0).any():
+        raise EscapestatError(
+            f"column {columns.duration!r}: exposure or rate is not a finite positive number at "
+            f"T = {agg['temperature'][~finite | (agg['exposure'] <= 0)].iloc[0]:g}; rescale "
+            "the durations"
         )
     if agg["events"].sum() == 0:
         bounds = ", ".join(
@@ -151,21 +218,15 @@ def fit_arrhenius(
         raise EscapestatError("the Poisson GLM did not converge")
     df_resid = len(temps) - 2
     dispersion = float(result.pearson_chi2 / df_resid) if df_resid > 0 else None
-    method = "poisson"
-    cov_scaled = np.asarray(result.cov_params())
-    if dispersion is not None and dispersion > 1.0:
-        # Quasi-Poisson: same estimates, covariance scaled by the Pearson dispersion.
-        cov_scaled = cov_scaled * dispersion
-        method = "quasi-poisson"
+    # Quasi-Poisson with a moderated scale: same estimates, covariance × φ̃, t quantile.
+    scale, q, nu = moderated_scale(float(result.pearson_chi2), df_resid, level)
+    method = MODERATED if df_resid > 0 else "poisson"
+    cov_scaled = np.asarray(result.cov_params()) * scale
     # Back-transform: β_raw = J β_scaled with log k₀ = b0 − b1·centre/spread, ΔE = b1/spread.
     jac = np.array([[1.0, -centre / spread], [0.0, 1.0 / spread]])
     params = jac @ np.asarray(result.params)
     cov = jac @ cov_scaled @ jac.T
     se = np.sqrt(np.diag(cov))
-    if method == "quasi-poisson":
-        q = stats.t.ppf(0.5 + level / 2, df_resid)
-    else:
-        q = stats.norm.ppf(0.5 + level / 2)
     log_k0, barrier = (float(v) for v in params)
     rate_ci = [poisson_rate_ci(int(d), e, level) for d, e in zip(events, exposure, strict=True)]
     return ArrheniusFit(
@@ -181,16 +242,36 @@ def fit_arrhenius(
         events=events.astype(int).tolist(),
         exposure=exposure.tolist(),
         n=agg["n"].astype(int).tolist(),
+        scale=scale,
+        quantile=q,
+        quantile_df=nu,
         weibull_aft=_weibull_aft(df, columns, level) if crosscheck else {},
         covariance=cov.tolist(),
     )
 
 
 def temperature_from_lr_batch(df: pd.DataFrame, lr_col: str, batch_col: str) -> pd.Series:
-    """SGD noise temperature T = lr / B (the design's reported T; the true T_eff has a factor C)."""
+    """SGD noise temperature T = lr / B (the design's reported T; the true T_eff has a factor C).
+
+    Rounded to ``TEMPERATURE_DIGITS`` significant digits: 0.3/48 and 0.1/16 are one T.
+    """
     lr = pd.to_numeric(df[lr_col], errors="coerce")
     batch = pd.to_numeric(df[batch_col], errors="coerce")
     if lr.isna().any() or batch.isna().any() or (lr <= 0).any() or (batch <= 0).any():
         raise EscapestatError(f"columns {lr_col!r} and {batch_col!r} must be positive numbers")
-    return lr / batch
+    return pd.Series(round_significant((lr / batch).to_numpy()), index=df.index)
+
+
+def with_temperature(
+    df: pd.DataFrame, temperature_col: str, lr_col: str = "lr", batch_col: str = "batch_size"
+) -> tuple[pd.DataFrame, str | None]:
+    """Add T = lr / batch when the table has no temperature column but has both; with a note.
+
+    Returns the table (a copy when T was added) and the note to show, or None.
+    """
+    if temperature_col in df.columns or not {lr_col, batch_col} <= set(df.columns):
+        return df, None
+    out = df.copy()
+    out[temperature_col] = temperature_from_lr_batch(df, lr_col, batch_col)
+    return out, f"no {temperature_col!r} column: using T = {lr_col} / {batch_col}"
 

@@ -8,6 +8,9 @@ and write; every column name is an option so a user's own table works as it is.
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,6 +25,10 @@ from .errors import EscapestatError
 DURATION = "duration"
 EVENT = "event"
 TEMPERATURE = "temperature"
+
+#: Significant digits numeric conditions (temperatures above all) are rounded to before
+#: grouping: 0.3/48 and 0.1/16 differ in the last bit and must be one temperature.
+TEMPERATURE_DIGITS = 12
 
 _PARQUET = {".parquet", ".pq"}
 _CSV = {".csv", ".txt"}
@@ -38,6 +45,14 @@ class Columns:
     temperature: str | None = None
 
 
+def round_significant(values, digits: int = TEMPERATURE_DIGITS) -> np.ndarray:
+    """Round to ``digits`` significant (decimal) digits, so float noise never splits a group."""
+    arr = np.asarray(values, dtype=float)
+    uniq, inverse = np.unique(arr, return_inverse=True)
+    rounded = np.array([float(f"{v:.{digits}g}") if math.isfinite(v) else v for v in uniq])
+    return rounded[inverse].reshape(arr.shape)
+
+
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in _PARQUET:
@@ -51,14 +66,42 @@ def _format(path: Path) -> str:
     )
 
 
+def _duplicates(names) -> list[str]:
+    seen: set[str] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)})
+
+
+def _check_header(path: Path, fmt: str) -> None:
+    """Refuse duplicate column names, which pandas would silently rename to ``name.1``."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        else:
+            with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+                names = next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), [])
+    except Exception:  # unreadable here: pandas below gives the clear error
+        return
+    dups = _duplicates(str(n).strip() for n in names)
+    if dups:
+        shown = ", ".join(repr(d) for d in dups)
+        raise EscapestatError(f"{path}: duplicate column name{'s' if len(dups) > 1 else ''} "
+                              f"{shown} in the header; every column needs its own name")
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV/TSV/Parquet table, turning every I/O or parse problem into one clear error."""
+    """Read a CSV/TSV/Parquet table, turning every I/O or parse problem into one clear error.
+
+    Duplicate column names are refused (pandas would rename the second to ``name.1``).
+    """
     path = Path(path)
     if not path.exists():
         raise EscapestatError(f"{path}: no such file")
     if path.is_dir():
         raise EscapestatError(f"{path}: is a directory, expected a .csv or .parquet table")
     fmt = _format(path)
+    _check_header(path, fmt)
     try:
         if fmt == "parquet":
             df = pd.read_parquet(path)
@@ -72,6 +115,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if df.shape[0] == 0:
         raise EscapestatError(f"{path}: the table has a header but no rows")
     df.columns = [str(c).strip() for c in df.columns]
+    dups = _duplicates(df.columns)
+    if dups:
+        raise EscapestatError(f"{path}: duplicate column name(s) {', '.join(map(repr, dups))}")
     return df
 
 
@@ -165,12 +211,44 @@ def _events(df: pd.DataFrame, col: str) -> np.ndarray:
     return values.astype(int)
 
 
+#: Bound on the exposure and on the rate scale: their squares (variances) stay finite.
+_SQRT_MAX = math.sqrt(np.finfo(float).max)  # ≈ 1.3e154
+
+
+def _check_magnitude(durations: np.ndarray, col: str) -> None:
+    """Refuse durations so large or so small that exposures, rates or their variances overflow.
+
+    With n rows, n·Σt and n²/min(t) must stay below √(float max) ≈ 1.3e154, so every
+    group's exposure E, rate D/E and their squares are finite; subnormal durations
+    (1e-320, whose reciprocal is inf) are refused outright.
+    """
+    n = durations.size
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        total = float(np.sum(durations))
+        smallest = float(durations.min())
+        big = not (total * n < _SQRT_MAX)
+        small = smallest < np.finfo(float).tiny or not (n * n / smallest < _SQRT_MAX)
+    if big:
+        raise EscapestatError(
+            f"column {col!r}: the exposure Σ {col} = {total:g} overflows in the variances "
+            f"(values up to {durations.max():g} at {_rows(durations == durations.max())}); "
+            "rescale the durations to a larger unit"
+        )
+    if small:
+        bad = durations < np.finfo(float).tiny
+        bad = bad if bad.any() else durations == smallest
+        raise EscapestatError(
+            f"column {col!r}: durations too small for a finite rate (e.g. "
+            f"{durations[bad][0]:g} at {_rows(bad)}); rescale the durations to a smaller unit"
+        )
+
+
 def validate(df: pd.DataFrame, columns: Columns = Columns()) -> pd.DataFrame:
     """Check a raw table and return a clean copy with float durations and int events.
 
     Raises ``EscapestatError`` naming the column and rows for: a missing column,
-    non-numeric, NaN or infinite values, zero or negative durations, events not 0/1,
-    and an empty table.
+    non-numeric, NaN or infinite values, zero or negative durations, durations whose
+    exposure or rate would overflow, events not 0/1, and an empty table.
     """
     if df.shape[0] == 0:
         raise EscapestatError("the table has no rows")
@@ -188,6 +266,7 @@ def validate(df: pd.DataFrame, columns: Columns = Columns()) -> pd.DataFrame:
             f"column {columns.duration!r} must be > 0; got {durations[nonpos][0]:g} at "
             f"{_rows(nonpos)}"
         )
+    _check_magnitude(durations, columns.duration)
     out[columns.duration] = durations
     out[columns.event] = _events(df, columns.event)
     if columns.group is not None and df[columns.group].isna().any():
@@ -208,3 +287,65 @@ def validate(df: pd.DataFrame, columns: Columns = Columns()) -> pd.DataFrame:
 def load(path: str | os.PathLike, columns: Columns = Columns()) -> pd.DataFrame:
     """Read and validate an escape-record table in one call."""
     return validate(read_table(path), columns)
+
+
+RUN_JSON = "run.json"
+
+
+def _step(value, where: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise EscapestatError(f"{where} must be a positive number; got {value!r}")
+    return float(value)
+
+
+def _check_every_entries(meta: dict) -> list:
+    """Every place a run.json may hold check_every: top level, or the escape section of
+    its study or of its conditions (a dict, or a list with one entry per condition)."""
+    found = []
+    if "check_every" in meta:
+        found.append(meta["check_every"])
+    for key in ("study", "conditions"):
+        section = meta.get(key)
+        parts = section if isinstance(section, list) else [section]
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            escape = part.get("escape")
+            if isinstance(escape, dict) and "check_every" in escape:
+                found.append(escape["check_every"])
+            elif "check_every" in part:
+                found.append(part["check_every"])
+    return found
+
+
+def grid_from_run(table: str | os.PathLike) -> float | None:
+    """The check_every grid of the run that wrote ``table``, from the run.json beside it.
+
+    None when there is no run.json or it does not record check_every; a run.json that is
+    unreadable or records conflicting or invalid values is an error, not a silent default.
+    """
+    meta_path = Path(table).with_name(RUN_JSON)
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EscapestatError(
+            f"{meta_path}: cannot read the run's check_every ({type(exc).__name__}); "
+            "pass --grid STEP"
+        ) from None
+    values = {_step(v, f"{meta_path}: check_every") for v in
+              (_check_every_entries(meta) if isinstance(meta, dict) else [])}
+    if len(values) > 1:
+        raise EscapestatError(
+            f"{meta_path}: conflicting check_every values {sorted(values)}; pass --grid STEP"
+        )
+    return values.pop() if values else None
+
+
+def resolve_grid(grid: float | None, table: str | os.PathLike) -> float | None:
+    """The KS null's duration grid: ``grid`` if given (> 0), else the run's check_every."""
+    if grid is not None:
+        return _step(grid, "--grid")
+    return grid_from_run(table)

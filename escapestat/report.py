@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .arrhenius import ArrheniusFit
+from .errors import EscapestatError
 from .records import Columns
 
 
@@ -21,12 +24,55 @@ def _pyplot():
     return plt
 
 
+def plot_formats() -> list[str]:
+    """File extensions matplotlib can write (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any fitting, a figure path matplotlib cannot write or we cannot create.
+
+    The extension must be a matplotlib format, the path must not be a directory, and the
+    nearest existing parent must be a directory where a file can be created (probed).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EscapestatError(f"{path}: is a directory; give a file name for the figure")
+    fmt = path.suffix.lower().lstrip(".")
+    formats = plot_formats()
+    if fmt not in formats:
+        raise EscapestatError(
+            f"{path}: cannot write a figure as {('.' + fmt) if fmt else '(no extension)'}; "
+            f"use one of {', '.join('.' + f for f in formats)}"
+        )
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EscapestatError(f"{path}: cannot create the figure: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise EscapestatError(
+            f"{path}: cannot write the figure in {parent} ({exc.strerror or exc})"
+        ) from None
+    return path
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise EscapestatError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None
     return path
 
 

@@ -32,6 +32,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
     """
     from .arrhenius import fit_arrhenius
     from .errors import EscapestatError
+    from .strata import arrhenius_strata
     from .survival import describe
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
@@ -47,6 +48,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
             "batch_size": None if pd.isna(first["batch_size"]) else int(first["batch_size"]),
             "barrier_theory": None if pd.isna(first["barrier_theory"])
             else float(first["barrier_theory"]),
+            "barrier_over_temperature": None if pd.isna(first["barrier_theory"])
+            else float(first["barrier_theory"]) / float(first["temperature"]),
             "diverged": int((part["status"] == "diverged").sum()),
             "untrapped": int((part["status"] == "untrapped").sum()),
         }
@@ -54,7 +57,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
             s = describe(usable["duration"], usable["event"], group=int(key),
                          n_bootstrap=n_bootstrap, seed=seed, grid=grid)
             row.update(n=s.n, events=s.events, rate=s.rate, rate_ci=s.rate_ci, tau=s.tau,
-                       median=s.median, weibull_shape=s.weibull_shape,
+                       tau_ci=s.tau_ci, median=s.median, weibull_shape=s.weibull_shape,
                        weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue)
         else:
             row.update(n=0, events=0)
@@ -65,12 +68,10 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
         theory = part["barrier_theory"].dropna()
         entry = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
                  "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
-        if "temperature_schedule" in part and (part["temperature_schedule"] != "constant").any():
-            entry["error"] = "the temperature is a schedule, not constant: no Arrhenius law"
-            fits.append(entry)
-            continue
         try:
-            fit = fit_arrhenius(part, Columns(temperature="temperature"), crosscheck=False)
+            (stratum,) = arrhenius_strata(part)
+            fit = fit_arrhenius(stratum.rows, Columns(temperature="temperature"),
+                                crosscheck=False)
         except EscapestatError as exc:
             entry["error"] = str(exc)
         else:
@@ -78,7 +79,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
                          log_prefactor=fit.log_prefactor, method=fit.method,
                          dispersion=fit.dispersion)
             if entry["theory_barrier"]:
-                entry["ratio"] = fit.barrier / entry["theory_barrier"]
-                entry["ratio_ci"] = tuple(v / entry["theory_barrier"] for v in fit.barrier_ci)
+                ratio = fit.versus_theory(entry["theory_barrier"])
+                entry.update(ratio=ratio["barrier_ratio"], ratio_ci=ratio["barrier_ratio_ci"])
         fits.append(entry)
     return {"conditions": conditions, "arrhenius": fits}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -13,11 +15,20 @@ from escapestat_cli.app import app
 
 @pytest.fixture
 def cli():
-    """Invoke the CLI in-process; returns (exit_code, stdout, stderr)."""
+    """Invoke the CLI in-process; returns (exit_code, stdout, stderr).
+
+    CliRunner swallows tracebacks into ``result.exception``: anything but SystemExit
+    (a clean exit, whatever its status) escaping the command fails the test here.
+    """
     runner = CliRunner()
 
     def invoke(*args: str):
         result = runner.invoke(app, [str(a) for a in args])
+        exc = result.exception
+        assert exc is None or isinstance(exc, SystemExit), (
+            f"uncaught {type(exc).__name__}: {exc}\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
         return result.exit_code, result.stdout, result.stderr
 
     return invoke

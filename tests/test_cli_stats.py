@@ -1,9 +1,16 @@
 """`escapestat fit` and `escapestat arrhenius` end to end, including every bad input."""
 
 import json
+import math
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+
+from escapestat.synthetic import arrhenius_table
 
 FIT_KEYS = {"group", "n", "events", "censored", "rate", "rate_ci", "tau", "tau_ci", "median",
             "median_ci", "median_reached", "rmst", "weibull_shape", "weibull_shape_ci",
@@ -25,8 +32,14 @@ def test_fit_json_contract(cli, ladder_csv):
 
 
 def test_fit_without_group_is_all(cli, ladder_csv):
-    code, out, _ = cli("fit", ladder_csv, "--json", "--bootstrap", "99")
-    assert code == 0 and json.loads(out)["groups"][0]["group"] == "all"
+    code, out, err = cli("fit", ladder_csv, "--json", "--bootstrap", "99")
+    assert code == 1 and out == "" and "within the table: temperature (3 values" in err
+    assert "--by temperature" in err and "--pool" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("fit", ladder_csv, "--json", "--bootstrap", "99", "--pool")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["groups"][0]["group"] == "all" and payload["pooled"] == ["temperature"]
+    assert "pooled knowingly" in err
 
 
 def test_fit_table_and_plot(cli, ladder_csv, tmp_path):
@@ -46,6 +59,8 @@ def test_arrhenius_json_contract_and_plot(cli, ladder_csv, tmp_path):
     assert ARR_KEYS <= set(payload)
     lo, hi = payload["barrier_ci"]
     assert lo < 0.03 < hi and payload["barrier_ratio"] == pytest.approx(1, abs=0.1)
+    assert payload["barrier_ratio_ci"] == pytest.approx([lo / 0.03, hi / 0.03])
+    assert payload["method"] == "quasi-poisson (moderated)" and math.isfinite(payload["scale"])
     assert png.stat().st_size > 10_000
 
 
@@ -75,18 +90,28 @@ BAD_TABLES = {
     "event not 0/1": ("duration,event\n1,3\n", "0 (censored) or 1 (escaped)"),
     "empty": ("", "empty"),
     "header only": ("duration,event\n", "no rows"),
+    "duplicate column": ("duration,duration,event\n1,2,1\n", "duplicate column name 'duration'"),
+    "exposure overflows": ("duration,event\n1e300,1\n2,1\n", "overflows"),
+    "subnormal duration": ("duration,event\n1e-320,1\n2,1\n", "too small for a finite rate"),
 }
+
+
+def _with_temperature(text: str) -> str:
+    """The same table with a temperature column, so arrhenius reaches the same check."""
+    lines = text.splitlines(keepends=True)
+    return "".join(line.rstrip("\n") + (",temperature" if i == 0 else ",0.1") + "\n"
+                   for i, line in enumerate(lines))
 
 
 @pytest.mark.parametrize("command", ["fit", "arrhenius"])
 @pytest.mark.parametrize("case", sorted(BAD_TABLES))
 def test_bad_tables_one_line_exit_1(cli, tmp_path, command, case):
     text, message = BAD_TABLES[case]
-    body = text if command == "fit" or not text.startswith("duration,event\n1") else text
+    body = _with_temperature(text) if command == "arrhenius" else text
     code, out, err = cli(command, _write(tmp_path, body))
     assert code == 1
     assert out == ""
-    assert message in err or (command == "arrhenius" and "temperature" in err)
+    assert message in err and err.startswith("error: ")
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -95,6 +120,199 @@ def test_missing_file_and_unknown_option(cli, tmp_path):
     assert code == 1 and "no such file" in err
     code, _, err = cli("fit", tmp_path / "nope.csv", "--no-such-option")
     assert code == 2 and "No such option" in err
+
+
+USAGE_ERRORS = {
+    "unknown option": (["fit", "t.csv", "--no-such-option"], "No such option: --no-such-option"),
+    "missing argument": (["arrhenius"], "Missing argument"),
+    "bad value": (["fit", "t.csv", "--bootstrap", "ten"], "Invalid value for '--bootstrap'"),
+    "out of range": (["fit", "t.csv", "--bootstrap", "3"], "Invalid value for '--bootstrap'"),
+    "missing option value": (["fit", "t.csv", "--group-col"], "requires an argument"),
+    "unknown command": (["fitt"], "No such command 'fitt'"),
+    "group option": (["--bogus"], "No such option: --bogus"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_usage_errors_one_line_exit_2(cli, case):
+    args, message = USAGE_ERRORS[case]
+    code, out, err = cli(*args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "╭" not in err and "--help" in err
+
+
+def test_usage_error_one_line_from_the_console_script(tmp_path):
+    """The installed `escapestat` script (here: its entry point) behaves like CliRunner."""
+    env = {**os.environ, "COLUMNS": "60", "TERM": "xterm-256color"}
+    cmd = [sys.executable, "-c", "from escapestat_cli.app import main; main()"]
+    done = subprocess.run([*cmd, "fit", "t.csv", "--nope"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: No such option: --nope")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_help_unchanged(cli):
+    code, out, _ = cli("fit", "--help")
+    assert code == 0 and "Usage" in out and "--group-col" in out and "--by" in out
+    code, out, _ = cli("--help")
+    assert code == 0 and "arrhenius" in out
+
+
+@pytest.mark.parametrize("value", ["0", "-0.03", "nan", "inf"])
+def test_bad_theory_barrier_one_line_before_fitting(cli, tmp_path, value):
+    one = _write(tmp_path, "duration,event,temperature\n5,1,0.1\n", "one.csv")  # unfittable
+    code, out, err = cli("arrhenius", one, "--theory-barrier", value)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "theory barrier must be a finite number > 0" in err
+
+
+@pytest.mark.parametrize("command", ["fit", "arrhenius"])
+def test_bad_plot_path_refused_before_fitting(cli, tmp_path, command):
+    one = _write(tmp_path, "duration,event,temperature\n5,1,0.1\n", "one.csv")  # unfittable
+    code, out, err = cli(command, one, "--plot", tmp_path / "x.xyz")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "cannot write a figure as .xyz" in err and ".png" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(command, one, "--plot", tmp_path / "file" / "x.png")
+    assert code == 1 and "is not a directory" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(command, one, "--plot", tmp_path)
+    assert code == 1 and "is a directory" in err
+
+
+def test_unwritable_plot_directory_refused(cli, tmp_path, monkeypatch):
+    """A directory we may not write in (simulated: tests may run as root, who may)."""
+    import escapestat.report as report
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report.tempfile, "TemporaryFile", denied)
+    code, out, err = cli("arrhenius", tmp_path / "t.csv", "--plot", tmp_path / "a.png")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "cannot write the figure in" in err and "Permission denied" in err
+
+
+def test_arrhenius_groups_lr_over_batch_after_rounding(cli, tmp_path):
+    """0.3/48 and 0.1/16 are one temperature: 2 temperatures (no residual df), not 3."""
+    rng = np.random.default_rng(0)
+    lr = np.repeat([0.3, 0.1, 0.4], 40)
+    batch = np.repeat([48, 16, 16], 40)
+    rate = np.exp(-0.01 / (lr / batch))
+    pd.DataFrame({"duration": rng.exponential(1 / rate), "event": 1, "lr": lr,
+                  "batch_size": batch}).to_csv(tmp_path / "sgd.csv", index=False)
+    code, out, err = cli("arrhenius", tmp_path / "sgd.csv", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["temperatures"] == [0.00625, 0.025] and payload["n"] == [80, 40]
+    assert payload["dispersion"] is None and payload["method"] == "poisson"
+
+
+def _two_beta_table(path, extra=None):
+    frames = []
+    for beta, barrier in ((0.3, 0.02), (0.4, 0.03)):
+        df = arrhenius_table(barrier, -np.log(100), [0.006, 0.0075, 0.01], 64, 4e4,
+                             seed=int(beta * 10))
+        frames.append(df.assign(weight_decay=beta, barrier_theory=barrier, noise="langevin"))
+    df = pd.concat(frames, ignore_index=True)
+    if extra:
+        df = df.assign(**extra)
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_arrhenius_refuses_pooling_two_betas(cli, tmp_path):
+    path = _two_beta_table(tmp_path / "two.csv")
+    code, out, err = cli("arrhenius", path, "--json")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "weight_decay (2 values: 0.3, 0.4)" in err and "--by weight_decay" in err
+
+
+def test_arrhenius_by_one_fit_per_stratum(cli, tmp_path):
+    path = _two_beta_table(tmp_path / "two.csv")
+    png = tmp_path / "arr.png"
+    code, out, err = cli("arrhenius", path, "--json", "--by", "weight_decay", "--plot", png,
+                         "--theory-barrier", "0.025")
+    assert code == 0, err
+    strata = json.loads(out)["strata"]
+    assert [s["stratum"] for s in strata] == [{"weight_decay": 0.3}, {"weight_decay": 0.4}]
+    for s, truth in zip(strata, (0.02, 0.03), strict=True):
+        assert ARR_KEYS <= set(s) and s["barrier_ci"][0] < truth < s["barrier_ci"][1]
+        assert s["barrier_ratio"] == pytest.approx(s["barrier"] / 0.025)
+    assert (tmp_path / "arr-weight_decay=0.3.png").stat().st_size > 10_000
+    assert (tmp_path / "arr-weight_decay=0.4.png").exists()
+    code, out, err = cli("arrhenius", path, "--by", "weight_decay")
+    assert code == 0, err
+    assert out.count("escape rate per temperature") == 2 and out.count("barrier ΔE") == 2
+    assert "weight_decay=0.3" in out and "weight_decay=0.4" in out
+
+
+def test_arrhenius_pool_knowingly(cli, tmp_path):
+    path = _two_beta_table(tmp_path / "two.csv")
+    code, out, err = cli("arrhenius", path, "--json", "--pool")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["pooled"] == ["weight_decay", "barrier_theory"] and "pooled knowingly" in err
+
+
+def test_arrhenius_refuses_scheduled_temperature(cli, tmp_path):
+    sched = json.dumps({"kind": "linear", "start": 0.01, "end": 0.001}, sort_keys=True)
+    path = _two_beta_table(tmp_path / "two.csv", {"temperature_schedule": sched})
+    code, out, err = cli("arrhenius", path, "--by", "weight_decay")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "'temperature_schedule' is not 'constant'" in err
+
+
+def test_fit_by_strata_json(cli, tmp_path):
+    path = _two_beta_table(tmp_path / "two.csv")
+    code, out, err = cli("fit", path, "--group-col", "temperature", "--bootstrap", "49", "--json")
+    assert code == 1 and "within temperature=" in err and "--by weight_decay" in err
+    code, out, err = cli("fit", path, "--group-col", "temperature", "--by", "weight_decay",
+                         "--bootstrap", "49", "--json")
+    assert code == 0, err
+    strata = json.loads(out)["strata"]
+    assert [s["stratum"] for s in strata] == [{"weight_decay": 0.3}, {"weight_decay": 0.4}]
+    assert all(len(s["groups"]) == 3 and FIT_KEYS <= set(s["groups"][0]) for s in strata)
+    code, out, err = cli("fit", path, "--group-col", "temperature", "--by", "weight_decay",
+                         "--bootstrap", "49")
+    assert code == 0 and out.count("Escape statistics") == 2
+
+
+def _grid_table(tmp_path, step=10):
+    rng = np.random.default_rng(1)
+    t = np.ceil(rng.exponential(300, 80) / step) * step
+    pd.DataFrame({"duration": t, "event": 1}).to_csv(tmp_path / "escapes.csv", index=False)
+    return tmp_path / "escapes.csv"
+
+
+def test_fit_grid_option_and_run_json(cli, tmp_path):
+    path = _grid_table(tmp_path)
+    code, out, err = cli("fit", path, "--json", "--bootstrap", "49")
+    assert code == 0, err
+    assert json.loads(out)["groups"][0]["ks_grid"] is None  # no run.json, no --grid
+    code, out, err = cli("fit", path, "--json", "--bootstrap", "49", "--grid", "10")
+    assert json.loads(out)["groups"][0]["ks_grid"] == 10
+    (tmp_path / "run.json").write_text(json.dumps({"study": "s", "check_every": 10}))
+    code, out, err = cli("fit", path, "--json", "--bootstrap", "49")
+    assert code == 0, err
+    assert json.loads(out)["groups"][0]["ks_grid"] == 10
+    code, out, err = cli("fit", path, "--json", "--bootstrap", "49", "--grid", "5")
+    assert json.loads(out)["groups"][0]["ks_grid"] == 5  # --grid wins over run.json
+
+
+@pytest.mark.parametrize("value", ["0", "-10", "nan"])
+def test_fit_bad_grid(cli, tmp_path, value):
+    code, out, err = cli("fit", _grid_table(tmp_path), "--grid", value)
+    assert code == 1 and out == "" and "--grid must be a positive number" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_fit_bad_run_json(cli, tmp_path):
+    path = _grid_table(tmp_path)
+    (tmp_path / "run.json").write_text("{truncated")
+    code, out, err = cli("fit", path)
+    assert code == 1 and "run.json" in err and "--grid" in err
 
 
 def test_arrhenius_single_temperature_and_all_censored(cli, tmp_path):

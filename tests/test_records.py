@@ -1,9 +1,22 @@
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.records import Columns, load, read_table, validate, write_table
+from escapestat.records import (
+    Columns,
+    grid_from_run,
+    load,
+    read_table,
+    resolve_grid,
+    round_significant,
+    validate,
+    write_table,
+)
 
 
 def _df(**cols):
@@ -68,3 +81,99 @@ def test_read_errors(tmp_path):
     (tmp_path / "bad.parquet").write_text("not parquet")
     with pytest.raises(EscapestatError, match="cannot read as parquet"):
         read_table(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [("dup.csv", "duration,duration,event\n1,2,1\n"),
+     ("dup.tsv", "duration\tevent\tevent\n1\t1\t0\n"),
+     ("space.csv", "duration, duration,event\n1,2,1\n")],
+)
+def test_duplicate_column_names_refused(tmp_path, name, text):
+    """pandas would silently rename the second column to ``duration.1``."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(EscapestatError, match="duplicate column name") as info:
+        read_table(tmp_path / name)
+    assert ("'duration'" in str(info.value)) != ("'event'" in str(info.value))
+
+
+def test_duplicate_column_names_refused_in_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([1])],
+                                 names=["duration", "duration", "event"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(EscapestatError, match="duplicate column name"):
+        read_table(tmp_path / "dup.parquet")
+
+
+def test_distinct_names_read_fine(tmp_path):
+    (tmp_path / "ok.csv").write_text("\ufeffduration,event,duration_2\n1,1,3\n")  # BOM too
+    assert list(read_table(tmp_path / "ok.csv").columns) == ["duration", "event", "duration_2"]
+
+
+@pytest.mark.parametrize(
+    "durations, message",
+    [([1e300, 1.0, 1.0], "exposure Σ duration = 1e+300 overflows"),  # its square is inf
+     ([1e308, 1e308, 1.0], "= inf overflows"),  # the sum itself is inf
+     ([1.0, 1e-320, 2.0], "too small for a finite rate"),  # subnormal: 1/t is inf
+     ([1e-155, 1e-155, 1e-155], "too small for a finite rate")],  # rate² would overflow
+)
+def test_durations_whose_exposure_or_rate_overflow(durations, message):
+    with pytest.raises(EscapestatError, match=re.escape(message)) as info:
+        validate(_df(duration=durations))
+    assert "column 'duration'" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_large_and_small_but_finite_durations_pass():
+    validate(_df(duration=[1e150, 1e150, 1.0]))
+    validate(_df(duration=[1e-150, 1e-150, 1.0]))
+
+
+def test_round_significant():
+    assert 0.3 / 48 != 0.1 / 16
+    out = round_significant([0.3 / 48, 0.1 / 16, 0.0009999999999999999, np.nan])
+    assert out[0] == out[1] == 0.00625 and out[2] == 0.001 and np.isnan(out[3])
+
+
+def _run_json(tmp_path, meta) -> Path:
+    (tmp_path / "run.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return tmp_path / "escapes.csv"
+
+
+@pytest.mark.parametrize(
+    "meta, grid",
+    [({"check_every": 10}, 10.0),
+     ({"study": {"name": "s", "escape": {"check_every": 25}}}, 25.0),
+     ({"conditions": {"escape": {"check_every": 5}}}, 5.0),
+     ({"conditions": [{"lr": 0.1, "check_every": 4}, {"lr": 0.2, "check_every": 4}]}, 4.0),
+     ({"study": "quickstart", "conditions": [{"lr": 0.1}]}, None),  # today's run.json
+     ],
+)
+def test_grid_from_run_json(tmp_path, meta, grid):
+    assert grid_from_run(_run_json(tmp_path, meta)) == grid
+    assert resolve_grid(None, tmp_path / "escapes.csv") == grid
+    assert resolve_grid(2.5, tmp_path / "escapes.csv") == 2.5  # --grid wins
+
+
+def test_grid_without_run_json(tmp_path):
+    assert grid_from_run(tmp_path / "escapes.csv") is None
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [("{not json", "cannot read the run's check_every"),
+     ({"check_every": 0}, "must be a positive number"),
+     ({"check_every": "ten"}, "must be a positive number"),
+     ({"check_every": 10, "study": {"escape": {"check_every": 20}}}, "conflicting")],
+)
+def test_bad_run_json_is_an_error(tmp_path, meta, message):
+    with pytest.raises(EscapestatError, match=message):
+        grid_from_run(_run_json(tmp_path, meta))
+
+
+@pytest.mark.parametrize("grid", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_grid_option(tmp_path, grid):
+    with pytest.raises(EscapestatError, match="--grid must be a positive number"):
+        resolve_grid(grid, tmp_path / "escapes.csv")
