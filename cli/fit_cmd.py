@@ -86,7 +86,7 @@ def fit(
     json_out: JsonOut = False,
     plot: PlotPath = None,
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=49, help="Bootstrap draws (RMST CI, KS test).")
+        int, typer.Option("--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test.")
     ] = 499,
     seed: Seed = 0,
     unit: Unit = "steps",

@@ -1,17 +1,23 @@
 import math
+import tracemalloc
 
 import numpy as np
+import pandas as pd
 import pytest
 from lifelines import KaplanMeierFitter
-from lifelines.utils import restricted_mean_survival_time
+from lifelines.utils import median_survival_times, restricted_mean_survival_time
 
 from escapestat.survival import (
     ExponentialRate,
+    KaplanMeierMedian,
+    RestrictedMean,
+    _censoring_law,
     describe,
     kaplan_meier,
     poisson_check,
     poisson_rate_ci,
     restricted_mean,
+    summarize,
     weibull_shape,
 )
 from escapestat.synthetic import censored_exponential
@@ -99,3 +105,185 @@ def test_median_not_reached():
     s = describe(np.full(20, 100.0), np.r_[np.ones(3), np.zeros(17)].astype(int), n_bootstrap=99)
     assert s.median is None and not s.median_reached
     assert s.rate_ci[0] > 0
+
+
+# --- KM median: rules at S = 1/2 and S = 0 (see KaplanMeierMedian) -------------------------
+
+
+def test_median_of_one_escape_is_never_a_zero_width_interval():
+    """One escape at 7: the KM drops to 0, where the band is undefined; upper not reached."""
+    fit = KaplanMeierMedian().fit([7.0], [1])
+    assert fit.median_ == 7.0 and fit.median_ci_ == (7.0, None)
+
+
+def test_median_all_escaped_small_samples():
+    # n = 3, escapes at 1, 2, 3: upper band at t = 2 is 0.774 > 1/2 and S(3) = 0.
+    assert KaplanMeierMedian().fit([1.0, 2, 3], [1, 1, 1]).median_ci_ == (1.0, None)
+    for n in range(1, 41):
+        times = np.arange(1.0, n + 1)
+        lo, hi = KaplanMeierMedian().fit(times, np.ones(n)).median_ci_
+        assert lo is not None and lo <= math.ceil(n / 2)
+        assert hi is None or hi < n  # never the time at which the KM reaches 0
+    assert KaplanMeierMedian().fit(np.arange(1.0, 41), np.ones(40)).median_ci_[1] is not None
+
+
+@pytest.mark.parametrize("censor_rest", [False, True])
+def test_median_at_exactly_one_half_is_the_first_such_time(censor_rest):
+    """S = 1/2 exactly (k of 2k escaped): the median is t_(k) for every n, not t_(k+1)."""
+    for n in range(2, 301):
+        events = np.ones(n, dtype=int)
+        if censor_rest:
+            events[(n + 1) // 2 :] = 0  # censored after the k-th escape: S(t_(k)) is still 1/2
+        median = KaplanMeierMedian().fit(np.arange(1.0, n + 1), events).median_
+        assert median == math.ceil(n / 2), n
+
+
+def test_median_and_ci_match_lifelines_on_ordinary_data():
+    """Continuous times, KM never at 0 or at exactly 1/2: same median and band as lifelines."""
+    rng = np.random.default_rng(8)
+    compared = 0
+    for _ in range(150):
+        n = int(rng.integers(10, 200))
+        t, c = rng.exponential(1.0, n), rng.uniform(0.2, 3.0, n)
+        d, e = np.minimum(t, c), (t <= c).astype(int)
+        surv = kaplan_meier(d, e)[1]
+        if e[np.argmax(d)] == 1 or np.min(np.abs(surv - 0.5)) < 1e-6:
+            continue
+        kmf = KaplanMeierFitter().fit(d, e)
+        band = median_survival_times(kmf.confidence_interval_).to_numpy().ravel()
+        ref = [float(kmf.median_survival_time_), *map(float, band)]
+        fit = KaplanMeierMedian().fit(d, e)
+        ours = [fit.median_, *fit.median_ci_]
+        assert ours == [x if math.isfinite(x) else None for x in ref]
+        compared += 1
+    assert compared > 100
+
+
+def test_median_ci_coverage_censored_exponential():
+    """1000 datasets, n = 50, 30% censored at the budget; true median ln 2 (MC SE 0.007)."""
+    rng = np.random.default_rng(50)
+    budget, covered = -math.log(0.3), 0
+    for _ in range(1000):
+        lo, hi = KaplanMeierMedian().fit(*censored_exponential(1.0, 50, budget, rng)).median_ci_
+        covered += lo is not None and lo <= math.log(2) and (hi is None or math.log(2) <= hi)
+    assert 0.92 <= covered / 1000 <= 0.98
+
+
+# --- RMST ---------------------------------------------------------------------------------
+
+
+def test_rmst_variance_reduces_to_sample_variance_without_censoring():
+    x = np.array([3.0, 1, 4, 1.5, 9, 2.6, 5])
+    fit = RestrictedMean().fit(x, np.ones(x.size))
+    assert fit.rmst_ == pytest.approx(x.mean()) and fit.horizon_ == 9
+    assert fit.se_**2 == pytest.approx(x.var(ddof=1) / x.size, rel=1e-12)
+    # R survival's print.survfit gives rmean 37.86, se 10.74 (no n/(n − 1)) for this sample.
+    fit = RestrictedMean().fit([10, 15, 23, 30, 35, 52, 100], [1, 1, 1, 1, 1, 1, 0], 100)
+    assert fit.rmst_ == pytest.approx(37.857, abs=1e-3)
+    assert fit.se_ * math.sqrt(6 / 7) == pytest.approx(10.7389, abs=1e-4)
+    assert 0 < fit.rmst_ci_[0] < fit.rmst_ < fit.rmst_ci_[1] < 100
+
+
+@pytest.mark.parametrize("n, band", [(10, (0.93, 0.97)), (100, (0.93, 0.97))])
+def test_rmst_ci_coverage_30pct_censoring(n, band):
+    """True RMST to a fixed horizon h = budget is (1 − e^{−kh})/k; 2000 datasets (SE 0.005)."""
+    rng = np.random.default_rng(1000 + n)
+    budget = -math.log(0.3)
+    truth, covered = 1 - math.exp(-budget), 0
+    for _ in range(2000):
+        lo, hi = RestrictedMean().fit(*censored_exponential(1.0, n, budget, rng), budget).rmst_ci_
+        covered += lo <= truth <= hi
+    assert band[0] <= covered / 2000 <= band[1]
+
+
+# --- KS check: equivalence, memory, grid --------------------------------------------------
+
+
+def _ks_all_times(durations, events):
+    """The previous rule: both sides of KM at every distinct time against exp(−k t)."""
+    times, surv = kaplan_meier(durations, events)
+    model = np.exp(-events.sum() / durations.sum() * times)
+    before = np.concatenate(([1.0], surv[:-1]))
+    return max(np.abs(surv - model).max(), np.abs(before - model).max())
+
+
+def test_ks_statistic_unchanged_from_all_distinct_times():
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n = int(rng.integers(3, 60))
+        t, c = rng.weibull(rng.uniform(0.5, 3), n), rng.uniform(0, rng.uniform(0.2, 4), n)
+        if rng.random() < 0.3:
+            c[rng.random(n) < 0.5] = 10.0  # a late budget: long flat KM tail
+        d, e = np.minimum(t, c), (t <= c).astype(int)
+        if e.sum():
+            ks = poisson_check(d, e, n_bootstrap=1)[0]
+            assert ks == pytest.approx(_ks_all_times(d, e), rel=1e-12)
+
+
+def test_poisson_check_memory_is_linear_in_n():
+    """Bootstrap replicates one at a time: peak ≪ n_bootstrap·n (the old (B, n) arrays)."""
+    n = 20_000
+    t, e = censored_exponential(1.0, n, 1.5, np.random.default_rng(0))
+    tracemalloc.start()
+    try:
+        poisson_check(t, e, n_bootstrap=199, rng=np.random.default_rng(1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 8 * n  # 6.4 MB; one (199, n) float array alone is 32 MB
+
+
+def test_reverse_km_censoring_law():
+    """Escapes at t only show C ≥ t: at t = 2 the censoring hazard is 2/3, not 2/5."""
+    support, mass = _censoring_law(np.array([1.0, 2, 2, 2, 2, 5]), np.array([1, 1, 1, 0, 0, 1]))
+    # Left beyond the last censoring time: 1/3, placed at the largest time (5), not at ∞.
+    assert support.tolist() == [2.0, 5.0]
+    np.testing.assert_allclose(mass, [2 / 3, 1 / 3], rtol=1e-12)
+
+
+def test_poisson_check_calibrated_under_random_censoring():
+    """Uniform censoring, 200 datasets (SE at 5% is 0.015; with mass at ∞ it was 1.7%)."""
+    rng = np.random.default_rng(31)
+    pvalues = []
+    for _ in range(200):
+        t, c = rng.exponential(1.0, 60), rng.uniform(0, 2.5, 60)
+        pvalues.append(poisson_check(np.minimum(t, c), (t <= c).astype(int), 49, rng)[1])
+    pvalues = np.array(pvalues)
+    assert 0.02 <= np.mean(pvalues <= 0.05) <= 0.09  # B = 49: nominal 2/50 = 0.04
+    assert 0.43 <= pvalues.mean() <= 0.57
+
+
+def _grid_pvalues(n, datasets, tau, budget, grid, rng):
+    """Exponential times in check units, recorded at the next check, censored at a budget."""
+    pvalues = []
+    for _ in range(datasets):
+        t = np.ceil(rng.exponential(tau, n))
+        e = (t <= budget).astype(int)
+        pvalues.append(poisson_check(np.minimum(t, budget), e, 99, rng, grid=grid)[1])
+    return np.array(pvalues)
+
+
+def test_poisson_check_on_the_check_grid():
+    """τ = 10 checks: with the grid, p-values are uniform; without it, a rejection."""
+    rng = np.random.default_rng(12)
+    p = _grid_pvalues(100, 200, 10.0, 20.0, 1.0, rng)
+    assert 0.02 <= np.mean(p <= 0.05) <= 0.09  # 200 datasets: SE of 5% is 0.015
+    assert 0.12 <= np.mean(p <= 0.2) <= 0.28 and 0.12 <= np.mean(p > 0.8) <= 0.28
+    assert np.mean(_grid_pvalues(256, 30, 10.0, 20.0, None, rng) <= 0.05) >= 0.9
+
+
+def test_poisson_check_on_a_coarse_grid():
+    """τ = half a check: the null must escape with the fitted per-check probability."""
+    p = _grid_pvalues(100, 100, 0.5, 5.0, 1.0, np.random.default_rng(13))
+    assert 0.38 <= p.mean() <= 0.62  # drawn at k = D / Σt instead, the mean p was 0.83
+
+
+def test_grid_reaches_the_summary():
+    t = np.ceil(np.random.default_rng(2).exponential(10.0, 60))
+    df = pd.DataFrame({"duration": np.minimum(t, 20.0), "event": (t <= 20).astype(int)})
+    (s,) = summarize(df, n_bootstrap=49, grid=1.0)
+    assert s.ks_grid == 1.0 and s.as_dict()["ks_grid"] == 1.0
+    plain = describe(df["duration"], df["event"], n_bootstrap=49)
+    assert plain.ks_grid is None and plain.ks_statistic > s.ks_statistic
+    with pytest.raises(Exception, match="grid"):
+        poisson_check(df["duration"], df["event"], grid=0.0)
