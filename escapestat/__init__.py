@@ -1,13 +1,23 @@
 """escapestat: how long networks stay trapped in metastable states, and how to get them out.
 
 The library is importable from a notebook; the ``escapestat`` command is a thin layer
-over it. Main entry points are re-exported here.
+over it. The statistics are re-exported here (without importing torch); the engine is
+``escapestat.trials.run_study`` with ``escapestat.study.load_study``.
 """
 
 from .arrhenius import ArrheniusFit, fit_arrhenius
 from .errors import EscapestatError
 from .records import Columns, load, read_table, validate, write_table
-from .survival import ExponentialRate, GroupSummary, describe, poisson_rate_ci, summarize
+from .strata import Stratum, arrhenius_strata, fit_strata
+from .survival import (
+    ExponentialRate,
+    GroupSummary,
+    KaplanMeierMedian,
+    RestrictedMean,
+    describe,
+    poisson_rate_ci,
+    summarize,
+)
 
 __version__ = "0.1.0"
 
@@ -17,9 +27,14 @@ __all__ = [
     "EscapestatError",
     "ExponentialRate",
     "GroupSummary",
+    "KaplanMeierMedian",
+    "RestrictedMean",
+    "Stratum",
     "__version__",
+    "arrhenius_strata",
     "describe",
     "fit_arrhenius",
+    "fit_strata",
     "load",
     "poisson_rate_ci",
     "read_table",

@@ -154,9 +154,9 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
     duration = np.full(n, float(budget))
     active = np.arange(n)
 
-    def retire(done: torch.Tensor) -> None:
+    def retire(done: np.ndarray) -> None:
         nonlocal active
-        keep = ~done.cpu().numpy()  # host sync, once per check
+        keep = ~done
         if keep.all():
             return
         idx = torch.as_tensor(np.flatnonzero(keep), device=device)
@@ -166,9 +166,8 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
         hyper.keep(idx)
 
     with torch.no_grad():
-        untrapped = detector.untrapped(model.order_parameter(), model.finite())
-        where = active[untrapped.cpu().numpy()]
-        status[where], duration[where] = UNTRAPPED, 0.0
+        untrapped = detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
+        status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
         retire(untrapped)
         t = 0
         while active.size:
@@ -176,12 +175,14 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
                 model.step(t, hyper.at(t))
                 t += 1
             d = detector.check(t, model.order_parameter(), model.finite())
-            times = d.time.cpu().numpy()
-            for mask, label in ((d.escaped, ESCAPED), (d.censored, CENSORED),
-                                (d.diverged, DIVERGED)):
-                m = mask.cpu().numpy()
-                status[active[m]], duration[active[m]] = label, times[m]
-            retire(d.done)
+            code = (d.escaped.to(torch.int8) + 2 * d.censored.to(torch.int8)
+                    + 3 * d.diverged.to(torch.int8)).cpu().numpy()  # host sync, once per check
+            if code.any():
+                times = d.time.cpu().numpy()
+                for value, label in ((1, ESCAPED), (2, CENSORED), (3, DIVERGED)):
+                    m = code == value
+                    status[active[m]], duration[active[m]] = label, times[m]
+                retire(code > 0)
             if progress is not None:
                 progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
     return _chunk_table(study, cs, chunk, status, duration)
