@@ -124,10 +124,12 @@ def _split(df: pd.DataFrame, by) -> list[tuple[tuple[tuple[str, object], ...], p
     return out
 
 
-def _refuse(where: str, differing: list[str], first: str) -> EscapestatError:
+def _refuse(where: str, differing: list[str], first: str, group: bool = False
+            ) -> EscapestatError:
+    apart = f"--group-col {first} or --by {first}" if group else f"--by {first}"
     return EscapestatError(
         f"conditions differ {where}: {'; '.join(differing)}; fit them apart with "
-        f"--by {first} or pool them knowingly with --pool"
+        f"{apart} or pool them knowingly with --pool"
     )
 
 
@@ -156,7 +158,8 @@ def fit_strata(
                     f"within {group_col}={_python(value)}")
                 if key:
                     where += " of " + ", ".join(f"{c}={v}" for c, v in key)
-                raise _refuse(where, differing, differing[0].split(" ")[0])
+                raise _refuse(where, differing, differing[0].split(" ")[0],
+                              group=group_col is None)
             pooled.update(dict.fromkeys(d.split(" ")[0] for d in differing))
         strata.append(Stratum(key, rows, tuple(pooled)))
     return strata
