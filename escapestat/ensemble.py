@@ -5,8 +5,10 @@ through Sxx = XᵀX/B and Syx = YᵀX/B, so with P = W_L ··· W_1 and G = P Sx
 
     ∇W_l = (W_L ··· W_{l+1})ᵀ G (W_{l−1} ··· W_1)ᵀ + β W_l,
 
-a few small batched matmuls whose cost does not grow with B (design §5). Per-replica lr,
-β and temperature are tensors of shape [R], so one launch covers a whole ladder.
+a few small batched matmuls whose cost does not grow with B (design §5); for small nets
+with many replicas on CPU, a few vector ops over the replicas instead (``VECTOR_MAX_MADDS``).
+Per-replica lr, β and temperature are tensors of shape [R], so one launch covers a whole
+ladder.
 
 The moments come from a sampler (``MomentSampler``): the population (``PopulationMoments``),
 fresh samples every step (``FreshSampler``) or minibatches without replacement from each
@@ -34,15 +36,15 @@ def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
-#: Small nets on CPU: up to this many multiply-adds per replica in one gradient
-#: (d_in · (3 Σ_{l≥2} w_l w_{l−1} + d_out d_in); 728 for the paper's 2 → 10 → 10 → 2) the
-#: weights are stored replica-last, and from ``VECTOR_MIN_REPLICAS`` replicas on each tiny
-#: per-replica matmul is done as a few vector ops over R (``_vector_matmul``). Measured at
-#: R 4096 on the paper net: 1.3 ms per gradient against 5.9 ms with bmm, whose cost there is
-#: per matrix, not per flop. Below ``VECTOR_MIN_REPLICAS`` (a chunk's tail) bmm's fewer ops
-#: win, and at width 16 bmm wins at any R.
+#: Small nets on CPU with many replicas — up to ``VECTOR_MAX_MADDS`` multiply-adds per
+#: replica in one gradient (d_in · (3 Σ_{l≥2} w_l w_{l−1} + d_out d_in): 728 for the paper's
+#: 2 → 10 → 10 → 2) and at least ``VECTOR_MIN_REPLICAS`` replicas — keep their weights
+#: replica-last in memory and do each tiny per-replica matmul as a few vector ops over R
+#: (``_vector_matmul``). Measured on this project's 2-core CPU at R 4096, paper net: an SGD
+#: step in 1.4 ms against 5–6.6 ms with bmm, whose cost there is per matrix, not per flop.
+#: With fewer replicas (a chunk's tail) bmm's fewer ops win; at width 16 bmm wins at any R.
 VECTOR_MAX_MADDS = 2048
-VECTOR_MIN_REPLICAS = 256
+VECTOR_MIN_REPLICAS = 512
 
 
 def _replica_last(t: torch.Tensor) -> torch.Tensor:
@@ -70,16 +72,22 @@ def _gradient_madds(widths: Sequence[int]) -> int:
 class DeepLinearEnsemble:
     """Weights as tensors [R, out, in], one per layer; layer 1 acts first.
 
-    Small nets on CPU keep their weights replica-last in memory (still shaped [R, out, in];
-    see ``VECTOR_MAX_MADDS``), so the ensemble holds its own copy of the tensors given.
+    Small nets with many replicas on CPU keep their weights replica-last in memory (still
+    shaped [R, out, in]; see ``VECTOR_MAX_MADDS``): then the ensemble holds its own copy of
+    the tensors it was given, and ``keep`` may change the layout.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor]):
-        weights = list(weights)
-        widths = [int(weights[0].shape[2])] + [int(w.shape[1]) for w in weights]
-        self.replica_last = (weights[0].device.type == "cpu"
-                             and _gradient_madds(widths) <= VECTOR_MAX_MADDS)
-        self.weights = [_replica_last(w) for w in weights] if self.replica_last else weights
+        self.weights = list(weights)
+        self._small = (self.weights[0].device.type == "cpu"
+                       and _gradient_madds(self.widths) <= VECTOR_MAX_MADDS)
+        self._layout()
+
+    def _layout(self) -> None:
+        """Replica-last weights, and vector ops, while a small net has many replicas."""
+        self.replica_last = self._small and self.replicas >= VECTOR_MIN_REPLICAS
+        if self.replica_last:
+            self.weights = [_replica_last(w) for w in self.weights]
 
     @property
     def replicas(self) -> int:
@@ -138,14 +146,10 @@ class DeepLinearEnsemble:
     def keep(self, idx: torch.Tensor) -> None:
         """Keep, in place, only the replicas at positions ``idx`` (1-D integers, in that order)."""
         self.weights = [w[idx] for w in self.weights]
-        if self.replica_last:
-            self.weights = [_replica_last(w) for w in self.weights]
-
-    def _vector(self) -> bool:
-        return self.replica_last and self.replicas >= VECTOR_MIN_REPLICAS
+        self._layout()
 
     def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _vector_matmul(a, b) if self._vector() else a @ b
+        return _vector_matmul(a, b) if self.replica_last else a @ b
 
     def prefixes(self) -> list[torch.Tensor]:
         """[W_1, W_2 W_1, …, W_L ··· W_1]."""
@@ -180,7 +184,7 @@ class DeepLinearEnsemble:
         self, sxx: torch.Tensor, syx: torch.Tensor, beta: Scalar = 0.0
     ) -> list[torch.Tensor]:
         """∇W_l of the loss, from the moments (backprop through P by hand)."""
-        if self._vector():
+        if self.replica_last:
             sxx, syx = _replica_last(sxx), _replica_last(syx)
         mm = self._matmul
         pre = self.prefixes()
@@ -310,8 +314,8 @@ def _permutations_by_keys(replicas: int, n: int, generator, device) -> torch.Ten
     return keys.argsort(dim=1)
 
 
-#: Per-sample moment vectors (x xᵀ, y xᵀ: d_in·(d_in + d_out) numbers) are kept when they
-#: are at most this long; otherwise the data are reordered each epoch (large inputs).
+#: Per-sample moment vectors (x xᵀ's upper triangle and y xᵀ: d_in(d_in + 1)/2 + d_out·d_in
+#: numbers) are kept when they are at most this long; else the data are reordered per epoch.
 PER_SAMPLE_MAX = 32
 
 
@@ -331,16 +335,15 @@ class MinibatchSampler:
     current permutation with the new size; the rule above still ends the epoch (a last
     batch of what remains, then a reshuffle), so a change never skips or repeats a sample.
 
-    **How the moments are formed.** For small inputs (d_in·(d_in + d_out) ≤
-    ``PER_SAMPLE_MAX``, e.g. the paper's 2 → … → 2) each sample's products x xᵀ and y xᵀ
-    are formed once, and a minibatch's moments are the mean of its samples' vectors; the
-    data are never reordered. On CPU the drawn permutation gives each sample its place in
-    the epoch, and one scatter-add by batch label forms every remaining batch of the epoch
-    at once (again after a batch-size change); elsewhere (CUDA) the permutation is the
-    epoch order and each call gathers and sums its B vectors (deterministic, unlike a
-    scatter-add there). Either way a uniform permutation, so the same law. For larger
-    inputs each epoch puts the data in permuted order once and a call forms XᵀX/B and
-    YᵀX/B from a contiguous slice.
+    **How the moments are formed.** For small inputs (``PER_SAMPLE_MAX``, e.g. the paper's
+    2 → … → 2) each sample's products x xᵀ (its upper triangle) and y xᵀ are formed once,
+    and a minibatch's moments are the mean of its samples' vectors: the data are never
+    reordered. On CPU the drawn permutation gives each sample its place in the epoch, and
+    one scatter-add by batch label forms every remaining batch of the epoch at once (again
+    after a batch-size change); elsewhere (CUDA) the permutation is the epoch order and
+    each call gathers and sums its B vectors (deterministic, unlike a scatter-add there).
+    Either way a uniform permutation, so the same law. For larger inputs each epoch puts
+    the data in permuted order once and a call forms XᵀX/B and YᵀX/B from a slice.
 
     ``keep(idx)`` keeps replicas in place; it does not touch the ``Dataset`` the sampler was
     built from (the sampler holds what it needs; the dataset's owner keeps it in step).
@@ -353,13 +356,21 @@ class MinibatchSampler:
         self.batch_size = _batch(batch_size, 1)
         x, y = data.x_train, data.y_train
         self.device = x.device
-        self.per_sample = self.d_in * (self.d_in + self.d_out) <= PER_SAMPLE_MAX
+        d, o = self.d_in, self.d_out
+        tri = d * (d + 1) // 2  # distinct entries of the symmetric x xᵀ
+        self.per_sample = tri + o * d <= PER_SAMPLE_MAX
         # How the per-sample path forms batches: scatter by label (CPU) or gather per call.
         self.scatter = self.per_sample and self.device.type == "cpu"
-        if self.per_sample:  # [R, F, n]: F = d_in² entries of x xᵀ, then d_out·d_in of y xᵀ
-            xx = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2)
+        if self.per_sample:  # [R, F, n]: x xᵀ's upper triangle, then y xᵀ; F = tri + o·d
+            i, j = torch.triu_indices(d, d, device=self.device)
+            xx = x[..., i] * x[..., j]
             yx = (y.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2)
             self._source = torch.cat([xx, yx], dim=2).transpose(1, 2).contiguous()
+            # Where each entry of Sxx, then Syx (flattened), sits in a moment vector.
+            where = torch.empty(d, d, dtype=torch.long, device=self.device)
+            where[i, j] = where[j, i] = torch.arange(tri, device=self.device)
+            self._unpack = torch.cat([where.flatten(),
+                                      torch.arange(tri, tri + o * d, device=self.device)])
         else:  # [R, n, d_in + d_out]
             self._source = torch.cat([x, y], dim=2)
         self._perm: torch.Tensor | None = None  # this epoch's permutation, [R, n]
@@ -421,6 +432,7 @@ class MinibatchSampler:
     def _split(self, vectors: torch.Tensor) -> Moments:
         """[..., F] moment vectors → (Sxx [..., d_in, d_in], Syx [..., d_out, d_in])."""
         d, lead = self.d_in, vectors.shape[:-1]
+        vectors = vectors.index_select(-1, self._unpack)
         return (vectors[..., : d * d].reshape(*lead, d, d),
                 vectors[..., d * d :].reshape(*lead, self.d_out, d))
 
@@ -444,8 +456,9 @@ class MinibatchSampler:
         sizes = torch.full((count,), float(b), dtype=sums.dtype, device=sums.device)
         sizes[-1] = n - pos - (count - 1) * b
         means = (sums[:, :, 1:] if pos else sums) / sizes  # [R, F, count]
-        # [count, F, R]: each batch's moments replica-last in memory (see DeepLinearEnsemble)
-        vec = means.permute(2, 1, 0).contiguous()
+        # [count, d_in² + d_out·d_in, R]: each batch's Sxx, Syx entries, replica-last in
+        # memory (see DeepLinearEnsemble)
+        vec = means.permute(2, 1, 0).index_select(1, self._unpack)
         d, o = self.d_in, self.d_out
         sxx = vec[:, : d * d].unflatten(1, (d, d)).permute(0, 3, 1, 2)
         syx = vec[:, d * d :].unflatten(1, (o, d)).permute(0, 3, 1, 2)

@@ -195,7 +195,7 @@ class DeepLinearTrial:
         self.net.keep(idx)
         self.sampler.keep(idx)
         self.order.keep(idx)
-        if self.data is not None and self.data.replicas != self.net.replicas:
+        if self.data is not None:  # the test set (order parameter); samplers keep their own
             self.data.select(idx)
         if self.grad_filter is not None:
             self.grad_filter.keep(idx)
