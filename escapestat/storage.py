@@ -25,6 +25,7 @@ CHUNK_DIR = "chunks"
 ESCAPES = "escapes.csv"
 REPLICAS = "replicas.csv"
 RUN_JSON = "run.json"
+CURVES = "curves.csv"
 STUDY_TOML = "study.toml"
 
 
@@ -47,6 +48,11 @@ def device_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _save_npz(tmp: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(handle, **arrays)
 
 
 def write_json(obj: dict, path: Path) -> None:
@@ -119,17 +125,31 @@ class RunStore:
             return {}
         return json.loads(path.read_text(encoding="utf-8"))
 
-    def write_chunk(self, index: int, frame: pd.DataFrame, info: dict) -> pd.DataFrame:
-        """Write a finished chunk (sidecar first, then the table that marks it done)."""
+    def write_chunk(self, index: int, frame: pd.DataFrame, info: dict,
+                    curves: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+        """Write a finished chunk (sidecar and curves first, then the table that marks it done)."""
         path = self.chunk_path(index)
         write_json(info, path.with_suffix(".json"))
+        if curves is not None:
+            atomic_write(path.with_suffix(".npz"), lambda tmp: _save_npz(tmp, curves))
         write_table(frame, path)
         self.meta["chunks_done"] = self.meta.get("chunks_done", 0) + 1
         write_json(self.meta, self.meta_path)
         return pd.read_csv(path)  # identical whether run now or resumed later
 
-    def complete(self, replicas: pd.DataFrame, escapes: pd.DataFrame, notes: list[str]) -> None:
+    def chunk_curves(self, index: int) -> dict[str, np.ndarray] | None:
+        """A finished chunk's per-replica curves ("step" [C], metric [C, replicas]), or None."""
+        path = self.chunk_path(index).with_suffix(".npz")
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    def complete(self, replicas: pd.DataFrame, escapes: pd.DataFrame, notes: list[str],
+                 curves: pd.DataFrame | None = None) -> None:
         write_table(replicas, self.out / REPLICAS)
         write_table(escapes, self.out / ESCAPES)
+        if curves is not None:
+            write_table(curves, self.out / CURVES)
         self.meta.update(status="complete", finished=now(), notes=notes)
         write_json(self.meta, self.meta_path)

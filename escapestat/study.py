@@ -31,8 +31,14 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Deep linear student f(x) = W_L···W_1 x on a teacher A = U diag(strengths) Vᵀ."""
+    """The replica model. ``deep_linear``: f(x) = W_L···W_1 x on a teacher
+    A = U diag(strengths) Vᵀ. ``mlp``: one hidden layer of ``width`` on per-operand
+    embeddings (``activation`` quadratic, relu or gelu); ``transformer``: one layer in
+    the style of Nanda et al. (``d_model``, ``n_heads``, ``d_mlp``). ``init_scale`` is
+    Omnigrok's α for the nonlinear models. Keys of another kind are refused.
+    """
 
+    kind: str = "deep_linear"
     depth: int = 3
     strengths: tuple[float, ...] = (1.5, 1.25, 1.0)
     hidden: tuple[int, ...] | None = None  # hidden widths; default: one unit per mode
@@ -40,6 +46,42 @@ class ModelSpec:
     d_in: int | None = None  # input dimension; default: number of modes
     d_out: int | None = None
     rotate: bool = False  # random singular vectors instead of the coordinate axes
+    width: int = 128
+    activation: str = "quadratic"
+    init_scale: float = 1.0
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+
+
+#: Which [model] keys belong to which kind (``kind`` itself belongs to all).
+MODEL_KEYS = {
+    "deep_linear": {"depth", "strengths", "hidden", "trapped_mode", "d_in", "d_out", "rotate"},
+    "mlp": {"width", "activation", "init_scale"},
+    "transformer": {"d_model", "n_heads", "d_mlp", "init_scale"},
+}
+GROKKING_MODELS = ("mlp", "transformer")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Modular arithmetic a∘b mod p for the grokking models: each replica its own split."""
+
+    operation: str = "add"
+    p: int = 23
+    train_fraction: float = 0.7
+    label_noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The grokking models' optimizer: ``adamw`` (decoupled decay) or ``sgd`` (momentum, L2)."""
+
+    kind: str = "adamw"
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    momentum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,7 @@ class DynamicsSpec:
     barrier_over_temperature: tuple[float, ...] = ()
     beta: tuple[Schedule, ...] = ()
     beta_over_beta_c: tuple[float, ...] = ()
+    weight_decay: tuple[Schedule, ...] = ()
     grad_filter: GradFilterSpec | None = None
 
 
@@ -127,7 +170,11 @@ class EscapeSpec:
 
     ``mode``: the trapped mode's end-to-end strength as a fraction of its learned value;
     ``test_error``: the fraction of the way test error has fallen from the trapped plateau
-    to the learned state's level (threshold 0.5 is the midpoint).
+    to the learned state's level (threshold 0.5 is the midpoint). For the grokking models
+    the order parameter is test accuracy (``threshold`` 0.95 by default there) and train
+    accuracy marks the fit (``fit_threshold``, ``fit_fallback``); ``measure`` puts the
+    generalisation time (``generalize``) or the delay after the fit (``delay``) into
+    ``duration``.
     """
 
     order_parameter: str = "mode"
@@ -135,6 +182,9 @@ class EscapeSpec:
     fallback: float = 0.25
     commit_steps: int = 200
     check_every: int = 10
+    measure: str = "escape"
+    fit_threshold: float = 0.99
+    fit_fallback: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -154,6 +204,8 @@ class Study:
     name: str = "study"
     description: str = ""
     model: ModelSpec = field(default_factory=ModelSpec)
+    task: TaskSpec | None = None
+    optimizer: OptimizerSpec | None = None
     data: DataSpec = field(default_factory=DataSpec)
     init: InitSpec = field(default_factory=InitSpec)
     dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
@@ -183,8 +235,20 @@ class Study:
         """SHA-256 of everything that changes results (the description does not)."""
         payload = self.as_dict()
         payload.pop("description")
-        if payload["dynamics"]["grad_filter"] is None:  # keeps older studies' hashes
-            payload["dynamics"].pop("grad_filter")
+        # Only what this kind of model uses (so adding keys for other kinds keeps hashes).
+        kind = self.model.kind
+        unused = set().union(*(keys for k, keys in MODEL_KEYS.items() if k != kind))
+        payload["model"] = {k: v for k, v in payload["model"].items()
+                            if k not in unused - MODEL_KEYS[kind] and k != "kind"}
+        if kind != "deep_linear":
+            payload["model"]["kind"] = kind
+        for key, value in _UNUSED_WHEN_EMPTY.items():
+            section, name = key.split(".")
+            if payload.get(section) is not None and payload[section].get(name) == value:
+                payload[section].pop(name)
+        for section in ("task", "optimizer"):
+            if payload[section] is None:
+                payload.pop(section)
         text = json.dumps(payload, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -213,8 +277,15 @@ def _plain(obj, key: str = ""):
     return obj
 
 
+#: Keys dropped from the config hash at these values (keys added after studies were run).
+_UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
+                      "escape.measure": "escape", "escape.fit_threshold": 0.99,
+                      "escape.fit_fallback": 0.9}
+
 _SECTIONS = {
     "model": ModelSpec,
+    "task": TaskSpec,
+    "optimizer": OptimizerSpec,
     "data": DataSpec,
     "init": InitSpec,
     "dynamics": DynamicsSpec,
@@ -289,14 +360,9 @@ def _max(schedule: Schedule) -> float:
     return schedule.max_value
 
 
-def _check_semantics(study: Study, source: str) -> None:
-    """Range and consistency checks, each naming the offending key."""
-
-    def bad(key: str, why: str):
-        raise EscapestatError(f"{source}: {key} {why}")
-
-    m, d, i, y, e, r = (study.model, study.data, study.init, study.dynamics, study.escape,
-                        study.run)
+def _check_linear(study: Study, bad) -> None:
+    """Deep linear studies: teacher, data, trap, dynamics and order parameter."""
+    m, d, i, y, e = study.model, study.data, study.init, study.dynamics, study.escape
     if m.depth < 2:
         bad("[model] depth", f"must be at least 2, got {m.depth}")
     if not m.strengths or any(s <= 0 for s in m.strengths):
@@ -350,6 +416,72 @@ def _check_semantics(study: Study, source: str) -> None:
     if e.order_parameter not in ("mode", "test_error"):
         bad("[escape] order_parameter", f"must be 'mode' or 'test_error', got "
             f"{e.order_parameter!r}")
+    if study.task is not None or study.optimizer is not None:
+        bad("[task]" if study.task is not None else "[optimizer]",
+            "is for the grokking models (model kind 'mlp' or 'transformer')")
+    if y.weight_decay:
+        bad("[dynamics] weight_decay", "is for the grokking models; deep linear nets use beta")
+    if e.measure != "escape":
+        bad("[escape] measure", "is for the grokking models ('generalize' or 'delay')")
+
+
+def _check_grokking(study: Study, bad) -> None:
+    """MLP and transformer studies: task, optimizer, minibatch SGD noise, accuracy escape."""
+    from .modular import OPERATIONS
+
+    m, t, o, y, e = study.model, study.task, study.optimizer, study.dynamics, study.escape
+    if t is None:
+        bad("[task]", f"is required for model kind {m.kind!r} (operation, p, train_fraction)")
+    if t.operation not in OPERATIONS:
+        bad("[task] operation", f"must be one of {', '.join(OPERATIONS)}, got {t.operation!r}")
+    if t.p < 3:
+        bad("[task] p", f"must be at least 3, got {t.p}")
+    if not 0 < t.train_fraction < 1:
+        bad("[task] train_fraction", f"must be in (0, 1), got {t.train_fraction}")
+    if not 0 <= t.label_noise < 1:
+        bad("[task] label_noise", f"must be in [0, 1), got {t.label_noise}")
+    if o is not None and o.kind not in ("adamw", "sgd"):
+        bad("[optimizer] kind", f"must be 'adamw' or 'sgd', got {o.kind!r}")
+    if m.activation not in ("quadratic", "relu", "gelu"):
+        bad("[model] activation", f"must be 'quadratic', 'relu' or 'gelu', got {m.activation!r}")
+    if min(m.width, m.d_model, m.n_heads, m.d_mlp) < 1 or m.d_model % m.n_heads:
+        bad("[model]", "width, d_model, n_heads and d_mlp must be ≥ 1, d_model a multiple of "
+            "n_heads")
+    if m.init_scale <= 0:
+        bad("[model] init_scale", "must be positive")
+    if y.noise != "sgd":
+        bad("[dynamics] noise", "must be 'sgd' for the grokking models (minibatch noise)")
+    if y.beta or y.beta_over_beta_c or y.temperature or y.barrier_over_temperature:
+        bad("[dynamics]", "beta and temperature are for deep linear nets; the grokking "
+            "models take weight_decay and batch_size")
+    if not y.lr or not all(v.positive for v in y.lr):
+        bad("[dynamics] lr", "must be positive")
+    if not y.weight_decay or any(_min(v) < 0 for v in y.weight_decay):
+        bad("[dynamics] weight_decay", "is required, ≥ 0")
+    if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
+        bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
+    if e.measure not in ("generalize", "delay"):
+        bad("[escape] measure", f"must be 'generalize' or 'delay', got {e.measure!r}")
+    if not 0 < e.fit_fallback < e.fit_threshold <= 1:
+        bad("[escape] fit_fallback", "must be between 0 and fit_threshold (≤ 1)")
+    if e.threshold > 1:
+        bad("[escape] threshold", "is a test accuracy, at most 1")
+
+
+def _check_semantics(study: Study, source: str) -> None:
+    """Range and consistency checks, each naming the offending key."""
+
+    def bad(key: str, why: str):
+        raise EscapestatError(f"{source}: {key} {why}")
+
+    e, r = study.escape, study.run
+    if study.model.kind not in MODEL_KEYS:
+        bad("[model] kind", f"must be one of {', '.join(repr(k) for k in MODEL_KEYS)}, "
+            f"got {study.model.kind!r}")
+    if study.model.kind in GROKKING_MODELS:
+        _check_grokking(study, bad)
+    else:
+        _check_linear(study, bad)
     if not 0 < e.fallback < e.threshold:
         bad("[escape] fallback", "must be between 0 and threshold")
     if e.check_every < 1 or e.commit_steps < 0:
@@ -358,6 +490,36 @@ def _check_semantics(study: Study, source: str) -> None:
         bad("[run]", "replicas, max_steps and chunk_replicas must be ≥ 1")
     if r.dtype not in ("float32", "float64"):
         bad("[run] dtype", f"must be 'float32' or 'float64', got {r.dtype!r}")
+
+
+def _check_model_keys(raw: dict, kind: str, source: str) -> None:
+    """A [model] key that belongs to another kind of model is an error, not ignored."""
+    for key in raw:
+        if key != "kind" and kind in MODEL_KEYS and key not in MODEL_KEYS[kind]:
+            owner = [k for k, keys in MODEL_KEYS.items() if key in keys]
+            raise EscapestatError(
+                f"{source}: [model] {key} is for model kind {' or '.join(map(repr, owner))}, "
+                f"not {kind!r}")
+
+
+#: Defaults that differ for the grokking models (accuracy order parameters).
+GROKKING_ESCAPE = {"threshold": 0.95, "fallback": 0.9, "measure": "generalize",
+                   "check_every": 50}
+
+
+def _grokking_defaults(raw: dict, source: str) -> dict:
+    """Fill the grokking escape defaults and turn batch_size "full" into the train-set size."""
+    raw = {**raw, "escape": {**GROKKING_ESCAPE, **raw.get("escape", {})},
+           "dynamics": dict(raw.get("dynamics", {}))}
+    sizes = raw["dynamics"].get("batch_size")
+    listed = sizes if isinstance(sizes, list) else [sizes]
+    if "full" in listed:
+        task = _section(TaskSpec, raw.get("task", {}), "task", source)
+        n_pairs = task.p * (task.p - 1) if task.operation == "div" else task.p * task.p
+        full = min(max(round(task.train_fraction * n_pairs), 1), n_pairs - 1)
+        listed = [full if b == "full" else b for b in listed]
+        raw["dynamics"]["batch_size"] = listed if isinstance(sizes, list) else listed[0]
+    return raw
 
 
 def parse_study(text: str, source: str = "study") -> Study:
@@ -373,10 +535,13 @@ def parse_study(text: str, source: str = "study") -> Study:
     for key in ("name", "description"):
         if key in raw:
             kwargs[key] = _convert(raw[key], str, f"{source}: {key}")
+    if isinstance(raw.get("model"), dict) and raw["model"].get("kind") in GROKKING_MODELS:
+        raw = _grokking_defaults(raw, source)
     for name, cls in _SECTIONS.items():
         if name in raw:
             kwargs[name] = _section(cls, raw[name], name, source)
     study = Study(**kwargs)
+    _check_model_keys(raw.get("model", {}), study.model.kind, source)
     _check_semantics(study, source)
     return study
 
@@ -426,6 +591,9 @@ def conditions(study: Study) -> list[Condition]:
     from .theory import barrier, critical_beta
 
     m, y = study.model, study.dynamics
+    if m.kind in GROKKING_MODELS:  # weight decay in the β slot; no theory barrier
+        return [Condition(wd, lr, None, b, None)
+                for wd, lr, b in itertools.product(y.weight_decay, y.lr, y.batch_size)]
     s = m.strengths[study.trapped_mode]
     betas = y.beta or tuple(Constant(f * critical_beta(m.depth, s)) for f in y.beta_over_beta_c)
     out = []

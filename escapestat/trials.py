@@ -23,18 +23,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .curves import curve_bands
 from .detector import CENSORED, DIVERGED, ESCAPED, UNTRAPPED, EscapeDetector, EscapeRule
 from .errors import EscapestatError
 from .linear_model import DeepLinearTrial
 from .replica_model import Hyper, ReplicaModel
 from .schedules import ReplicaSchedules
-from .storage import ESCAPES, REPLICAS, RunStore, device_text, versions
-from .study import Condition, Study, conditions
+from .storage import CURVES, ESCAPES, REPLICAS, RunStore, device_text, versions
+from .study import GROKKING_MODELS, Condition, Study, conditions
 
 __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
            "ChunkProgress", "ChunkStarted", "RunResult", "plan_chunks", "resolve_device",
            "run_chunk", "run_study"]
 
+#: A grokking replica that never fitted its training set (no delay exists; not at risk).
+UNFIT = "unfit"
 #: Statuses that enter the survival table (diverged: a competing risk, censored there).
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 
@@ -134,13 +137,66 @@ class HyperSchedules:
 
 def build_model(study: Study, conds: list[Condition], generator: torch.Generator,
                 device: torch.device, batch_size: int | None) -> ReplicaModel:
-    """The study's replica model, trapped (deep linear nets for now)."""
+    """The study's replica model, trapped: deep linear nets, or a grokking MLP/transformer."""
+    if study.model.kind in GROKKING_MODELS:
+        from .grok_model import GrokTrial
+
+        return GrokTrial(study, conds, generator, device, batch_size)
     return DeepLinearTrial(study, conds, generator, device, batch_size)
+
+
+@dataclass
+class ChunkOutput:
+    """A finished chunk: one row per replica, and per-replica curves when the model has them."""
+
+    table: pd.DataFrame
+    curves: dict[str, np.ndarray] | None = None  # "step" [C]; each metric [C, replicas]
+
+
+class _Milestones:
+    """Secondary crossings (a grokking model's fit) and the primary's first crossing.
+
+    Each milestone has its own commitment rule; its time is the crossing step of its
+    first committed crossing (or of a crossing still pending when the replica is
+    decided). They never retire a replica: only the primary escape does.
+    """
+
+    def __init__(self, rules: dict[str, EscapeRule], threshold: float, budget: int, n: int,
+                 device: torch.device):
+        self.detectors = {k: EscapeDetector(r, budget, n, device) for k, r in rules.items()}
+        self.times = {k: np.full(n, np.nan) for k in rules}
+        self.threshold, self.first_cross = threshold, np.full(n, np.nan)
+
+    def check(self, t: int, q: torch.Tensor, values: dict[str, torch.Tensor],
+              finite: torch.Tensor, active: np.ndarray) -> None:
+        crossed = (q >= self.threshold).cpu().numpy() & np.isnan(self.first_cross[active])
+        self.first_cross[active[crossed]] = t
+        for name, det in self.detectors.items():
+            d = det.check(t, values[name], finite)
+            new = d.escaped.cpu().numpy() & np.isnan(self.times[name][active])
+            self.times[name][active[new]] = d.time.cpu().numpy()[new]
+
+    def settle(self, done: np.ndarray, active: np.ndarray) -> None:
+        """Replicas about to leave: a milestone crossing still pending counts at its step."""
+        for name, det in self.detectors.items():
+            pending = det.pending.cpu().numpy().astype(float)
+            take = done & (pending >= 0) & np.isnan(self.times[name][active])
+            self.times[name][active[take]] = pending[take]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        for det in self.detectors.values():
+            det.keep(idx)
 
 
 def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
               progress: Progress | None = None) -> pd.DataFrame:
     """Run one chunk until every replica is decided; one row per replica with its status."""
+    return run_chunk_output(study, conds, chunk, device, progress).table
+
+
+def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
+                     progress: Progress | None = None) -> ChunkOutput:
+    """``run_chunk`` with the per-replica curves of models that record them."""
     run, esc = study.run, study.escape
     dtype = torch.float64 if run.dtype == "float64" else torch.float32
     generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
@@ -150,6 +206,11 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
     n, budget, every = len(cs), run.max_steps, esc.check_every
     detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
                               budget, n, device)
+    rules = getattr(model, "milestone_rules", {})
+    marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
+    curves = {name: [] for name in getattr(model, "curve_names", ())}
+    last = {name: np.full(n, np.nan) for name in curves}
+    steps: list[int] = []
     status = np.full(n, CENSORED, dtype=object)
     duration = np.full(n, float(budget))
     active = np.arange(n)
@@ -161,12 +222,21 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
             return
         idx = torch.as_tensor(np.flatnonzero(keep), device=device)
         active = active[keep]
-        model.keep(idx)
-        detector.keep(idx)
-        hyper.keep(idx)
+        for part in (model, detector, hyper, marks):
+            if part is not None:
+                part.keep(idx)
+
+    def record(t: int) -> None:
+        if not curves:
+            return
+        for name, values in model.curve_values().items():
+            last[name][active] = values.cpu().numpy()
+            curves[name].append(last[name].copy())  # decided replicas carry their last value
+        steps.append(t)
 
     with torch.no_grad():
         untrapped = detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
+        record(0)
         status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
         retire(untrapped)
         t = 0
@@ -174,7 +244,11 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
             for _ in range(min(every, budget - t) if t < budget else every):
                 model.step(t, hyper.at(t))
                 t += 1
-            d = detector.check(t, model.order_parameter(), model.finite())
+            q, finite = model.order_parameter(), model.finite()
+            if marks is not None:
+                marks.check(t, q, model.milestones(), finite, active)
+            record(t)
+            d = detector.check(t, q, finite)
             code = (d.escaped.to(torch.int8) + 2 * d.censored.to(torch.int8)
                     + 3 * d.diverged.to(torch.int8)).cpu().numpy()  # host sync, once per check
             if code.any():
@@ -182,10 +256,44 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
                 for value, label in ((1, ESCAPED), (2, CENSORED), (3, DIVERGED)):
                     m = code == value
                     status[active[m]], duration[active[m]] = label, times[m]
+                if marks is not None:
+                    marks.settle(code > 0, active)
                 retire(code > 0)
             if progress is not None:
                 progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
-    return _chunk_table(study, cs, chunk, status, duration)
+    table = _chunk_table(study, cs, chunk, status, duration)
+    if marks is not None:
+        table = _grokking_columns(table, study, marks, last)
+    out = None if not curves else {"step": np.asarray(steps),
+                                   **{k: np.stack(v) for k, v in curves.items()}}
+    return ChunkOutput(table, out)
+
+
+def _grokking_columns(table: pd.DataFrame, study: Study, marks: _Milestones,
+                      last: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Fit, first crossing, generalisation and delay times; ``duration`` per ``measure``.
+
+    A replica that never fits is ``unfit`` under ``measure = "delay"`` (no delay exists);
+    a delay of 0 (fit and generalisation seen at the same check) is recorded as half a
+    check interval, since durations must be positive.
+    """
+    esc = study.escape
+    fit = marks.times["fit"]
+    generalize = np.where(table["event"] == 1, table["duration"], np.nan)
+    table = table.assign(
+        fit_time=fit, first_cross_time=marks.first_cross, generalize_time=generalize,
+        delay=generalize - fit,
+        final_train_accuracy=last.get("train_accuracy"),
+        final_test_accuracy=last.get("test_accuracy"),
+        measure=esc.measure)
+    if esc.measure == "delay":
+        unfit = np.isnan(fit) & table["status"].isin([ESCAPED, CENSORED, DIVERGED]).to_numpy()
+        delay = np.where(table["event"] == 1, generalize - fit, table["duration"] - fit)
+        delay = np.where(delay <= 0, esc.check_every / 2, delay)
+        table["duration"] = np.where(unfit, np.nan, delay)
+        table.loc[unfit, "status"] = UNFIT
+        table.loc[unfit, "event"] = 0
+    return table
 
 
 def _label(schedule) -> str:
@@ -230,6 +338,7 @@ class RunResult:
     meta: dict
     conditions: list[Condition]
     notes: list[str] = field(default_factory=list)
+    curves: pd.DataFrame | None = None  # per condition: median and 10–90% band per check
 
     @property
     def counts(self) -> dict[str, int]:
@@ -296,7 +405,7 @@ def run_study(
             raise EscapestatError(f"{store.out} is marked complete but chunks are missing")
         replicas, escapes = _tables(frames)
         return RunResult(store.out, escapes, replicas, store.meta, conds,
-                         list(store.meta.get("notes", [])))
+                         list(store.meta.get("notes", [])), _read_curves(store))
     store.start({
         "study": study.name,
         "config_hash": study.config_hash(),
@@ -322,12 +431,25 @@ def run_study(
                 progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
                                       study.run.max_steps))
             began = time.perf_counter()
-            table = run_chunk(study, conds, chunk, dev, progress)
+            output = run_chunk_output(study, conds, chunk, dev, progress)
             info = {"device": device_text(dev), "dtype": study.run.dtype,
                     "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
-            frame = store.write_chunk(chunk.index, table, info)
+            frame = store.write_chunk(chunk.index, output.table, info, output.curves)
         frames.append(frame)
     notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
     replicas, escapes = _tables(frames)
-    store.complete(replicas, escapes, notes)
-    return RunResult(store.out, escapes, replicas, store.meta, conds, notes)
+    curves = _bands(store, chunks, frames)
+    store.complete(replicas, escapes, notes, curves)
+    return RunResult(store.out, escapes, replicas, store.meta, conds, notes, curves)
+
+
+def _bands(store: RunStore, chunks: list[Chunk], frames: list[pd.DataFrame]):
+    """Per-condition curve bands from the chunks' per-replica curves (None without curves)."""
+    pairs = [(f, store.chunk_curves(c.index)) for c, f in zip(chunks, frames, strict=True)]
+    pairs = [(f, c) for f, c in pairs if c is not None]
+    return curve_bands(pairs) if pairs else None
+
+
+def _read_curves(store: RunStore) -> pd.DataFrame | None:
+    path = store.out / CURVES
+    return pd.read_csv(path) if path.exists() else None

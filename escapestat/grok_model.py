@@ -1,0 +1,111 @@
+"""Grokking as a replica model: modular arithmetic, an MLP or transformer ensemble, AdamW/SGD.
+
+``GrokTrial`` implements ``replica_model.ReplicaModel`` for the study's nonlinear model
+on a∘b mod p, each replica with its own train/test split. Every replica starts from a
+fresh init (nothing is trapped by hand: the "trap" is memorisation); its order
+parameter is test accuracy, and the fit (train accuracy reaching ``fit_threshold``,
+committed) is a milestone the engine records beside it. At every check both
+accuracies are evaluated once, on each replica's whole split, and also feed the curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .detector import EscapeRule
+from .mlp_ensemble import MLPEnsemble
+from .modular import MinibatchPairs, make_task
+from .optimizers import SGD, AdamW
+from .replica_model import Hyper
+from .study import Condition, OptimizerSpec, Study
+from .transformer_ensemble import TransformerEnsemble
+
+
+def build_network(study: Study, replicas: int, generator: torch.Generator,
+                  dtype: torch.dtype, device: torch.device):
+    """The study's MLP or one-layer transformer ensemble, freshly initialised."""
+    m, p = study.model, study.task.p
+    if m.kind == "mlp":
+        return MLPEnsemble.random(replicas, p, m.width, m.activation, m.init_scale,
+                                  generator=generator, dtype=dtype, device=device)
+    return TransformerEnsemble(replicas, p, m.d_model, m.n_heads, m.d_mlp, m.init_scale,
+                               generator=generator, dtype=dtype, device=device)
+
+
+def build_optimizer(spec: OptimizerSpec | None, params: Sequence[torch.Tensor]):
+    """AdamW (decoupled decay) or SGD (momentum, L2), decaying every parameter as the
+    grokking literature trains (Power et al., Nanda et al.)."""
+    spec = spec or OptimizerSpec()
+    if spec.kind == "sgd":
+        return SGD(params, momentum=spec.momentum)
+    return AdamW(params, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+
+
+class GrokTrial:
+    """R replicas learning a∘b mod p; one per entry of ``conds``."""
+
+    curve_names = ("train_accuracy", "test_accuracy")
+
+    def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
+                 device: torch.device, batch_size: int | None = None):
+        t, esc, n = study.task, study.escape, len(conds)
+        dtype = torch.float64 if study.run.dtype == "float64" else torch.float32
+        self.task = make_task(t.operation, t.p, n, t.train_fraction, t.label_noise,
+                              generator, device)
+        self.net = build_network(study, n, generator, dtype, device)
+        self.optimizer = build_optimizer(study.optimizer, self.net.params)
+        self.batches = MinibatchPairs(self.task, batch_size or t.p * t.p, generator)
+        spec = study.dynamics.grad_filter
+        self.grad_filter = None if spec is None else spec.build()
+        self.milestone_rules = {"fit": EscapeRule(esc.fit_threshold, esc.fit_fallback,
+                                                  esc.commit_steps)}
+        self.loss = torch.zeros(n, dtype=dtype, device=device)
+        self._accuracy: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def replicas(self) -> int:
+        return self.net.replicas
+
+    def step(self, t: int, hyper: Hyper) -> None:
+        pairs, labels = self.batches.next_batch(hyper.batch_size)
+        with torch.enable_grad():  # the transformer's gradients come from autograd
+            loss, grads = self.net.loss_and_grads(pairs, labels)
+        if self.grad_filter is not None:
+            grads = self.grad_filter(grads)
+        self.optimizer.step(grads, hyper.lr, hyper.weight_decay)
+        self.loss = loss.detach()
+        self._accuracy = None
+
+    def accuracies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, test) accuracy [R] on each replica's own split, once per check."""
+        if self._accuracy is None:
+            task = self.task
+            self._accuracy = (self.net.accuracy(task.train_pairs(), task.train_labels),
+                              self.net.accuracy(task.test_pairs(), task.test_labels()))
+        return self._accuracy
+
+    def order_parameter(self) -> torch.Tensor:
+        return self.accuracies()[1]
+
+    def milestones(self) -> dict[str, torch.Tensor]:
+        return {"fit": self.accuracies()[0]}
+
+    def curve_values(self) -> dict[str, torch.Tensor]:
+        train, test = self.accuracies()
+        return {"train_accuracy": train, "test_accuracy": test}
+
+    def finite(self) -> torch.Tensor:
+        return self.net.finite() & torch.isfinite(self.loss)
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.net.keep(idx)
+        self.optimizer.keep(idx)
+        self.optimizer.params = list(self.net.params)  # a model may hand back new tensors
+        self.batches.keep(idx)
+        self.task.keep(idx)
+        if self.grad_filter is not None:
+            self.grad_filter.keep(idx)
+        self.loss = self.loss[idx]
+        self._accuracy = None
