@@ -48,8 +48,36 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
 
 
+def _median(c: dict, name: str) -> str:
+    m, (lo, hi) = c.get(f"{name}_median"), c.get(f"{name}_median_ci") or (None, None)
+    if m is None:
+        return "not reached"
+    return f"{_fmt(m)} ({_fmt(lo)}–{'∞' if hi is None else _fmt(hi)})"
+
+
+def _print_grokking(summary: dict) -> None:
+    rows = summary["conditions"]
+    table = Table(title="Grokking per condition (steps; KM medians with 95% CIs)",
+                  caption="fit: train accuracy committed ≥ fit_threshold; generalize: test "
+                  "accuracy committed ≥ threshold; delay = generalize − fit")
+    for name in ("lr", "wd", "B", "n", "fit", "generalize", "delay", "grokked",
+                 "Weibull k (CI)"):
+        table.add_column(name, justify="right")
+    for c in rows:
+        k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
+        table.add_row(
+            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), str(c["batch_size"]), str(c["n"]),
+            _median(c, "fit"), _median(c, "generalize"), _median(c, "delay"),
+            f"{100 * c['grokked']:.0f}%",
+            "—" if k_lo is None else f"{c['weibull_shape']:.1f} ({k_lo:.1f}–{k_hi:.1f})")
+    out_console.print(table)
+
+
 def _print_summary(summary: dict) -> None:
     rows = summary["conditions"]
+    if rows and "grokked" in rows[0]:
+        _print_grokking(summary)
+        return
     constant = {key: {r[key] for r in rows} for key in ("weight_decay", "lr", "batch_size")}
     shown = [key for key, values in constant.items() if len(values) > 1]
     fixed = [f"{name} = {_fmt(next(iter(constant[key])), 4)}"
@@ -131,7 +159,8 @@ def run(
     ) as bar:
         result = run_study(study, out_dir, device=device, resume=resume, study_text=text,
                            progress=_Bar(bar))
-    summary = run_summary(result.replicas, grid=result.meta.get("check_every"))
+    summary = run_summary(result.replicas, grid=result.meta.get("check_every"),
+                          budget=result.meta.get("max_steps"))
     counts = result.counts
     for note in result.notes:
         err_console.print(escape(f"note: {note}"))

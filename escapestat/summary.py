@@ -23,8 +23,33 @@ def _strata_columns(replicas: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in replicas.columns]
 
 
+def grokking_times(part: pd.DataFrame, budget: float) -> dict:
+    """Fit, generalisation and delay of one condition: KM medians with CIs under censoring.
+
+    A replica that never fitted is censored at the budget for the fit; one that never
+    generalised, at the budget for generalisation and at (budget − fit) for the delay.
+    """
+    import numpy as np
+
+    from .survival import KaplanMeierMedian
+
+    fit = part["fit_time"].to_numpy(dtype=float)
+    gen = part["generalize_time"].to_numpy(dtype=float)
+    fitted = np.isfinite(fit)
+    out = {"grokked": float(np.isfinite(gen).mean()), "fitted": float(fitted.mean())}
+    series = {"fit": (np.where(fitted, fit, budget), fitted),
+              "generalize": (np.where(np.isfinite(gen), gen, budget), np.isfinite(gen))}
+    if fitted.any():
+        delay = np.where(np.isfinite(gen), gen, budget)[fitted] - fit[fitted]
+        series["delay"] = (np.maximum(delay, 0.5), np.isfinite(gen)[fitted])
+    for name, (times, events) in series.items():
+        km = KaplanMeierMedian().fit(times, events.astype(int))
+        out[f"{name}_median"], out[f"{name}_median_ci"] = km.median_, km.median_ci_
+    return out
+
+
 def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
-                grid: float | None = None) -> dict:
+                grid: float | None = None, budget: float | None = None) -> dict:
     """Per-condition rates and, per stratum of equal β (and lr for Langevin), Arrhenius.
 
     ``replicas`` is a run's replica table (``replicas.csv``: every replica with its
@@ -36,6 +61,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
     from .survival import describe
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
+    grokking = "fit_time" in replicas.columns
     conditions = []
     for key, part in replicas.groupby("condition", sort=True):
         usable = part[part["status"].isin(SURVIVAL)]
@@ -53,6 +79,9 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
             "diverged": int((part["status"] == "diverged").sum()),
             "untrapped": int((part["status"] == "untrapped").sum()),
         }
+        if grokking:
+            row["unfit"] = int((part["status"] == "unfit").sum())
+            row.update(grokking_times(part, budget or float(part["duration"].max())))
         if len(usable):
             s = describe(usable["duration"], usable["event"], group=int(key),
                          n_bootstrap=n_bootstrap, seed=seed, grid=grid)
@@ -63,6 +92,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
             row.update(n=0, events=0)
         conditions.append(row)
     fits = []
+    if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law
+        return {"conditions": conditions, "arrhenius": fits}
     by = _strata_columns(replicas)
     for key, part in survival_rows.groupby(by, sort=True):
         theory = part["barrier_theory"].dropna()

@@ -8,6 +8,7 @@ from fake_models import ScriptedEscapes
 from test_trials import FAST
 
 from escapestat import ensemble
+from escapestat.grok_model import GrokTrial
 from escapestat.linear_model import DeepLinearTrial
 from escapestat.replica_model import ReplicaModel
 from escapestat.study import conditions, parse_study
@@ -28,6 +29,19 @@ def _linear(text: str):
     return make
 
 
+def _grok(kind: str):
+    def make(replicas: int, generator: torch.Generator):
+        from test_grok_model import GROK
+
+        text = GROK if kind == "mlp" else GROK.replace('kind = "mlp"\nwidth = 128',
+                                                       'kind = "transformer"\nd_model = 32')
+        study = parse_study(text.replace("p = 23", "p = 7"))
+        conds = conditions(study) * replicas
+        hyper = HyperSchedules(conds, torch.float32, "cpu")
+        return GrokTrial(study, conds, generator, torch.device("cpu"), 8), hyper
+    return make
+
+
 def _scripted(replicas: int, generator: torch.Generator):
     hyper = HyperSchedules(conditions(parse_study(FAST))[:1] * replicas, torch.float32, "cpu")
     return ScriptedEscapes(replicas, 1 / 50, 1 / 500, generator), hyper
@@ -37,6 +51,8 @@ MODELS = {
     "deep-linear-langevin-population": _linear(FAST),
     "deep-linear-sgd-fixed": _linear(SGD_FIXED),
     "scripted": _scripted,
+    "grok-mlp": _grok("mlp"),
+    "grok-transformer": _grok("transformer"),
 }
 
 

@@ -1,0 +1,246 @@
+"""R one-hidden-layer MLPs on modular arithmetic as one batched model, with an explicit backward.
+
+Per replica, on an index pair (a, b) with a, b ∈ {0, …, p − 1}:
+
+.. math::
+
+    z = E_{a} + E_{p + b} \\;(+\\, c),   h = σ(z),   \\text{logits} = W h \\;(+\\, d)
+
+with E [2p, width] (rows 0…p − 1 embed operand a, rows p…2p − 1 operand b — the first
+layer acting on the concatenated one-hot [e_a; e_b], done as a gather), W [p, width], and
+optional biases c [width], d [p]. σ is ``quadratic`` (z², Gromov's), ``relu`` or ``gelu``
+(exact, erf form). The loss of a minibatch of B pairs is the mean cross-entropy
+−(1/B) Σ log softmax(logits)[y].
+
+The gradients are written out by hand (``loss_and_grads``), without autograd:
+
+    δ = (softmax − onehot(y)) / B,   ∇W = δᵀ h,   ∇d = Σ δ,
+    ∂z = (δ W) ⊙ σ'(z),   ∇c = Σ ∂z,   ∇E = scatter-add of ∂z rows at a and at p + b.
+
+Parameters and gradients each live in one packed buffer (``optimizers.pack``), so the
+fused optimizers read them in place.
+
+Denormals: once the softmax saturates, the smallest probabilities underflow to subnormal
+floats, which some CPUs multiply ~100× slower (design §5). The probabilities in δ are
+floored ``PROB_FLOOR_DECADES`` decades above the smallest normal number (far below the
+float32 resolution of the loss or its gradient), so δ stays normal; products can still
+underflow (and so can AdamW's second moments), so the engine also calls
+``torch.set_flush_denormal(True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import EscapestatError
+from .optimizers import keep_packed_, pack
+
+#: Softmax probabilities in the gradient are floored this many decades above the dtype's
+#: smallest normal number (float32: 1.2e-30; float64: 2.2e-300).
+PROB_FLOOR_DECADES = 8
+
+ACTIVATIONS = ("quadratic", "relu", "gelu")
+
+_SQRT_HALF = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _activate(name: str, z: torch.Tensor,
+              out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(σ(z), s, c) with σ'(z) = c·s; σ(z) written to ``out`` if given."""
+    if name == "quadratic":
+        return torch.mul(z, z, out=out), z, 2.0
+    if name == "relu":
+        return torch.clamp(z, min=0, out=out), z > 0, 1.0
+    cdf = 0.5 * (1 + torch.erf(z * _SQRT_HALF))
+    return torch.mul(z, cdf, out=out), cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI, 1.0
+
+
+class MLPEnsemble:
+    """R replicas of the MLP above; every parameter has the replicas as its leading dimension.
+
+    Parameters
+    ----------
+    embed : [R, 2p, width]
+    weight : [R, p, width]
+    hidden_bias, out_bias : [R, width] and [R, p], or None (no bias)
+    activation : "quadratic", "relu" or "gelu"
+
+    Attributes
+    ----------
+    params : list of tensors
+        [embed, weight] then the biases present, packed in one buffer.
+    """
+
+    def __init__(self, embed: torch.Tensor, weight: torch.Tensor,
+                 hidden_bias: torch.Tensor | None = None, out_bias: torch.Tensor | None = None,
+                 activation: str = "quadratic"):
+        if activation not in ACTIVATIONS:
+            raise EscapestatError(
+                f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        self.activation = activation
+        self.p = int(weight.shape[1])
+        self.has_hidden_bias, self.has_out_bias = hidden_bias is not None, out_bias is not None
+        tensors = [embed, weight] + [b for b in (hidden_bias, out_bias) if b is not None]
+        self.params = pack(tensors)
+        self.grads = pack([torch.zeros_like(t) for t in self.params])
+        tiny = torch.finfo(weight.dtype).tiny
+        self._floor = math.log(tiny) + PROB_FLOOR_DECADES * math.log(10)
+        self._work: list[torch.Tensor] | None = None
+        self._offsets()
+
+    @classmethod
+    def random(cls, replicas: int, p: int, width: int, activation: str = "quadratic",
+               init_scale: float = 1.0, bias: bool = False,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> MLPEnsemble:
+        """Gaussian init with std α/√fan_in, α = ``init_scale`` (Omnigrok's), biases zero.
+
+        fan_in is 2 for the embedding (each hidden unit sees the two operands' rows, so z
+        starts with unit variance) and width for W.
+        """
+        def normal(*shape: int) -> torch.Tensor:
+            return torch.randn(replicas, *shape, generator=generator, dtype=dtype, device=device)
+
+        zeros = (lambda n: torch.zeros(replicas, n, dtype=dtype, device=device)) if bias else None
+        return cls(normal(2 * p, width) * (init_scale / math.sqrt(2)),
+                   normal(p, width) * (init_scale / math.sqrt(width)),
+                   zeros(width) if zeros else None, zeros(p) if zeros else None, activation)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def replicas(self) -> int:
+        return int(self.params[0].shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.params[0].shape[2])
+
+    @property
+    def embed(self) -> torch.Tensor:
+        return self.params[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.params[1]
+
+    @property
+    def hidden_bias(self) -> torch.Tensor | None:
+        return self.params[2] if self.has_hidden_bias else None
+
+    @property
+    def out_bias(self) -> torch.Tensor | None:
+        return self.params[-1] if self.has_out_bias else None
+
+    def decay_mask(self, biases: bool = True) -> list[bool]:
+        """Which of ``params`` to decay: all of them, or (``biases=False``) E and W only."""
+        return [True, True] + [biases] * (len(self.params) - 2)
+
+    def _offsets(self) -> None:
+        r, p, dev = self.replicas, self.p, self.params[0].device
+        self._shift = (torch.arange(r, device=dev) * (2 * p)).view(r, 1, 1) + torch.tensor(
+            [0, p], device=dev)
+
+    # ------------------------------------------------------------------ forward
+    def _hidden(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row numbers [R, B, 2] into E flattened to [R·2p, width], and z [R, B, width]."""
+        r, b = pairs.shape[:2]
+        rows = pairs + self._shift
+        z = F.embedding_bag(rows.view(r * b, 2), self.embed.view(-1, self.width), mode="sum")
+        z = z.view(r, b, self.width)
+        if self.has_hidden_bias:
+            z += self.hidden_bias.unsqueeze(1)
+        return rows, z
+
+    def _logits_t(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits transposed, [R, p, B]: W hᵀ runs faster than h Wᵀ for these shapes."""
+        logits = torch.bmm(self.weight, h.transpose(1, 2), out=out)
+        if self.has_out_bias:
+            logits += self.out_bias.unsqueeze(2)
+        return logits
+
+    def logits(self, pairs: torch.Tensor) -> torch.Tensor:
+        """[R, B, p] for pairs [R, B, 2]."""
+        _, z = self._hidden(pairs)
+        return self._logits_t(_activate(self.activation, z)[0]).transpose(1, 2)
+
+    def _workspace(self, b: int) -> list[torch.Tensor]:
+        """Buffers reused from step to step: [R, b, width] for h, then ∂z; two [R, p, b].
+
+        Fresh multi-megabyte tensors every step cost page faults (thousands per step at
+        R 256, as glibc hands freed memory back to the system) that took ~20% of a step.
+        """
+        if self._work is None or self._work[1].shape[2] != b:
+            like, r = self.weight, self.replicas
+            self._work = [like.new_empty(r, b, self.width), like.new_empty(r, self.p, b),
+                          like.new_empty(r, self.p, b)]
+        return self._work
+
+    def loss_and_grads(self, pairs: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean cross-entropy per replica [R] and its gradients, one per ``params`` entry.
+
+        ``pairs`` [R, B, 2] and ``labels`` [R, B] are each replica's minibatch. The
+        gradients are the model's own buffers, overwritten by the next call.
+        """
+        r, b = labels.shape
+        work, logits, logp = self._workspace(b)
+        rows, z = self._hidden(pairs)
+        h, slope, factor = _activate(self.activation, z, out=work)
+        torch.log_softmax(self._logits_t(h, out=logits), 1, out=logp)
+        target = labels.unsqueeze(1)
+        loss = logp.gather(1, target).mean((1, 2)).neg_()
+        delta = logp.clamp_min_(self._floor).exp_().scatter_add_(  # B·δᵀ, [R, p, B]
+            1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        g_embed, g_weight = self.grads[0], self.grads[1]
+        torch.baddbmm(g_weight, delta, h, beta=0, alpha=1 / b, out=g_weight)
+        dz = torch.bmm(delta.transpose(1, 2), self.weight, out=work).mul_(slope)  # B·∂z / c
+        extra = 2
+        if self.has_hidden_bias:
+            torch.sum(dz, 1, out=self.grads[extra]).mul_(factor / b)
+            extra += 1
+        if self.has_out_bias:
+            torch.sum(delta, 2, out=self.grads[extra]).div_(b)
+        flat = g_embed.view(-1, self.width).zero_()
+        dz = dz.view(r * b, -1)
+        flat.index_add_(0, rows[..., 0].reshape(-1), dz, alpha=factor / b)
+        flat.index_add_(0, rows[..., 1].reshape(-1), dz, alpha=factor / b)
+        return loss, self.grads
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def accuracy(self, pairs: torch.Tensor, labels: torch.Tensor,
+                 chunk: int | None = None) -> torch.Tensor:
+        """[R] fraction of each replica's ``pairs`` [R, n, 2] whose argmax logit is its label.
+
+        Evaluated in chunks of ``chunk`` pairs per replica (default: about 2²² hidden
+        activations per chunk).
+        """
+        r, n = labels.shape
+        chunk = chunk or max(1, (1 << 22) // (r * max(self.width, self.p)))
+        hits = torch.zeros(r, dtype=torch.long, device=labels.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            _, z = self._hidden(pairs[:, start:stop])
+            guess = self._logits_t(_activate(self.activation, z)[0]).argmax(1)
+            hits += (guess == labels[:, start:stop]).sum(1)
+        return hits.to(self.weight.dtype) / n
+
+    def finite(self) -> torch.Tensor:
+        """[R] bool: every parameter of the replica is finite."""
+        ok = torch.ones(self.replicas, dtype=torch.bool, device=self.weight.device)
+        for t in self.params:
+            ok &= torch.isfinite(t).view(self.replicas, -1).all(1)
+        return ok
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep, in place, only the replicas at ``idx``: the same ``params`` tensor objects."""
+        idx = idx.to(self.weight.device)
+        keep_packed_(self.params, idx)
+        keep_packed_(self.grads, idx)
+        self._offsets()
+        self._work = None
