@@ -90,7 +90,7 @@ def _check_fraction(name: str, value: float, low_open: bool) -> float:
 
 @dataclass
 class ModularSplits:
-    """Each replica's train and test rows of one table: ``train`` [R, n_train], ``test`` [R, n_test].
+    """Each replica's rows of one table: ``train`` [R, n_train] and ``test`` [R, n_test].
 
     Row r of ``train`` and of ``test`` are disjoint and together hold every table row once.
     """

@@ -142,7 +142,8 @@ class AdamW(_Fused):
         b1, b2 = self.betas
         if self._fused:
             # torch's own fused AdamW kernel (one pass), run with lr 1 and decay 1 on u as
-            # the "parameter": u ← u (1 − 1·1) − m̂ / (√v̂ + ε), whatever u held.
+            # the "parameter": u ← u (1 − 1·1) − m̂ / (√v̂ + ε), whatever finite u held
+            # (last step's u is non-finite only where m or v already is).
             self._count.fill_(self.steps)
             try:
                 torch._fused_adamw_([u], [g], [m], [v], [], [self._count], lr=1.0, beta1=b1,
