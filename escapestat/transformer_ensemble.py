@@ -5,29 +5,31 @@ interpretability", 2023): the input for a∘b is the sequence [a, b, "="] over a
 of p + 1 tokens ("=" is token p); token and position embeddings; one attention layer of
 ``n_heads`` heads (no biases, causal, scores scaled by 1/√d_head); a ReLU MLP; residual
 connections around both; no LayerNorm; the logits are read out (unembedded) at the last
-position, over the p answer classes only. Per replica r, with x_s the residual at s:
+position, over the p answer classes only. Per replica, with t = [a, b, p]:
 
-    x_s  = W_E[t_s] + W_pos[s]
-    x'_2 = x_2 + W_O concat_h Σ_s softmax_s(q_h·k_hs / √d_head) v_hs,
-           q_h = W_Q[h] x_2,  k_hs = W_K[h] x_s,  v_hs = W_V[h] x_s
-    x''_2 = x'_2 + W_out relu(W_in x'_2 + b_in) + b_out
-    logits = W_Uᵀ x''_2
+    x_s    = W_E[t_s] + W_pos[s]
+    α_hs   = softmax_s(q_h · k_hs / √d_head),  q_h = x_2 W_Q[h],  k_hs = x_s W_K[h]  (s ≤ 2)
+    x'_2   = x_2 + Σ_h Σ_s α_hs x_s W_V[h] W_O[h]
+    x''_2  = x'_2 + relu(x'_2 W_in + b_in) W_out + b_out
+    logits = x''_2 W_U
 
-Only the last position is read out and there is one layer, so only its query is needed;
-that query may see all three positions, so the causal mask never hides anything from it
-(the other queries are never formed). x_2 is the same for every input ("=" at position 2),
-and keys and values are linear in the embeddings, so the (p + 1)-row table W_E is
-projected once per call and each operand's key and value are a one-hot matmul (bmm, also
-in the backward; no gather/scatter).
+One layer, read out at the last position: only that position's query matters, and it may
+see all three positions, so the causal mask hides nothing from it; the other positions'
+queries and MLP outputs are never formed. Each x_s is the sum of two rows of the table
+[W_E; W_pos] (V + 3 rows) and x_2 is the same for every input, so the attention works on
+those rows once per call: the QK circuit gives each row's score per head, the OV circuit
+its output per head (row · W_V[h] W_O[h]), and a sample's scores and attention output are
+matmuls of its 0/1 row-selection [3, V + 3] with them: O(V d²) per replica, not O(B d²),
+and bmm in the backward too (no gather/scatter).
 
-Every parameter is a tensor [R, ...] (``params``, named by ``param_names``, in Nanda's
-layout: W_E [V, d], W_pos [3, d], W_Q/W_K/W_V [H, d_head, d], W_O [d, H·d_head],
-W_in [d_mlp, d], b_in [d_mlp], W_out [d, d_mlp], b_out [d], W_U [d, p]). Gradients come
-from one autograd backward of the summed per-replica losses: the replicas share no
-parameter, so each replica's gradient is exactly its own (design §5: nonlinear models use
-autograd). Once softmax saturates its outputs may underflow to denormals, which made a
-CPU ``bmm`` ~100× slower here (design §5): callers on CPU should set
-``torch.set_flush_denormal(True)``.
+Every parameter is a tensor [R, ...] (``params``, named by ``param_names``), laid out as
+TransformerLens's (row vectors times matrices): W_E [V, d], W_pos [3, d], W_Q/W_K/W_V
+[H, d, d_head], W_O [H, d_head, d], W_in [d, d_mlp], b_in [d_mlp], W_out [d_mlp, d],
+b_out [d], W_U [d, p]. Gradients come from one autograd backward of the summed
+per-replica losses: the replicas share no parameter, so each replica's gradient is
+exactly its own (design §5: nonlinear models use autograd). Once softmax saturates its
+outputs may underflow to denormals, which made a CPU ``bmm`` ~100× slower here (design
+§5): callers on CPU should set ``torch.set_flush_denormal(True)``.
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ class TransformerEnsemble:
             raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
         self.p, self.n_heads, self.d_head = p, n_heads, d_model // n_heads
         vocab, d, h, dh = p + 1, d_model, n_heads, self.d_head
-        shapes = {"W_E": (vocab, d), "W_pos": (3, d), "W_Q": (h, dh, d), "W_K": (h, dh, d),
-                  "W_V": (h, dh, d), "W_O": (h, dh, d), "W_in": (d_mlp, d), "b_in": (d_mlp,),
-                  "W_out": (d, d_mlp), "b_out": (d,), "W_U": (d, p)}
+        shapes = {"W_E": (vocab, d), "W_pos": (3, d), "W_Q": (h, d, dh), "W_K": (h, d, dh),
+                  "W_V": (h, d, dh), "W_O": (h, dh, d), "W_in": (d, d_mlp), "b_in": (d_mlp,),
+                  "W_out": (d_mlp, d), "b_out": (d,), "W_U": (d, p)}
         self.param_names = list(PARAM_NAMES)
         self.decay_mask = [name.startswith("W_") for name in self.param_names]
         self.params = []
@@ -107,18 +109,18 @@ class TransformerEnsemble:
         h, dh = self.n_heads, self.d_head
         emb = torch.cat([W_E, W_pos], 1)  # [R, V + 3, d]: every token's and position's row
         x_eq = emb[:, self.p] + emb[:, -1]  # [R, d]: the residual at the readout position
-        # Queries, keys, values of every row (bmm, K = d; the query is a sum of two rows).
-        q_rows, k_rows, v_rows = ((emb @ w.flatten(1, 2).mT).view(R, -1, h, dh)
-                                  for w in (W_Q, W_K, W_V))  # [R, V + 3, H, dh]
-        q = (q_rows[:, self.p] + q_rows[:, -1])[:, None] / math.sqrt(dh)
-        qk_rows = (k_rows * q).sum(-1)  # [R, V + 3, H]: QK circuit, per row
-        ov_rows = v_rows.transpose(1, 2) @ W_O  # [R, H, V + 3, d]: OV circuit, per row
+        # Queries, keys and values of every row: bmm with K = d (forming q from x_eq instead
+        # would make its backward an outer product, slow as a bmm).
+        q_rows, k_rows, v_rows = (emb[:, None] @ w for w in (W_Q, W_K, W_V))  # [R, H, V+3, dh]
+        q = (q_rows[:, :, self.p] + q_rows[:, :, -1])[:, :, None] / math.sqrt(dh)
+        qk_rows = (k_rows * q).sum(-1)  # [R, H, V + 3]: QK circuit, per row
+        ov_rows = v_rows @ W_O  # [R, H, V + 3, d]: OV circuit, per row
         rows = self._rows(pairs, W_E.dtype)
-        attn = (rows.flatten(1, 2) @ qk_rows).view(R, B, 3, h).softmax(2)  # over positions
+        attn = (rows.flatten(1, 2) @ qk_rows.mT).view(R, B, 3, h).softmax(2)  # over positions
         mix = torch.einsum("rbsv,rbsh->rbhv", rows, attn)  # [R, B, H, V + 3]
         resid = x_eq[:, None] + mix.flatten(2) @ ov_rows.flatten(1, 2)  # [R, B, d]
-        hidden = torch.baddbmm(b_in[:, None], resid, W_in.mT).relu_()
-        resid = resid + torch.baddbmm(b_out[:, None], hidden, W_out.mT)
+        hidden = torch.baddbmm(b_in[:, None], resid, W_in).relu_()
+        resid = resid + torch.baddbmm(b_out[:, None], hidden, W_out)
         return resid @ W_U  # [R, B, p]
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
@@ -129,21 +131,23 @@ class TransformerEnsemble:
         self, pairs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-replica mean cross-entropy [R] on ``pairs`` [R, B, 2], ``labels`` [R, B],
-        and its gradient per parameter (aligned with ``params``; no weight decay)."""
+        and its gradient per parameter (contiguous, aligned with ``params``; no decay)."""
         leaves = [w.detach().requires_grad_() for w in self.params]  # share storage
         with torch.enable_grad():
             logits = self._logits(leaves, pairs)
             nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
             loss = nll.view(labels.shape).mean(1)
             grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), list(grads)
+        return loss.detach(), [g.contiguous() for g in grads]  # W_E, W_pos: views of a cat
 
     @torch.no_grad()
     def accuracy(
-        self, pairs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024
+        self, pairs: torch.Tensor, labels: torch.Tensor, chunk: int | None = None
     ) -> torch.Tensor:
         """Per-replica fraction [R] of ``pairs`` [R, N, 2] whose argmax logit is ``labels``
-        [R, N]; ``chunk`` samples per replica at a time bound the memory."""
+        [R, N], ``chunk`` samples per replica at a time (default 32768 // R: about 64 MB of
+        MLP activations in float32)."""
+        chunk = chunk or max(1, 32768 // self.replicas)
         right = torch.zeros(self.replicas, dtype=torch.long, device=labels.device)
         for start in range(0, labels.shape[1], chunk):
             guess = self._logits(self.params, pairs[:, start:start + chunk]).argmax(-1)
