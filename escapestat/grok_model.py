@@ -52,10 +52,6 @@ class GrokTrial:
                  device: torch.device, batch_size: int | None = None):
         t, esc, n = study.task, study.escape, len(conds)
         dtype = torch.float64 if study.run.dtype == "float64" else torch.float32
-        if device.type == "cpu":
-            # Saturated softmax probabilities underflow to denormals, and CPU matmuls over
-            # denormals can run ~100× slower (design §5); flush them to zero.
-            torch.set_flush_denormal(True)
         self.task = make_task(t.operation, t.p, n, t.train_fraction, t.label_noise,
                               generator, device)
         self.net = build_network(study, n, generator, dtype, device)

@@ -196,7 +196,24 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
 
 def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
                      progress: Progress | None = None) -> ChunkOutput:
-    """``run_chunk`` with the per-replica curves of models that record them."""
+    """``run_chunk`` with the per-replica curves of models that record them.
+
+    The grokking models run with denormals flushed to zero on the CPU: saturated softmax
+    probabilities underflow to denormals, and CPU matmuls over them can run ~100× slower
+    (design §5). The flag is process-wide (numpy too), so it is reset afterwards.
+    """
+    flush = study.model.kind in GROKKING_MODELS and device.type == "cpu"
+    if flush:
+        torch.set_flush_denormal(True)
+    try:
+        return _run_chunk(study, conds, chunk, device, progress)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
+               progress: Progress | None = None) -> ChunkOutput:
     run, esc = study.run, study.escape
     dtype = torch.float64 if run.dtype == "float64" else torch.float32
     generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))

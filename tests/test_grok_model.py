@@ -50,6 +50,11 @@ def test_grokking_run_records_fit_generalisation_and_delay(grokked):
     assert (df["duration"] % 20 == 0).all()  # on the check grid
 
 
+def test_denormal_flushing_does_not_leak_out_of_the_run(grokked):
+    tiny = np.array([1e-320])
+    assert tiny[0] > 0 and (tiny * 1.0)[0] > 0  # numpy keeps its denormals after a run
+
+
 def test_curves_show_the_grokking_curve(grokked):
     curves = grokked.curves
     test = curves[curves["metric"] == "test_accuracy"].sort_values("step")
