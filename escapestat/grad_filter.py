@@ -14,22 +14,20 @@ The conventions follow the paper's reference code (the ``gradfilter_ema`` and
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Sequence
 
 import torch
 
-from .errors import EscapestatError
+from .errors import EscapestatError, FieldError, build_keyed, did_you_mean
 
 
-class _Invalid(EscapestatError):
+class _Invalid(FieldError):
     """A bad parameter; ``parse_grad_filter`` re-raises it naming where it was."""
 
     def __init__(self, key: str, why: str):
-        super().__init__(f"grad_filter: {key} {why}")
-        self.key, self.why = key, why
+        super().__init__("grad_filter", key, why)
 
 
 def _number(key: str, v) -> float:
@@ -169,20 +167,7 @@ def parse_grad_filter(spec: dict | None, where: str) -> GradFilter | None:
                               f'{{kind = "ema", alpha = 0.98, lamb = 2.0}}, got {spec!r}')
     kind = spec.get("kind")
     if kind not in _KINDS:
-        close = difflib.get_close_matches(str(kind), _KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise EscapestatError(f"{where}.kind must be 'ema' or 'ma', got {kind!r}{hint}")
+        raise EscapestatError(f"{where}.kind must be 'ema' or 'ma', got {kind!r}"
+                              f"{did_you_mean(str(kind), _KINDS)}")
     cls, keys = _KINDS[kind]
-    for key in spec:
-        if key != "kind" and key not in keys:
-            close = difflib.get_close_matches(key, keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise EscapestatError(f"{where}: unknown key {key!r} for kind {kind!r}{hint}; "
-                                  f"its keys are {', '.join(keys)}")
-    missing = [k for k in keys if k not in spec]
-    if missing:
-        raise EscapestatError(f"{where}: kind {kind!r} needs {', '.join(map(repr, missing))}")
-    try:
-        return cls(*(spec[k] for k in keys))
-    except _Invalid as exc:
-        raise EscapestatError(f"{where}.{exc.key} {exc.why}") from None
+    return build_keyed(cls, keys, spec, where, "kind")

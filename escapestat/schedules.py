@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import difflib
 import itertools
 import json
 import math
@@ -21,15 +20,14 @@ from typing import ClassVar
 
 import torch
 
-from .errors import EscapestatError
+from .errors import EscapestatError, FieldError, build_keyed, did_you_mean
 
 
-class _Invalid(EscapestatError):
+class _Invalid(FieldError):
     """A bad field of a schedule; ``parse_schedule`` re-raises it naming where it was."""
 
     def __init__(self, shape: str, key: str, why: str):
-        super().__init__(f"{shape} schedule: {key} {why}")
-        self.key, self.why = key, why
+        super().__init__(f"{shape} schedule", key, why)
 
 
 def _number(shape: str, key: str, v) -> float:
@@ -315,11 +313,6 @@ SHAPES: dict[str, type[Schedule]] = {
 }
 
 
-def _suggest(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def parse_schedule(spec, where: str) -> Schedule:
     """A schedule from a TOML value: a number is a constant, a table names its ``shape``.
 
@@ -342,22 +335,9 @@ def parse_schedule(spec, where: str) -> Schedule:
     shape = spec["shape"]
     if shape not in SHAPES:
         raise EscapestatError(
-            f"{where}.shape: unknown shape {shape!r}{_suggest(str(shape), SHAPES)}; "
+            f"{where}.shape: unknown shape {shape!r}{did_you_mean(str(shape), SHAPES)}; "
             f"shapes are {shapes}")
-    cls = SHAPES[shape]
-    keys = cls.keys()
-    for key in spec:
-        if key != "shape" and key not in keys:
-            raise EscapestatError(
-                f"{where}: unknown key {key!r} for shape {shape!r}{_suggest(key, keys)}; "
-                f"its keys are {', '.join(keys)}")
-    missing = [k for k in keys if k not in spec]
-    if missing:
-        raise EscapestatError(f"{where}: shape {shape!r} needs {', '.join(map(repr, missing))}")
-    try:
-        return cls(*(spec[k] for k in keys))
-    except _Invalid as exc:
-        raise EscapestatError(f"{where}.{exc.key} {exc.why}") from None
+    return build_keyed(SHAPES[shape], SHAPES[shape].keys(), spec, where, "shape")
 
 
 def parse_ladder(spec, where: str) -> tuple[Schedule, ...]:

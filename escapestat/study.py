@@ -9,7 +9,6 @@ replicas of one batched model.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -19,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EscapestatError
+from .errors import EscapestatError, did_you_mean
 from .grad_filter import parse_grad_filter
 from .schedules import Constant, Schedule, parse_ladder
 
@@ -295,11 +294,6 @@ _SECTIONS = {
 _TOP = {"name", "description", *_SECTIONS}
 
 
-def _suggest(key: str, allowed) -> str:
-    close = difflib.get_close_matches(key, sorted(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _convert(value, hint, where: str):
     """Convert a TOML value to the annotated type, or raise naming the key."""
     if hint == tuple[Schedule, ...]:
@@ -346,7 +340,7 @@ def _section(cls, raw, name: str, source: str):
     for key, value in raw.items():
         if key not in allowed:
             raise EscapestatError(
-                f"{source}: unknown key {key!r} in [{name}]{_suggest(key, allowed)}"
+                f"{source}: unknown key {key!r} in [{name}]{did_you_mean(key, allowed)}"
             )
         values[key] = _convert(value, hints[key], f"{source}: [{name}] {key}")
     return cls(**values)
@@ -530,7 +524,8 @@ def parse_study(text: str, source: str = "study") -> Study:
         raise EscapestatError(f"{source}: not valid TOML: {exc}") from None
     for key in raw:
         if key not in _TOP:
-            raise EscapestatError(f"{source}: unknown top-level key {key!r}{_suggest(key, _TOP)}")
+            raise EscapestatError(
+                f"{source}: unknown top-level key {key!r}{did_you_mean(key, _TOP)}")
     kwargs = {}
     for key in ("name", "description"):
         if key in raw:
