@@ -42,6 +42,7 @@ def grokking_times(part: pd.DataFrame, budget: float) -> dict:
     if fitted.any():
         delay = np.where(np.isfinite(gen), gen, budget)[fitted] - fit[fitted]
         series["delay"] = (np.maximum(delay, 0.5), np.isfinite(gen)[fitted])
+    out.update(delay_median=None, delay_median_ci=(None, None))  # no fit, no delay
     for name, (times, events) in series.items():
         km = KaplanMeierMedian().fit(times, events.astype(int))
         out[f"{name}_median"], out[f"{name}_median_ci"] = km.median_, km.median_ci_
