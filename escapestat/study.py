@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import EscapestatError, did_you_mean
 from .grad_filter import parse_grad_filter
 from .schedules import Constant, Schedule, parse_ladder
+from .study_checks import check_grokking, check_linear
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -346,122 +347,6 @@ def _section(cls, raw, name: str, source: str):
     return cls(**values)
 
 
-def _min(schedule: Schedule) -> float:
-    return schedule.min_value
-
-
-def _max(schedule: Schedule) -> float:
-    return schedule.max_value
-
-
-def _check_linear(study: Study, bad) -> None:
-    """Deep linear studies: teacher, data, trap, dynamics and order parameter."""
-    m, d, i, y, e = study.model, study.data, study.init, study.dynamics, study.escape
-    if m.depth < 2:
-        bad("[model] depth", f"must be at least 2, got {m.depth}")
-    if not m.strengths or any(s <= 0 for s in m.strengths):
-        bad("[model] strengths", "must be a non-empty list of positive numbers")
-    k = len(m.strengths)
-    if m.trapped_mode is not None and not 0 <= m.trapped_mode < k:
-        bad("[model] trapped_mode", f"must be an index in 0..{k - 1}")
-    if m.hidden is not None and (len(m.hidden) != m.depth - 1 or min(m.hidden) < k):
-        bad("[model] hidden", f"must list {m.depth - 1} widths, each at least {k} (the modes)")
-    for key in ("d_in", "d_out"):
-        if getattr(m, key) is not None and getattr(m, key) < k:
-            bad(f"[model] {key}", f"must be at least the number of modes ({k})")
-    if d.kind not in ("population", "fixed", "fresh"):
-        bad("[data] kind", f"must be 'population', 'fixed' or 'fresh', got {d.kind!r}")
-    if d.n_train < 1 or d.n_test < 1 or d.label_noise < 0:
-        bad("[data]", "n_train and n_test must be ≥ 1 and label_noise ≥ 0")
-    if i.kind not in ("aligned", "trained"):
-        bad("[init] kind", f"must be 'aligned' or 'trained', got {i.kind!r}")
-    if i.kind == "trained" and (i.beta_trap is None or i.beta_trap <= 0):
-        bad("[init] beta_trap", "is required (> 0) when [init] kind = 'trained'")
-    if i.noise < 0 or i.scale <= 0 or i.trap_steps < 0 or i.trap_lr <= 0:
-        bad("[init]", "noise ≥ 0, scale > 0, trap_steps ≥ 0 and trap_lr > 0 are required")
-    if y.noise not in ("langevin", "sgd"):
-        bad("[dynamics] noise", f"must be 'langevin' or 'sgd', got {y.noise!r}")
-    if not y.lr or not all(v.positive for v in y.lr):
-        bad("[dynamics] lr", "must be positive")
-    if bool(y.beta) == bool(y.beta_over_beta_c):
-        bad("[dynamics]", "needs exactly one of beta or beta_over_beta_c")
-    if any(_min(v) < 0 for v in y.beta) or any(v < 0 for v in y.beta_over_beta_c):
-        bad("[dynamics] beta", "must be ≥ 0")
-    if y.noise == "langevin":
-        if bool(y.temperature) == bool(y.barrier_over_temperature):
-            bad("[dynamics]", "langevin needs exactly one of temperature or "
-                "barrier_over_temperature")
-        if not all(v.positive for v in y.temperature) or any(
-                v <= 0 for v in y.barrier_over_temperature):
-            bad("[dynamics] temperature", "must be positive")
-        if y.batch_size:
-            bad("[dynamics] batch_size", "is for noise = 'sgd'; Langevin uses the full data")
-    else:
-        if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
-            bad("[dynamics] batch_size", "must list batch sizes ≥ 1 for noise = 'sgd'")
-        if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
-            bad("[dynamics] batch_size", "must be whole numbers")
-        if y.temperature or y.barrier_over_temperature:
-            bad("[dynamics] temperature", "is set by lr / batch_size for noise = 'sgd'")
-        if d.kind == "population":
-            bad("[data] kind", "must be 'fixed' or 'fresh' for SGD (minibatches need samples)")
-        if d.kind == "fixed" and max(_max(b) for b in y.batch_size) > d.n_train:
-            bad("[dynamics] batch_size", f"cannot exceed [data] n_train = {d.n_train}")
-    if e.order_parameter not in ("mode", "test_error"):
-        bad("[escape] order_parameter", f"must be 'mode' or 'test_error', got "
-            f"{e.order_parameter!r}")
-    if study.task is not None or study.optimizer is not None:
-        bad("[task]" if study.task is not None else "[optimizer]",
-            "is for the grokking models (model kind 'mlp' or 'transformer')")
-    if y.weight_decay:
-        bad("[dynamics] weight_decay", "is for the grokking models; deep linear nets use beta")
-    if e.measure != "escape":
-        bad("[escape] measure", "is for the grokking models ('generalize' or 'delay')")
-
-
-def _check_grokking(study: Study, bad) -> None:
-    """MLP and transformer studies: task, optimizer, minibatch SGD noise, accuracy escape."""
-    from .modular import OPERATIONS
-
-    m, t, o, y, e = study.model, study.task, study.optimizer, study.dynamics, study.escape
-    if t is None:
-        bad("[task]", f"is required for model kind {m.kind!r} (operation, p, train_fraction)")
-    if t.operation not in OPERATIONS:
-        bad("[task] operation", f"must be one of {', '.join(OPERATIONS)}, got {t.operation!r}")
-    if t.p < 3:
-        bad("[task] p", f"must be at least 3, got {t.p}")
-    if not 0 < t.train_fraction < 1:
-        bad("[task] train_fraction", f"must be in (0, 1), got {t.train_fraction}")
-    if not 0 <= t.label_noise < 1:
-        bad("[task] label_noise", f"must be in [0, 1), got {t.label_noise}")
-    if o is not None and o.kind not in ("adamw", "sgd"):
-        bad("[optimizer] kind", f"must be 'adamw' or 'sgd', got {o.kind!r}")
-    if m.activation not in ("quadratic", "relu", "gelu"):
-        bad("[model] activation", f"must be 'quadratic', 'relu' or 'gelu', got {m.activation!r}")
-    if min(m.width, m.d_model, m.n_heads, m.d_mlp) < 1 or m.d_model % m.n_heads:
-        bad("[model]", "width, d_model, n_heads and d_mlp must be ≥ 1, d_model a multiple of "
-            "n_heads")
-    if m.init_scale <= 0:
-        bad("[model] init_scale", "must be positive")
-    if y.noise != "sgd":
-        bad("[dynamics] noise", "must be 'sgd' for the grokking models (minibatch noise)")
-    if y.beta or y.beta_over_beta_c or y.temperature or y.barrier_over_temperature:
-        bad("[dynamics]", "beta and temperature are for deep linear nets; the grokking "
-            "models take weight_decay and batch_size")
-    if not y.lr or not all(v.positive for v in y.lr):
-        bad("[dynamics] lr", "must be positive")
-    if not y.weight_decay or any(_min(v) < 0 for v in y.weight_decay):
-        bad("[dynamics] weight_decay", "is required, ≥ 0")
-    if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
-        bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
-    if e.measure not in ("generalize", "delay"):
-        bad("[escape] measure", f"must be 'generalize' or 'delay', got {e.measure!r}")
-    if not 0 < e.fit_fallback < e.fit_threshold <= 1:
-        bad("[escape] fit_fallback", "must be between 0 and fit_threshold (≤ 1)")
-    if e.threshold > 1:
-        bad("[escape] threshold", "is a test accuracy, at most 1")
-
-
 def _check_semantics(study: Study, source: str) -> None:
     """Range and consistency checks, each naming the offending key."""
 
@@ -473,9 +358,9 @@ def _check_semantics(study: Study, source: str) -> None:
         bad("[model] kind", f"must be one of {', '.join(repr(k) for k in MODEL_KEYS)}, "
             f"got {study.model.kind!r}")
     if study.model.kind in GROKKING_MODELS:
-        _check_grokking(study, bad)
+        check_grokking(study, bad)
     else:
-        _check_linear(study, bad)
+        check_linear(study, bad)
     if not 0 < e.fallback < e.threshold:
         bad("[escape] fallback", "must be between 0 and threshold")
     if e.check_every < 1 or e.commit_steps < 0:
