@@ -50,12 +50,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import measure
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -178,27 +177,6 @@ def check_agreement(device: torch.device, replicas: int = 8, few: int = 3) -> tu
     assert moved > 1e-3, f"parameters barely moved ({moved:g}); the check would be vacuous"
     assert worst < 1e-10, f"engine and baselines disagree after {CHECK_STEPS} steps: {worst:g}"
     return worst, moved
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(contenders: dict[str, tuple[Callable[[], None], int]], repeats: int,
-            device: torch.device, clock: Callable[[], float]) -> dict[str, float]:
-    """Median seconds per call of each fn over ``repeats`` interleaved blocks (one warm-up)."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for block in range(repeats + 1):
-        for name, (fn, calls) in contenders.items():
-            sync(device)
-            start = clock()
-            for _ in range(calls):
-                fn()
-            sync(device)
-            if block:
-                times[name].append((clock() - start) / calls)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def step_flops(p: int, width: int, batch: int) -> int:

@@ -60,12 +60,12 @@ import argparse
 import copy
 import json
 import math
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from timing import measure
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -233,32 +233,6 @@ def check_agreement(device: torch.device, steps: int = 12) -> tuple[float, float
 # ---------------------------------------------------------------------------- timing
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(contenders: dict[str, tuple[Callable[[], None], int]], repeats: int,
-            device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each fn over ``repeats`` interleaved timed blocks.
-
-    Each contender is (fn, calls per block). One block of each is run untimed as warm-up.
-    """
-    for fn, calls in contenders.values():
-        for _ in range(calls if calls <= EPOCH else EPOCH):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, (fn, calls) in contenders.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / calls)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def whole_epochs(steps: int) -> int:
     return max(EPOCH, EPOCH * math.ceil(steps / EPOCH))
 
@@ -286,7 +260,7 @@ def compare(net: Net, replicas: int, device: torch.device, engine_steps: int,
         "naive": (lambda: naive.step(naive_batches.next()), other_steps),
     }
     contenders.update(extra or {})
-    seconds = measure(contenders, repeats, device)
+    seconds = measure(contenders, repeats, device, warmup_calls=EPOCH)
     finite = bool(model.is_finite_and_bounded(1e6).all()) and all(
         bool(torch.isfinite(p).all()) for p in vm.weights())
     assert finite, f"weights blew up at {net.label}, R {replicas}: timing would be meaningless"

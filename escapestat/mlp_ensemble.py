@@ -89,8 +89,12 @@ class MLPEnsemble:
         tiny = torch.finfo(weight.dtype).tiny
         self._floor = math.log(tiny) + PROB_FLOOR_DECADES * math.log(10)
         self._work: list[torch.Tensor] | None = None
-        #: How ∇E is formed (see ``_embed_grad``): "index_add" on the CPU, else "onehot".
-        self.embed_grad = "index_add" if weight.device.type == "cpu" else "onehot"
+        #: How ∇E is formed (see ``_embed_grad``): "index_add" on a one-thread CPU (it
+        #: beat the one-hot bmm there, 3.6 against 5.4 ms), else "onehot": index_add_
+        #: runs on one thread, and with 2 threads the bmm route measured 10–19% faster
+        #: per step (and on CUDA it is deterministic).
+        single = weight.device.type == "cpu" and torch.get_num_threads() == 1
+        self.embed_grad = "index_add" if single else "onehot"
         self._offsets()
 
     @classmethod
