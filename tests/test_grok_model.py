@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from escapestat.errors import EscapestatError
 from escapestat.study import parse_study
@@ -127,3 +128,36 @@ def test_grokking_summary_and_cli(cli, tmp_path):
     code, out, err = cli("fit", tmp_path / "r" / "escapes.csv", "--json")
     assert code == 0, err
     assert table["event"].sum() == 4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+def test_grokking_models_on_cuda(kind, tmp_path):
+    """The same study on CUDA: reproducible, and the MLP groks as on the CPU."""
+    text = GROK if kind == "mlp" else GROK.replace('kind = "mlp"\nwidth = 128',
+                                                   'kind = "transformer"\nd_model = 32')
+    study = parse_study(text.replace("replicas = 8", "replicas = 16"))
+    a = run_study(study, tmp_path / "a", device="cuda")
+    b = run_study(study, tmp_path / "b", device="cuda")
+    pd.testing.assert_frame_equal(a.replicas, b.replicas)
+    assert "cuda" in a.meta["device"]
+    if kind == "mlp":
+        assert (a.escapes["event"] == 1).mean() > 0.9
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mlp_gradients_on_cuda_equal_the_cpu():
+    from escapestat.mlp_ensemble import MLPEnsemble
+
+    g = torch.Generator().manual_seed(0)
+    cpu = MLPEnsemble.random(4, 11, 16, generator=g, dtype=torch.float64)
+    gpu = MLPEnsemble([t.cuda() for t in cpu.params][0], cpu.params[1].cuda())
+    pairs = torch.randint(0, 11, (4, 8, 2), generator=g)
+    labels = torch.randint(0, 11, (4, 8), generator=g)
+    loss_c, grads_c = cpu.loss_and_grads(pairs, labels)
+    loss_g, grads_g = gpu.loss_and_grads(pairs.cuda(), labels.cuda())
+    torch.testing.assert_close(loss_g.cpu(), loss_c)
+    for a, b in zip(grads_g, grads_c, strict=True):
+        torch.testing.assert_close(a.cpu(), b)
