@@ -54,7 +54,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from timing import measure
+from timing import mark, measure
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -187,10 +187,6 @@ def step_flops(p: int, width: int, batch: int) -> int:
     about 5 B·p; AdamW about 12 per parameter (3 p·width).
     """
     return 6 * batch * width * p + 6 * batch * width + 5 * batch * p + 12 * 3 * p * width
-
-
-def mark(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timing import measure
+from timing import mark, measure
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -289,10 +289,6 @@ def step_flops(widths: Sequence[int], batch: int) -> int:
 
 
 # ---------------------------------------------------------------------------- main
-
-
-def mark(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def main() -> None:

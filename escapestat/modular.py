@@ -107,6 +107,16 @@ class ModularSplits:
         self.train, self.test = self.train[idx], self.test[idx]
 
 
+def train_size(n_pairs: int, train_fraction: float) -> int:
+    """n_train = round(f · N), at least 1 and at most N − 1 (the rest is the test set)."""
+    return min(max(round(train_fraction * n_pairs), 1), n_pairs - 1)
+
+
+def table_size(operation: str, p: int) -> int:
+    """Rows of the table a∘b mod p: p² pairs, p(p − 1) for division (b ≠ 0)."""
+    return p * (p - 1) if operation == "div" else p * p
+
+
 def make_splits(n_pairs: int, replicas: int, train_fraction: float,
                 generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu") -> ModularSplits:
@@ -120,7 +130,7 @@ def make_splits(n_pairs: int, replicas: int, train_fraction: float,
         raise EscapestatError(f"a split needs at least 2 pairs, got {n_pairs}")
     if replicas < 1:
         raise EscapestatError(f"replicas must be at least 1, got {replicas}")
-    n_train = min(max(round(f * n_pairs), 1), n_pairs - 1)
+    n_train = train_size(n_pairs, f)
     perm = permutations(replicas, n_pairs, generator, device)
     return ModularSplits(perm[:, :n_train].sort(dim=1).values,
                          perm[:, n_train:].sort(dim=1).values)

@@ -393,9 +393,10 @@ def _grokking_defaults(raw: dict, source: str) -> dict:
     sizes = raw["dynamics"].get("batch_size")
     listed = sizes if isinstance(sizes, list) else [sizes]
     if "full" in listed:
+        from .modular import table_size, train_size
+
         task = _section(TaskSpec, raw.get("task", {}), "task", source)
-        n_pairs = task.p * (task.p - 1) if task.operation == "div" else task.p * task.p
-        full = min(max(round(task.train_fraction * n_pairs), 1), n_pairs - 1)
+        full = train_size(table_size(task.operation, task.p), task.train_fraction)
         listed = [full if b == "full" else b for b in listed]
         raw["dynamics"]["batch_size"] = listed if isinstance(sizes, list) else listed[0]
     return raw
