@@ -51,16 +51,18 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import mark, measure
+from timing import mark, measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from escapestat.mlp_ensemble import MLPEnsemble
 from escapestat.modular import MinibatchPairs, make_task
 from escapestat.optimizers import AdamW
+from escapestat.transformer_ensemble import TransformerEnsemble
 
 P, WIDTH, BATCH, FRACTION = 23, 128, 64, 0.7
 LR, WD, BETAS, EPS = 1e-3, 1.0, (0.9, 0.98), 1e-8
@@ -68,6 +70,9 @@ NAIVE_SUBSET = 16
 CHECK_STEPS = 8  # crosses an epoch boundary (370 training pairs: 6 batches per epoch)
 MATMUL_N = 2048
 TARGET_NAIVE, TARGET_VMAP = 20.0, 3.0
+# The transformer: Nanda et al.'s widths at p 23, fewer replicas (a step is ~40× the MLP's).
+D_MODEL, HEADS, D_MLP = 128, 4, 512
+TF_REPLICAS, TF_NAIVE_SUBSET, TARGET_TF_NAIVE = 32, 8, 5.0
 
 
 class PlainMLP(nn.Module):
@@ -166,7 +171,7 @@ def check_agreement(device: torch.device, replicas: int = 8, few: int = 3) -> tu
         vm.step(pairs, labels)
     p = P
     worst = 0.0
-    for others in ([list(m.parameters()) for m in naive.modules],
+    for others in ([[t.detach() for t in m.parameters()] for m in naive.modules],
                    [[vm.params[k][r] for k in ("embed_a.weight", "embed_b.weight", "out.weight")]
                     for r in range(replicas)]):
         for r, (e_a, e_b, w) in enumerate(others):
@@ -189,48 +194,100 @@ def step_flops(p: int, width: int, batch: int) -> int:
     return 6 * batch * width * p + 6 * batch * width + 5 * batch * p + 12 * 3 * p * width
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps, 3 blocks")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per block for each implementation (default 24, quick 6)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed blocks per figure (default 7, quick 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--replicas", type=int, default=256)
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="time in CPU seconds of this process, not wall seconds: steadier "
-                             "on a shared machine, meaningful with --threads 1 only")
-    args = parser.parse_args()
-    if args.cpu_time and (args.device == "cuda" or torch.get_num_threads() > 1
-                          and args.threads != 1):
-        parser.error("--cpu-time needs --threads 1 on the CPU")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
-    steps = args.steps or (6 if args.quick else 24)
-    repeats = args.repeats or (3 if args.quick else 7)
-    replicas = args.replicas
-    began = time.perf_counter()
+class PlainTransformer(nn.Module):
+    """One replica as a user would write it with ``nn.MultiheadAttention`` (no biases in the
+    attention, causal mask, no LayerNorm, ReLU MLP, readout at the last position)."""
 
+    def __init__(self, p: int):
+        super().__init__()
+        self.p = p
+        self.embed = nn.Embedding(p + 1, D_MODEL)
+        self.pos = nn.Parameter(torch.zeros(3, D_MODEL))
+        self.attn = nn.MultiheadAttention(D_MODEL, HEADS, bias=False, batch_first=True)
+        self.mlp_in, self.mlp_out = nn.Linear(D_MODEL, D_MLP), nn.Linear(D_MLP, D_MODEL)
+        self.unembed = nn.Linear(D_MODEL, p, bias=False)
+        self.register_buffer("causal", torch.ones(3, 3, dtype=torch.bool).triu(1))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([pairs, torch.full_like(pairs[:, :1], self.p)], 1)
+        x = self.embed(tokens) + self.pos
+        x = x + self.attn(x, x, x, attn_mask=self.causal, need_weights=False)[0]
+        x = x + self.mlp_out(F.relu(self.mlp_in(x)))
+        return self.unembed(x[:, -1])
+
+
+def transformers_from(model: TransformerEnsemble, count: int) -> list[PlainTransformer]:
+    """The first ``count`` replicas of ``model`` as ``PlainTransformer``s (same values)."""
+    out = []
+    for r in range(count):
+        w = dict(zip(model.param_names, (t[r] for t in model.params), strict=True))
+        m = PlainTransformer(model.p).to(dtype=w["W_E"].dtype, device=w["W_E"].device)
+        with torch.no_grad():
+            m.embed.weight.copy_(w["W_E"])
+            m.pos.copy_(w["W_pos"])
+            m.attn.in_proj_weight.copy_(
+                torch.cat([w[k].mT.flatten(0, 1) for k in ("W_Q", "W_K", "W_V")]))
+            m.attn.out_proj.weight.copy_(w["W_O"].flatten(0, 1).T)
+            m.mlp_in.weight.copy_(w["W_in"].T)
+            m.mlp_in.bias.copy_(w["b_in"])
+            m.mlp_out.weight.copy_(w["W_out"].T)
+            m.mlp_out.bias.copy_(w["b_out"])
+            m.unembed.weight.copy_(w["W_U"].T)
+        out.append(m)
+    return out
+
+
+class TransformerEngine(Engine):
+    """``TransformerEnsemble.loss_and_grads`` (one batched autograd pass) + fused AdamW,
+    decaying every parameter as ``torch.optim.AdamW(model.parameters())`` does."""
+
+    def __init__(self, model: TransformerEnsemble):
+        self.model = model
+        self.opt = AdamW(model.params, betas=BETAS, eps=EPS)
+        like = model.params[0]
+        self.lr = torch.full((model.replicas,), LR, dtype=like.dtype, device=like.device)
+        self.wd = torch.full_like(self.lr, WD)
+
+
+def transformer_setup(replicas: int, device: torch.device, dtype: torch.dtype, seed: int):
+    g = torch.Generator(device=device).manual_seed(seed)
+    task = make_task("add", P, replicas, FRACTION, generator=g, device=device)
+    model = TransformerEnsemble(replicas, P, D_MODEL, HEADS, D_MLP, generator=g, dtype=dtype,
+                                device=device)
+    return g, task, model
+
+
+def check_transformer(device: torch.device, replicas: int = 3, steps: int = 4) -> float:
+    """Engine and naive ``nn.MultiheadAttention`` modules + AdamW give the same logits on the
+    whole table after ``steps`` steps from the same init on the same minibatches (float64)."""
+    g, task, model = transformer_setup(replicas, device, torch.float64, seed=2)
+    naive = NaiveLoop(transformers_from(model, replicas))
+    engine = TransformerEngine(model)
+    batches = MinibatchPairs(task, BATCH, g)
+    table = task.pairs.expand(replicas, -1, -1)
+    before = model.forward(table).clone()
+    for _ in range(steps):
+        pairs, labels = batches.next_batch()
+        engine.step(pairs, labels)
+        naive.step(pairs, labels)
+    with torch.no_grad():
+        after = model.forward(table)
+        theirs = torch.stack([m(task.pairs) for m in naive.modules])
+    moved = float((after - before).abs().max())
+    worst = float((after - theirs).abs().max())
+    assert moved > 1e-3, f"logits barely moved ({moved:g}); the check would be vacuous"
+    assert worst < 1e-9, f"transformer engine and naive modules disagree: {worst:g}"
+    return worst
+
+
+def mlp_section(device: torch.device, steps: int, repeats: int, replicas: int,
+                clock: Callable[[], float]) -> dict[str, float]:
+    """Time engine, variant, vmap and naive for the MLP; print the table; return figures."""
     worst, moved = check_agreement(device)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
-    print(f"device: {where}; torch {torch.__version__}; float32; flush_denormal on for all "
-          f"three; (a + b) mod {P}, {FRACTION:.0%} train, width {WIDTH}, quadratic, B {BATCH}, "
-          f"AdamW lr {LR:g} wd {WD:g}")
+    print(f"MLP: (a + b) mod {P}, {FRACTION:.0%} train, width {WIDTH}, quadratic, B {BATCH}, "
+          f"AdamW lr {LR:g} wd {WD:g}, R {replicas}")
     print(f"check (float64, untimed): engine = vmap (8 replicas) = naive nn.Module+AdamW (3 of "
           f"them) after {CHECK_STEPS} steps, max |Δθ| = {worst:.1e} (moved up to {moved:.2f})")
-    clock = "CPU time of this process" if args.cpu_time else "wall time"
-    print(f"timing: {clock}, median of {repeats} interleaved blocks of {steps} steps each\n")
-
     g, task, model = setup(replicas, device, torch.float32, seed=0)
     sub = min(replicas, NAIVE_SUBSET)
     naive = NaiveLoop(modules_from(model, sub))
@@ -251,7 +308,7 @@ def main() -> None:
         "vmap": (lambda: vm.step(*batches["vmap"].next_batch()), steps),
         "naive": (lambda: naive.step(*batches["naive"].next_batch()), steps),
         "matmul": (lambda: torch.mm(a, b, out=c), 3),
-    }, repeats, device, time.process_time if args.cpu_time else time.perf_counter)
+    }, repeats, device, clock)
     assert bool(model.finite().all()), "parameters blew up: timing would be meaningless"
     rate = {"engine": replicas / seconds["engine"], "variant": replicas / seconds["variant"],
             "vmap": replicas / seconds["vmap"], "naive": sub / seconds["naive"]}
@@ -274,15 +331,93 @@ def main() -> None:
           f"analytically); a {MATMUL_N}² float32 matmul {mm:.1f} GFLOP/s "
           f"({100 * gflops / mm:.0f}%)")
     vs_naive, vs_vmap = rate["engine"] / rate["naive"], rate["engine"] / rate["vmap"]
-    print(f"targets (design §8), R {replicas}:")
+    print(f"targets (design §8), MLP at R {replicas}:")
     print(f"  engine vs naive  {vs_naive:8.1f}×   target ≥ {TARGET_NAIVE:.0f}×  "
           f"{mark(vs_naive >= TARGET_NAIVE)}")
     print(f"  engine vs vmap   {vs_vmap:8.2f}×   target ≥ {TARGET_VMAP:.0f}×   "
           f"{mark(vs_vmap >= TARGET_VMAP)}")
+    return {"mlp_speedup_vs_naive": round(vs_naive, 1), "mlp_speedup_vs_vmap": round(vs_vmap, 2),
+            "mlp_gflops": round(gflops, 2), "matmul_gflops": round(mm, 2)}
+
+
+def transformer_section(device: torch.device, steps: int, repeats: int, replicas: int,
+                        clock: Callable[[], float]) -> dict[str, float]:
+    """Time the transformer engine against a naive loop; print the table; return figures."""
+    worst = check_transformer(device)
+    print(f"\ntransformer: (a + b) mod {P}, {FRACTION:.0%} train, d_model {D_MODEL}, "
+          f"{HEADS} heads, d_mlp {D_MLP}, B {BATCH}, AdamW lr {LR:g} wd {WD:g}, R {replicas}")
+    print(f"check (float64, untimed): engine logits = naive nn.MultiheadAttention modules + "
+          f"torch.optim.AdamW (3 replicas, 4 steps, all {P * P} pairs), max |Δ| = {worst:.1e}")
+    g, task, model = transformer_setup(replicas, device, torch.float32, seed=0)
+    sub = min(replicas, TF_NAIVE_SUBSET)
+    naive = NaiveLoop(transformers_from(model, sub))
+    engine = TransformerEngine(model)
+    sub_task = make_task("add", P, replicas, FRACTION, generator=g, device=device)
+    sub_task.keep(torch.arange(sub, device=device))
+    batches = {"engine": MinibatchPairs(task, BATCH, g),
+               "naive": MinibatchPairs(sub_task, BATCH, g)}
+    seconds = measure({
+        "engine": (lambda: engine.step(*batches["engine"].next_batch()), steps),
+        "naive": (lambda: naive.step(*batches["naive"].next_batch()), steps),
+    }, repeats, device, clock)
+    assert bool(model.finite().all()), "parameters blew up: timing would be meaningless"
+    rate = {"engine": replicas / seconds["engine"], "naive": sub / seconds["naive"]}
+    head = f"{'implementation':<16}{'replica-steps/s':>16}{'ms/step':>10}{'× naive':>10}"
+    print(head)
+    print("-" * len(head))
+    for impl, note in (("engine", ""), ("naive", f"   timed on {sub} of the {replicas} replicas")):
+        print(f"{impl:<16}{rate[impl]:>16,.0f}{1e3 * seconds[impl]:>10.2f}"
+              f"{rate[impl] / rate['naive']:>9,.1f}×{note}")
+    vs_naive = rate["engine"] / rate["naive"]
+    print(f"  transformer engine vs naive {vs_naive:6.1f}×   target ≥ {TARGET_TF_NAIVE:.0f}×  "
+          f"{mark(vs_naive >= TARGET_TF_NAIVE)}")
+    return {"transformer_speedup_vs_naive": round(vs_naive, 1)}
+
+
+def grokking_section(device: torch.device, quick: bool = False, steps: int | None = None,
+                     repeats: int | None = None, replicas: int = 256,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Both grokking models against their baselines; the figures for the JSON line."""
+    steps = steps or (6 if quick else 24)
+    repeats = repeats or (3 if quick else 7)
+    torch.set_flush_denormal(True)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"cpu, {torch.get_num_threads()} threads")
+    print(f"grokking workloads — device: {where}; torch {torch.__version__}; float32; "
+          f"flush_denormal on for all; median of {repeats} interleaved blocks of {steps} steps "
+          f"(transformer: {max(1, steps // 4)})\n")
+    figures = mlp_section(device, steps, repeats, replicas, clock)
+    figures |= transformer_section(device, max(1, steps // 4), repeats,
+                                   TF_REPLICAS if not quick else TF_REPLICAS // 2, clock)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps, 3 blocks")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed MLP steps per block (default 24, quick 6); the "
+                             "transformer runs a quarter")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed blocks per figure (default 7, quick 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--replicas", type=int, default=256, help="MLP replicas")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time in CPU seconds of this process, not wall seconds: steadier "
+                             "on a shared machine, meaningful with --threads 1 only")
+    args = parser.parse_args()
+    if args.cpu_time and (args.device == "cuda" or torch.get_num_threads() > 1
+                          and args.threads != 1):
+        parser.error("--cpu-time needs --threads 1 on the CPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device, parser)
+    began = time.perf_counter()
+    figures = grokking_section(device, args.quick, args.steps, args.repeats, args.replicas,
+                               time.process_time if args.cpu_time else time.perf_counter)
     print(f"wall time {time.perf_counter() - began:.0f} s")
-    print(json.dumps({"mlp_speedup_vs_naive": round(vs_naive, 1),
-                      "mlp_speedup_vs_vmap": round(vs_vmap, 2),
-                      "mlp_gflops": round(gflops, 2), "matmul_gflops": round(mm, 2)}))
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

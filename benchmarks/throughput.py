@@ -50,8 +50,14 @@ parallel regions can wait a scheduler slice (ms) for its second thread; that hit
 engine's many medium-sized ops far more than the naive loop's tiny ones (measured: the
 engine's step 1.2 ms idle, up to 250 ms with one competing process).
 
+Grokking section (after the linear one; ``--no-grokking`` skips it): the MLP and
+transformer engines on modular addition against their naive and vmap baselines, as
+``benchmarks/grok_throughput.py`` runs them alone (its docstring says how); its figures
+join the JSON line as ``mlp_speedup_vs_naive``, ``mlp_speedup_vs_vmap``, ``mlp_gflops``
+and ``transformer_speedup_vs_naive``.
+
     python benchmarks/throughput.py [--device auto|cpu|cuda] [--quick] [--steps N]
-                                    [--threads N] [--repeats N]
+                                    [--threads N] [--repeats N] [--no-grokking]
 """
 
 from __future__ import annotations
@@ -65,7 +71,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timing import mark, measure
+from grok_throughput import grokking_section
+from timing import mark, measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -302,15 +309,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed blocks per figure (default 7, quick 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-grokking", action="store_true",
+                        help="skip the grokking section (MLP and transformer engines)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but torch.cuda.is_available() is False")
+    device = pick_device(args.device, parser)
     steps = whole_epochs(args.steps or (16 if args.quick else 48))
     other_steps = whole_epochs(steps // 6)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -377,10 +381,14 @@ def main() -> None:
           f"{mark(vs_vmap >= TARGET_VMAP)}")
     print(f"  width-128 GFLOP/s  {100 * gflops / mm:7.0f}%   target ≥ {100 * TARGET_MATMUL:.0f}% "
           f"of matmul  {mark(gflops >= TARGET_MATMUL * mm)}")
+    figures = {"speedup_vs_naive": round(vs_naive, 1), "speedup_vs_vmap": round(vs_vmap, 2),
+               "gflops": round(gflops, 2), "matmul_gflops": round(mm, 2)}
+    if not args.no_grokking:
+        print()
+        grok = grokking_section(device, args.quick, repeats=args.repeats)
+        figures |= {k: v for k, v in grok.items() if k != "matmul_gflops"}
     print(f"wall time {time.perf_counter() - began:.0f} s")
-    print(json.dumps({"speedup_vs_naive": round(vs_naive, 1),
-                      "speedup_vs_vmap": round(vs_vmap, 2),
-                      "gflops": round(gflops, 2), "matmul_gflops": round(mm, 2)}))
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

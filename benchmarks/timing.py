@@ -43,6 +43,15 @@ def measure(contenders: Contenders, repeats: int, device: torch.device,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def pick_device(name: str, parser) -> torch.device:
+    """``auto`` → CUDA when present, else the CPU; ``cuda`` without one is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
 def mark(ok: bool) -> str:
     """How a figure stands against its target, as the benchmarks print it."""
     return "met" if ok else "MISSED"

@@ -81,6 +81,7 @@ class _Fused:
             raise EscapestatError(f"decay_mask has {len(self.decay_mask)} entries for "
                                   f"{len(self.params)} parameters")
         self.steps = 0
+        self._gathered: torch.Tensor | None = None
         self._state = [pack([torch.zeros_like(p) for p in self.params]) for _ in range(buffers)]
 
     def _flat(self, k: int) -> torch.Tensor:
@@ -90,7 +91,15 @@ class _Fused:
         if len(grads) != len(self.params):
             raise EscapestatError(f"{len(grads)} gradients for {len(self.params)} parameters")
         flat = flat_view(grads)
-        return torch.cat([g.reshape(-1) for g in grads]) if flat is None else flat
+        if flat is not None:
+            return flat
+        # Gradients in separate tensors (autograd's) are gathered into one buffer kept from
+        # step to step: a fresh one of tens of MB is fresh pages, and their faults cost more
+        # than the copy (measured: 8 of 13 ms per step, transformer at R 64).
+        size = sum(g.numel() for g in grads)
+        if self._gathered is None or self._gathered.numel() != size:
+            self._gathered = grads[0].new_empty(size)
+        return torch.cat([g.reshape(-1) for g in grads], out=self._gathered)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep the state of the replicas at ``idx`` (1-D integers, in that order).
