@@ -8,6 +8,7 @@ replicas of one batched model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -292,7 +293,9 @@ _SECTIONS = {
     "escape": EscapeSpec,
     "run": RunSpec,
 }
-_TOP = {"name", "description", *_SECTIONS}
+#: ``[search]`` belongs to ``escapestat.search_space``: it shapes a search, not a run, so it
+#: is not part of the study read here (nor of its config hash).
+_TOP = {"name", "description", "search", *_SECTIONS}
 
 
 def _convert(value, hint, where: str):
@@ -404,10 +407,20 @@ def _grokking_defaults(raw: dict, source: str) -> dict:
 
 def parse_study(text: str, source: str = "study") -> Study:
     """Parse and validate TOML text; errors name the file and the offending key."""
+    return study_from_dict(read_toml(text, source), source)
+
+
+def read_toml(text: str, source: str = "study") -> dict:
+    """TOML text as a dict; a syntax error is one line naming ``source``."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EscapestatError(f"{source}: not valid TOML: {exc}") from None
+
+
+def study_from_dict(raw: dict, source: str = "study") -> Study:
+    """A study from its parsed TOML (``[search]``, if present, is left to the search)."""
+    raw = copy.deepcopy(raw)
     for key in raw:
         if key not in _TOP:
             raise EscapestatError(

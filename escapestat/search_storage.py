@@ -1,0 +1,68 @@
+"""Where a search lives: an embedded SQLite file by default, or a shared database server.
+
+Every worker of a shared study opens the same URL. Workers send heartbeats while a trial
+runs; a trial whose worker stopped beating for ``grace_period`` seconds is failed by the
+next worker that looks, and ``RetryHeartbeatStaleTrialCallback`` queues a copy of it (same
+parameters) so that no trial is lost (design §6).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from .errors import EscapestatError
+
+#: Seconds between a running trial's heartbeats, and how long a silent one is trusted.
+HEARTBEAT_SECONDS = 30
+MAX_RETRY = 3
+
+_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+def embedded_url(out_dir: str | Path) -> str:
+    """The default storage: ``optuna.db`` in the search's output folder (no server)."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'optuna.db'}"
+
+
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
+                 grace_period: int | None = None, max_retry: int = MAX_RETRY) -> RDBStorage:
+    """An RDB storage with heartbeats and a retry callback; a bad URL is one error line.
+
+    ``grace_period`` defaults to twice the heartbeat interval. A ``postgresql://`` URL is
+    opened with psycopg 3 (``postgresql+psycopg://``), the driver escapestat installs.
+    """
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in _SCHEMES:
+        raise EscapestatError(
+            f"storage {url!r}: unknown scheme {scheme!r}; use sqlite:///FILE or "
+            f"postgresql://USER@HOST:PORT/DB")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+    except Exception as exc:  # SQLAlchemy/driver errors: say which storage, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EscapestatError(f"storage {_redact(url)}: cannot open it: {first}") from None
+
+
+def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial`` re-runs, or None."""
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail and ":" in tail.split("@", 1)[0]:
+        user = tail.split("@", 1)[0].split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
+    return url
