@@ -51,7 +51,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
     except Exception as exc:  # SQLAlchemy/driver errors: say which storage, in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EscapestatError(f"storage {_redact(url)}: cannot open it: {first}") from None
+        raise EscapestatError(f"storage {redact(url)}: cannot open it: {first}") from None
 
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
@@ -59,7 +59,7 @@ def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
     return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without a password."""
     head, sep, tail = url.partition("://")
     if "@" in tail and ":" in tail.split("@", 1)[0]:

@@ -194,8 +194,13 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
     return run_chunk_output(study, conds, chunk, device, progress).table
 
 
+#: Called after every check with (t, status, duration, active, last curve values): the
+#: statuses and durations so far (undecided replicas are ``active``), e.g. to prune a search.
+Watch = Callable[[int, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]], None]
+
+
 def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-                     progress: Progress | None = None) -> ChunkOutput:
+                     progress: Progress | None = None, watch: Watch | None = None) -> ChunkOutput:
     """``run_chunk`` with the per-replica curves of models that record them.
 
     The grokking models run with denormals flushed to zero on the CPU: saturated softmax
@@ -206,14 +211,14 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     if flush:
         torch.set_flush_denormal(True)
     try:
-        return _run_chunk(study, conds, chunk, device, progress)
+        return _run_chunk(study, conds, chunk, device, progress, watch)
     finally:
         if flush:
             torch.set_flush_denormal(False)
 
 
 def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-               progress: Progress | None = None) -> ChunkOutput:
+               progress: Progress | None = None, watch: Watch | None = None) -> ChunkOutput:
     run, esc = study.run, study.escape
     dtype = torch.float64 if run.dtype == "float64" else torch.float32
     generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
@@ -278,6 +283,8 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                 retire(code > 0)
             if progress is not None:
                 progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
+            if watch is not None:
+                watch(t, status, duration, active, last)
     table = _chunk_table(study, cs, chunk, status, duration)
     if marks is not None:
         table = _grokking_columns(table, study, marks, last)

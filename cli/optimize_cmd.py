@@ -1,0 +1,179 @@
+"""`escapestat optimize` and `escapestat compare`: search schedules, then prove them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from escapestat.optimize import COMPARE_CSV, TRIALS, compare_searches, optimize
+
+from .app import app
+from .common import domain_errors, err_console, out_console, print_json
+from .options import JsonOut
+
+StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a [search] table.",
+                                          show_default=False)]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", help="Folder for optuna.db, trials.csv and compare.csv (default: runs/NAME-search).")]
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="Shared storage URL, e.g. postgresql://user@host:5432/db (default: "
+    "sqlite in --out).")]
+NameOpt = Annotated[str | None, typer.Option(
+    "--study-name", help="Name of the search in the storage (default: the study's name).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or x != x:
+        return "—"
+    return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
+
+
+def _interval(lo, hi) -> str:
+    return f"{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}" if lo is not None else "—"
+
+
+class _TrialLine:
+    """One line on stderr per finished trial: state, value, best so far, pruned count."""
+
+    def __call__(self, name, study, trial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        pruned = sum(t.state.name == "PRUNED" for t in trials)
+        feasible = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
+                    and max(t.user_attrs.get("constraint", [0.0])) <= 0]
+        best = min(feasible, key=lambda t: t.value) if feasible else None
+        a = trial.user_attrs
+        what = (f"median {_fmt(a.get('median'))} ({a.get('events', 0)}/{a.get('n', 0)} "
+                f"escaped), value {_fmt(trial.value, 4)}" if trial.state.name == "COMPLETE"
+                else f"pruned at step {a.get('pruned_at')}" if trial.state.name == "PRUNED"
+                else trial.state.name.lower())
+        best_text = (f"best #{best.number} {_fmt(best.value, 4)} (median "
+                     f"{_fmt(best.user_attrs.get('median'))})" if best else "no feasible yet")
+        err_console.print(escape(f"{name} trial {trial.number}: {what} · {best_text} · "
+                                 f"{pruned} pruned"), highlight=False)
+
+
+def _arm_line(arm, run) -> None:
+    s = run.summary()
+    err_console.print(escape(f"compare {arm.name}: median {_fmt(s['median'])}, "
+                             f"{s['events']}/{s['n']} escaped, {run.seconds:.0f} s"),
+                      highlight=False)
+
+
+def _print_compare(rows: list[dict]) -> None:
+    table = Table(title="Arms on fresh seeds (steps; KM medians, 95% CIs; ratios: bootstrap "
+                        "95% CIs)",
+                  caption="ratio < 1: sooner than the reference; p: log-rank against the best "
+                          "constant")
+    for col in ("arm", "median (CI)", "escaped", "test err", "× default (CI)",
+                "× best const (CI)", "× best const, wall", "p"):
+        table.add_column(col, justify="right" if col != "arm" else "left")
+    def ratio(r: dict, key: str) -> str:
+        v, ci = r[f"ratio_vs_{key}"], r[f"ratio_vs_{key}_ci"]
+        if v is None and ci is None:
+            return "—"
+        return f"{_fmt(v)} ({_interval(*(ci or (None, None)))})"
+
+    for r in rows:
+        table.add_row(r["arm"], f"{_fmt(r['median'])} ({_interval(*r['median_ci'])})"
+                      if r["median"] is not None else "not reached",
+                      f"{100 * r['escaped_fraction']:.0f}%", _fmt(r["final_test_error"]),
+                      ratio(r, "default"), ratio(r, "best_constant"),
+                      _fmt(r["wall_ratio_vs_best_constant"]), _fmt(r["logrank_p"], 2))
+    out_console.print(table)
+
+
+def _report(result, json_out: bool) -> None:
+    s = result.search
+    best = s.best
+    payload = {
+        "study_name": result.study_name, "storage": result.storage,
+        "n_trials": len(s.trials), "n_complete": s.counts.get("complete", 0),
+        "n_pruned": s.counts.get("pruned", 0), "n_failed": s.counts.get("fail", 0),
+        "best": None if best is None else {
+            "params": best.user_attrs.get("overrides"), "value": best.value,
+            "median": best.user_attrs.get("median"),
+            "median_ci": best.user_attrs.get("median_ci"),
+            "events": best.user_attrs.get("events"), "n": best.user_attrs.get("n")},
+        "constant_best": None if result.constant is None or result.constant.best is None else {
+            "params": result.constant.best.user_attrs.get("overrides"),
+            "value": result.constant.best.value,
+            "median": result.constant.best.user_attrs.get("median")},
+        "compare": result.compare,
+        "out": str(result.out_dir),
+    }
+    if json_out:
+        print_json(payload)
+        return
+    err_console.print(escape(f"wrote {result.out_dir / TRIALS}"
+                             + (f" and {result.out_dir / COMPARE_CSV}" if result.compare else "")))
+    line = (f"{result.study_name}: {payload['n_complete']} complete, {payload['n_pruned']} "
+            f"pruned, {payload['n_failed']} failed")
+    if best is not None:
+        line += (f"; best trial #{best.number}: {best.user_attrs.get('overrides')} — median "
+                 f"{_fmt(best.user_attrs.get('median'))}")
+    out_console.print(escape(line), highlight=False)
+    if result.compare:
+        _print_compare(result.compare)
+
+
+@app.command("optimize")
+@domain_errors
+def optimize_cmd(
+    study_file: StudyArg,
+    out: OutOpt = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1,
+                      help="Override [search] trials (per search).")] = None,
+    storage: StorageOpt = None,
+    study_name: NameOpt = None,
+    device: DeviceOpt = "auto",
+    no_compare: Annotated[bool, typer.Option(
+        "--no-compare", help="Search only (extra workers); run 'escapestat compare' after.")]
+    = False,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", min=1, help="Seconds between a "
+                         "running trial's heartbeats; a silent trial is retried after 2×.")]
+    = 30,
+    json_out: JsonOut = False,
+) -> None:
+    """Search L2 / lr / noise schedules with Optuna to shorten the time to escape.
+
+    Runs the [search] space, then the same space with every schedule held constant (the
+    best constant setting is the bar to beat), then re-runs the best trials and the
+    baselines on fresh seeds (escapestat compare). Trials are scored censoring-aware (log
+    RMST at the budget), with the final test error as a constraint; hopeless trials are
+    pruned. Many workers share one search through --storage.
+
+    Example: escapestat optimize studies/grok-search-quick.toml
+    """
+    out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
+    result = optimize(study_file, out_dir, storage, study_name, trials, device,
+                      compare=not no_compare, heartbeat=heartbeat,
+                      on_trial=_TrialLine(), on_arm=_arm_line)
+    _report(result, json_out)
+
+
+@app.command("compare")
+@domain_errors
+def compare_cmd(
+    study_file: StudyArg,
+    out: OutOpt = None,
+    storage: StorageOpt = None,
+    study_name: NameOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOut = False,
+) -> None:
+    """Re-run a finished search's best trials and the baselines on fresh seeds.
+
+    Per arm: median time with its CI, fraction escaped, final test error; against the
+    default and the best constant setting: the median ratio with a bootstrap CI (in steps
+    and in wall-clock time) and a log-rank p-value.
+
+    Example: escapestat compare studies/grok-search-quick.toml
+    """
+    out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
+    result = compare_searches(study_file, out_dir, storage, study_name, device, _arm_line)
+    _report(result, json_out)

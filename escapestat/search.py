@@ -1,0 +1,282 @@
+"""Optuna search over a study's schedules, with a censoring-aware objective and pruning.
+
+Each trial trains the study's replicas (one condition: the trial's parameters) for the
+study's step budget on the study's own seed — the same seed for every trial, so that
+trials differ by their parameters, not their luck — and is scored by
+
+    rmst:     log RMST(budget) = log ∫₀^budget S(t) dt   (S: Kaplan–Meier of the escape times)
+    log_tau:  log(exposure / max(escapes, ½))             (exposure: Σ durations)
+
+Censored replicas enter as censored, never as escapes at the budget. At ``checkpoints``
+steps the censored RMST so far, log ∫₀^t S, is reported so that a pruner can stop a
+hopeless trial. ``max_final_test_error`` is a constraint (Optuna's ``constraints_func``):
+a schedule that generalises fast but ends worse does not win. Each trial keeps its
+overrides, events, n, median and CI, RMST and final test error as user attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from .detector import CENSORED, DIVERGED, ESCAPED
+from .errors import EscapestatError
+from .search_space import SearchSpec, build_study, suggest
+from .study import Study, conditions
+from .survival import KaplanMeierMedian, kaplan_meier, restricted_mean
+from .trials import plan_chunks, resolve_device, run_chunk_output
+
+SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
+CONSTANT_SUFFIX = "-constant"
+
+
+# ---------------------------------------------------------------- one arm, run and summarised
+@dataclass
+class ArmRun:
+    """One study run in memory: every replica's row, the wall time and the steps run."""
+
+    replicas: pd.DataFrame
+    seconds: float
+    steps: int
+    budget: int
+
+    @property
+    def survival(self) -> pd.DataFrame:
+        return self.replicas[self.replicas["status"].isin(SURVIVAL_STATUSES)]
+
+    @property
+    def durations(self) -> np.ndarray:
+        return self.survival["duration"].to_numpy(dtype=float)
+
+    @property
+    def events(self) -> np.ndarray:
+        return self.survival["event"].to_numpy(dtype=int)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Wall seconds per step of the whole ensemble (replicas retire as they escape, so
+        late steps are cheaper: an average, not a constant)."""
+        return self.seconds / max(self.steps, 1)
+
+    def final_test_error(self) -> float | None:
+        """Mean of 1 − final test accuracy over the replicas (a diverged one counts as 1);
+        None for models that do not measure test accuracy."""
+        if "final_test_accuracy" not in self.replicas:
+            return None
+        acc = self.survival["final_test_accuracy"].to_numpy(dtype=float)
+        return float(np.mean(np.where(np.isfinite(acc), 1 - acc, 1.0))) if acc.size else None
+
+    def summary(self) -> dict[str, Any]:
+        d, e = self.durations, self.events
+        if d.size == 0:
+            raise EscapestatError("no replica gave survival data (all untrapped or unfit)")
+        km = KaplanMeierMedian().fit(d, e)
+        times, surv = kaplan_meier(d, e)
+        return {"n": int(d.size), "events": int(e.sum()), "escaped_fraction": float(e.mean()),
+                "median": km.median_, "median_ci": list(km.median_ci_),
+                "rmst": restricted_mean(times, surv, self.budget),
+                "exposure": float(d.sum()), "final_test_error": self.final_test_error(),
+                "seconds": round(self.seconds, 3),
+                "seconds_per_step": self.seconds_per_step}
+
+
+def run_arm(study: Study, device: str = "auto",
+            watch: Callable[..., None] | None = None) -> ArmRun:
+    """Run ``study`` (one condition) in memory, on one chunk; nothing is written."""
+    dev = resolve_device(device)
+    study = study.with_overrides(chunk_replicas=max(study.run.replicas, study.run.chunk_replicas))
+    conds = conditions(study)
+    last_t = [0]
+
+    def seen(t, status, duration, active, last):
+        last_t[0] = t
+        if watch is not None:
+            watch(t, status, duration, active, last)
+
+    began = time.perf_counter()
+    frames = [run_chunk_output(study, conds, chunk, dev, watch=seen).table
+              for chunk in plan_chunks(study, conds)]
+    return ArmRun(pd.concat(frames, ignore_index=True), time.perf_counter() - began,
+                  last_t[0], study.run.max_steps)
+
+
+def objective_value(kind: str, summary: dict[str, Any]) -> float:
+    """The searched value of an arm (lower is better): see the module docstring."""
+    if kind == "rmst":
+        return math.log(summary["rmst"])
+    return math.log(summary["exposure"] / max(summary["events"], 0.5))
+
+
+def censored_rmst(t: int, status: np.ndarray, duration: np.ndarray,
+                  active: np.ndarray) -> float:
+    """RMST to horizon t of the replicas so far: undecided ones censored at t."""
+    d = np.minimum(duration.astype(float), t)
+    d[active] = t
+    keep = np.isin(status, SURVIVAL_STATUSES)
+    keep[active] = True
+    e = (status == ESCAPED) & keep
+    e[active] = False
+    times, surv = kaplan_meier(d[keep], e[keep].astype(int))
+    return restricted_mean(times, surv, t)
+
+
+# ---------------------------------------------------------------- the objective
+@dataclass
+class Objective:
+    """Optuna objective over a study file's ``[search]``; ``constant_only`` searches the
+    same space with every searched schedule held constant."""
+
+    raw: dict
+    spec: SearchSpec
+    source: str
+    device: str = "auto"
+    constant_only: bool = False
+    worker: str = ""
+
+    def checkpoints(self, budget: int, every: int) -> list[int]:
+        """Report steps: ``spec.checkpoints`` even fractions of the budget, on the check grid."""
+        k = self.spec.checkpoints
+        return sorted({min(budget, every * math.ceil(budget * i / k / every))
+                       for i in range(1, k + 1)})
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        overrides = suggest(self.spec, trial, self.constant_only)
+        study = build_study(self.raw, overrides, self.source)
+        trial.set_user_attr("overrides", overrides)
+        if self.worker:
+            trial.set_user_attr("worker", self.worker)
+        marks = self.checkpoints(study.run.max_steps, study.escape.check_every)
+        limit = self.spec.max_final_test_error
+
+        def watch(t, status, duration, active, last):
+            if not marks or t < marks[0]:
+                return
+            while marks and marks[0] <= t:
+                marks.pop(0)
+            trial.report(math.log(censored_rmst(t, status, duration, active)), t)
+            if trial.should_prune():
+                if limit is not None and "test_accuracy" in last:
+                    err = float(np.nanmean(1 - last["test_accuracy"]))
+                    trial.set_user_attr("final_test_error", err)
+                    trial.set_user_attr("constraint", [err - limit])
+                trial.set_user_attr("pruned_at", int(t))
+                raise optuna.TrialPruned()
+
+        arm = run_arm(study, self.device, watch)
+        summary = arm.summary()
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        if limit is not None:
+            err = summary["final_test_error"]
+            trial.set_user_attr("constraint", [(1.0 if err is None else err) - limit])
+        return objective_value(self.spec.objective, summary)
+
+
+def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna's ``constraints_func``: ≤ 0 is feasible (a trial without one is feasible)."""
+    return list(trial.user_attrs.get("constraint", [0.0]))
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, grouped: spaces that change with a searched shape), GP, CMA-ES or
+    random, seeded; TPE and GP honour the constraint while sampling, the others only when
+    the best trial is chosen."""
+    cons = constraints if spec.max_final_test_error is not None else None
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
+                                          constraints_func=cons,
+                                          n_startup_trials=min(10, max(2, spec.trials // 4)))
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=spec.seed, constraints_func=cons,
+                                         n_startup_trials=min(10, max(2, spec.trials // 4)))
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def make_pruner(spec: SearchSpec, budget: int) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=max(3, spec.trials // 8),
+                                           n_warmup_steps=budget // spec.checkpoints)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=budget // spec.checkpoints,
+                                              max_resource=budget)
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------- running a search
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL)
+
+
+@dataclass
+class SearchOutcome:
+    """A search's trials and its best feasible complete trial (None if there is none)."""
+
+    name: str
+    trials: list[optuna.trial.FrozenTrial]
+    best: optuna.trial.FrozenTrial | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def ranked(self) -> list[optuna.trial.FrozenTrial]:
+        """Complete, feasible trials, best first."""
+        ok = [t for t in self.trials if t.state == optuna.trial.TrialState.COMPLETE
+              and max(constraints(t)) <= 0 and t.value is not None]
+        return sorted(ok, key=lambda t: (t.value, t.number))
+
+
+def outcome(study: optuna.Study) -> SearchOutcome:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    result = SearchOutcome(study.study_name, trials, None, counts)
+    ranked = result.ranked()
+    result.best = ranked[0] if ranked else None
+    return result
+
+
+def open_search(storage, name: str, spec: SearchSpec, budget: int) -> optuna.Study:
+    """Create the study once (any worker), or load it: workers share it by name."""
+    return optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                               sampler=make_sampler(spec), pruner=make_pruner(spec, budget),
+                               load_if_exists=True)
+
+
+def run_search(study: optuna.Study, objective: Objective, n_trials: int,
+               callbacks: list[Callable] = ()) -> SearchOutcome:
+    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers).
+
+    Worker errors of the escapestat kind (a bad override, a run with no usable replicas)
+    fail that trial and the search goes on; anything else stops this worker.
+    """
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if done < n_trials:
+        study.optimize(objective, n_trials=None, catch=(EscapestatError,),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                                  *callbacks], gc_after_trial=False)
+    return outcome(study)
+
+
+def trials_frame(*outcomes: SearchOutcome) -> pd.DataFrame:
+    """The trials of one or more searches as one table (one row per trial)."""
+    rows = []
+    for out in outcomes:
+        for t in out.trials:
+            a = t.user_attrs
+            row = {"search": out.name, "trial": t.number, "state": t.state.name.lower(),
+                   "value": t.value, "feasible": max(constraints(t)) <= 0,
+                   "median": a.get("median"), "median_lo": (a.get("median_ci") or [None])[0],
+                   "median_hi": (a.get("median_ci") or [None, None])[1],
+                   "events": a.get("events"), "n": a.get("n"), "rmst": a.get("rmst"),
+                   "final_test_error": a.get("final_test_error"),
+                   "pruned_at": a.get("pruned_at"), "seconds": a.get("seconds"),
+                   "overrides": json.dumps(a.get("overrides", {}), sort_keys=True)}
+            rows.append(row)
+    return pd.DataFrame(rows)
