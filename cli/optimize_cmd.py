@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from escapestat.optimize import COMPARE_CSV, TRIALS, compare_searches, optimize
+from escapestat.search import feasible
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -43,9 +44,9 @@ class _TrialLine:
     def __call__(self, name, study, trial) -> None:
         trials = study.get_trials(deepcopy=False)
         pruned = sum(t.state.name == "PRUNED" for t in trials)
-        feasible = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
-                    and max(t.user_attrs.get("constraint", [0.0])) <= 0]
-        best = min(feasible, key=lambda t: t.value) if feasible else None
+        ok = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
+              and feasible(t)]
+        best = min(ok, key=lambda t: t.value) if ok else None
         a = trial.user_attrs
         what = (f"median {_fmt(a.get('median'))} ({a.get('events', 0)}/{a.get('n', 0)} "
                 f"escaped), value {_fmt(trial.value, 4)}" if trial.state.name == "COMPLETE"

@@ -9,7 +9,7 @@ trials differ by their parameters, not their luck — and is scored by
 
 Censored replicas enter as censored, never as escapes at the budget. At ``checkpoints``
 steps the censored RMST so far, log ∫₀^t S, is reported so that a pruner can stop a
-hopeless trial. ``max_final_test_error`` is a constraint (Optuna's ``constraints_func``):
+hopeless trial. ``max_final_test_error`` is a constraint (``Trial.set_constraint``):
 a schedule that generalises fast but ends worse does not win. Each trial keeps its
 overrides, events, n, median and CI, RMST and final test error as user attributes.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from .survival import KaplanMeierMedian, kaplan_meier, restricted_mean
 from .trials import plan_chunks, resolve_device, run_chunk_output
 
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
+#: The constraint's name in Optuna (``Trial.set_constraint``): mean final test error − limit.
+CONSTRAINT = "final_test_error"
 CONSTANT_SUFFIX = "-constant"
 
 
@@ -166,7 +169,7 @@ class Objective:
                 if limit is not None and "test_accuracy" in last:
                     err = float(np.nanmean(1 - last["test_accuracy"]))
                     trial.set_user_attr("final_test_error", err)
-                    trial.set_user_attr("constraint", [err - limit])
+                    trial.set_constraint(CONSTRAINT, err - limit)
                 trial.set_user_attr("pruned_at", int(t))
                 raise optuna.TrialPruned()
 
@@ -176,27 +179,27 @@ class Objective:
             trial.set_user_attr(key, value)
         if limit is not None:
             err = summary["final_test_error"]
-            trial.set_user_attr("constraint", [(1.0 if err is None else err) - limit])
+            trial.set_constraint(CONSTRAINT, (1.0 if err is None else err) - limit)
         return objective_value(self.spec.objective, summary)
 
 
-def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna's ``constraints_func``: ≤ 0 is feasible (a trial without one is feasible)."""
-    return list(trial.user_attrs.get("constraint", [0.0]))
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Every constraint ≤ 0 (a trial without constraints is feasible)."""
+    return all(v <= 0 for v in trial.constraints.values())
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, grouped: spaces that change with a searched shape), GP, CMA-ES or
-    random, seeded; TPE and GP honour the constraint while sampling, the others only when
-    the best trial is chosen."""
-    cons = constraints if spec.max_final_test_error is not None else None
+    random, seeded; TPE and GP read the trials' constraints while sampling, the others
+    meet them only when the best trial is chosen."""
+    startup = min(10, max(2, spec.trials // 4))
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
-                                          constraints_func=cons,
-                                          n_startup_trials=min(10, max(2, spec.trials // 4)))
+        with warnings.catch_warnings():  # ``group`` is flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
+                                              n_startup_trials=startup)
     if spec.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=spec.seed, constraints_func=cons,
-                                         n_startup_trials=min(10, max(2, spec.trials // 4)))
+        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=startup)
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=spec.seed)
     return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -229,7 +232,7 @@ class SearchOutcome:
     def ranked(self) -> list[optuna.trial.FrozenTrial]:
         """Complete, feasible trials, best first."""
         ok = [t for t in self.trials if t.state == optuna.trial.TrialState.COMPLETE
-              and max(constraints(t)) <= 0 and t.value is not None]
+              and feasible(t) and t.value is not None]
         return sorted(ok, key=lambda t: (t.value, t.number))
 
 
@@ -271,7 +274,7 @@ def trials_frame(*outcomes: SearchOutcome) -> pd.DataFrame:
         for t in out.trials:
             a = t.user_attrs
             row = {"search": out.name, "trial": t.number, "state": t.state.name.lower(),
-                   "value": t.value, "feasible": max(constraints(t)) <= 0,
+                   "value": t.value, "feasible": feasible(t),
                    "median": a.get("median"), "median_lo": (a.get("median_ci") or [None])[0],
                    "median_hi": (a.get("median_ci") or [None, None])[1],
                    "events": a.get("events"), "n": a.get("n"), "rmst": a.get("rmst"),

@@ -201,8 +201,8 @@ def build_study(raw: dict, overrides: dict[str, Any], source: str,
                             f"{source}: [{where}]")
     n = len(conditions(study))
     if n != 1:
-        raise EscapestatError(f"{source}: [{where}] gives {n} conditions; a searched study "
-                              f"has one: give each ladder in the study one value")
+        raise EscapestatError(f"{source}: [{where}] gives {n} conditions (a ladder); a "
+                              f"searched study has one condition: give each ladder one value")
     return study
 
 

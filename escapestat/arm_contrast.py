@@ -1,0 +1,205 @@
+"""Two arms of censored escape times compared: median ratio with a bootstrap CI, log-rank p.
+
+An arm is a training schedule re-run on fresh seeds; the reference is the schedule it is
+compared with. Each arm is ``durations`` (> 0, steps or seconds) and ``events`` (1 escaped,
+0 right-censored, e.g. at the step budget). ``median_ratio`` answers "does the arm shorten
+the median time to generalise?" (ratio < 1, CI below 1) and ``logrank_p`` tests whether
+the two escape-time laws differ at all. ``scaled`` turns a step ratio into a wall-clock one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import EscapestatError
+from .survival import HALF_TOL, LEVEL, KaplanMeierMedian
+
+_BLOCK = 1 << 22  # resamples × replicas held at once (int64 counts: 32 MiB)
+
+
+@dataclass(frozen=True)
+class MedianRatio:
+    """Ratio of Kaplan–Meier medians, arm / reference, with its percentile-bootstrap CI.
+
+    Attributes
+    ----------
+    ratio : float or None
+        m̂_arm / m̂_ref; None when either median is not reached (see ``median_ratio``).
+    ci : (float or None, float or None)
+        Bootstrap interval (lo, hi); a side is None when it is not bounded by a finite
+        positive number (lo at 0 or ∞, hi at ∞).
+    n_bootstrap : int
+        Number of bootstrap resamples.
+    """
+
+    ratio: float | None
+    ci: tuple[float | None, float | None]
+    n_bootstrap: int
+
+
+def _arm(durations, events, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float durations (finite, > 0) and int events (0/1) of one arm."""
+    d = np.asarray(durations, dtype=float)
+    e = np.asarray(events)
+    if d.ndim != 1 or d.size == 0:
+        raise EscapestatError(f"{name}: durations must be a non-empty 1-D array")
+    if e.shape != d.shape:
+        raise EscapestatError(
+            f"{name}: events has shape {e.shape}, durations {d.shape}; they must match"
+        )
+    if not np.all(np.isfinite(d) & (d > 0)):
+        raise EscapestatError(f"{name}: durations must be finite and > 0 (NaN, inf, ≤ 0 found)")
+    if e.dtype.kind not in "biuf" or not np.all((e == 0) | (e == 1)):
+        raise EscapestatError(f"{name}: events must be 0 (censored) or 1 (escaped)")
+    return d, e.astype(int)
+
+
+def _weighted_km_medians(durations: np.ndarray, events: np.ndarray, counts: np.ndarray):
+    """KM medians of one arm under each row of integer ``counts`` (b, n), +inf if not reached.
+
+    Row w is the resample holding replica i w_i times, so its KM is the weighted one on the
+    arm's distinct sorted times t_j: d_j = Σ w_i over escapes at t_j, n_j = Σ w_i over
+    t_i ≥ t_j, S = cumprod(1 − d_j / n_j), median the first t_j with S ≤ 1/2 + HALF_TOL.
+    That is ``KaplanMeierMedian`` on the repeated data, bit for bit (the same integer d_j
+    and n_j, the same product order; steps with d_j = 0 multiply by exactly 1).
+    """
+    order = np.argsort(durations, kind="stable")
+    t, e, w = durations[order], events[order], counts[:, order]
+    times, first = np.unique(t, return_index=True)
+    total = np.add.reduceat(w, first, axis=1)
+    deaths = np.add.reduceat(w * e, first, axis=1).astype(float)
+    at_risk = (w.sum(axis=1, keepdims=True) - np.cumsum(total, axis=1) + total).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hazard = np.where(at_risk > 0, deaths / at_risk, 0.0)
+    hit = np.cumprod(1.0 - hazard, axis=1) <= 0.5 + HALF_TOL
+    return np.where(hit.any(axis=1), times[hit.argmax(axis=1)], np.inf)
+
+
+def _resampled_medians(
+    durations: np.ndarray, events: np.ndarray, n_bootstrap: int, rng: np.random.Generator
+) -> np.ndarray:
+    """KM medians of ``n_bootstrap`` resamples (n draws with replacement) of one arm."""
+    n = durations.size
+    out = np.empty(n_bootstrap)
+    rows = max(1, _BLOCK // n)
+    for start in range(0, n_bootstrap, rows):  # a few blocks, only to bound memory
+        b = min(rows, n_bootstrap - start)
+        draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
+        out[start : start + b] = _weighted_km_medians(durations, events, counts)
+    return out
+
+
+def _finite_positive(x: float) -> float | None:
+    return float(x) if 0 < x < math.inf else None
+
+
+def median_ratio(
+    durations,
+    events,
+    ref_durations,
+    ref_events,
+    n_bootstrap: int = 2000,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> MedianRatio:
+    r"""Ratio of KM median escape times, arm / reference, with a percentile-bootstrap CI.
+
+    .. math::
+        \hat m = \min\{t_j : \hat S(t_j) \le \tfrac12\}, \qquad
+        \hat r = \hat m_{\rm arm} / \hat m_{\rm ref}, \qquad
+        \mathrm{CI} = \bigl[r^*_{(\alpha/2)},\; r^*_{(1-\alpha/2)}\bigr]
+
+    with the median of ``KaplanMeierMedian``. Each resample redraws the replicas of each arm
+    with replacement, the two arms independently (they are independent seeds), and
+    r* = m*_arm / m*_ref. The bounds are order statistics of the B values of r* (numpy's
+    "lower" quantile for lo, "higher" for hi: no interpolation, and each side is at least
+    as wide as the interpolated one). For exponential escape, r = k_ref / k_arm.
+
+    Unreached medians. A median not reached (KM above 1/2 to the end) is +∞. The point
+    ratio is None whenever either median is not reached: it is ∞ (arm), 0 (reference) or
+    undefined (both), and no finite ratio is estimated. In the bootstrap m* = +∞ where a
+    resample does not reach 1/2, r* lives in [0, ∞] (finite/∞ = 0, ∞/finite = ∞), and
+    ∞/∞, which is undefined, counts as 0 for lo and ∞ for hi (it widens both sides).
+    A bound at 0 or ∞ is reported as None, "not bounded": lo is None when the CI reaches 0
+    and hi when it reaches ∞. Thus an unreached arm median gives hi None (no evidence it is
+    shorter), an unreached reference median gives lo None, while the other side may still
+    be finite. lo is also None when it is ∞ (the arm reaches 1/2 in fewer than α/2 of the
+    resamples): the arm is then clearly slower, but no finite ratio bounds it.
+
+    Parameters
+    ----------
+    durations, events : the arm's escape times (> 0) and flags (1 escaped, 0 censored).
+    ref_durations, ref_events : the same for the reference arm.
+    n_bootstrap : resamples B (≥ 1).
+    level : two-sided coverage 1 − α of the CI.
+    seed : seed of ``numpy.random.default_rng``; the result is a function of it.
+
+    Returns
+    -------
+    MedianRatio
+    """
+    d, e = _arm(durations, events, "arm")
+    d_ref, e_ref = _arm(ref_durations, ref_events, "reference")
+    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
+        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
+    if not 0 < level < 1:
+        raise EscapestatError(f"level must be in (0, 1), got {level}")
+    n_bootstrap = int(n_bootstrap)
+    m = KaplanMeierMedian().fit(d, e).median_
+    m_ref = KaplanMeierMedian().fit(d_ref, e_ref).median_
+    ratio = None if m is None or m_ref is None else m / m_ref
+
+    rng = np.random.default_rng(seed)
+    boot = _resampled_medians(d, e, n_bootstrap, rng)
+    boot_ref = _resampled_medians(d_ref, e_ref, n_bootstrap, rng)
+    with np.errstate(invalid="ignore"):
+        r = boot / boot_ref  # ∞/∞ → NaN
+    alpha = 1.0 - level
+    lo = np.quantile(np.where(np.isnan(r), 0.0, r), alpha / 2, method="lower")
+    hi = np.quantile(np.where(np.isnan(r), np.inf, r), 1 - alpha / 2, method="higher")
+    return MedianRatio(ratio, (_finite_positive(lo), _finite_positive(hi)), n_bootstrap)
+
+
+def scaled(ratio: MedianRatio, factor: float) -> MedianRatio:
+    """The ratio and both CI bounds multiplied by ``factor`` > 0; None stays None.
+
+    With factor = (arm seconds per step) / (reference seconds per step) this is the
+    wall-clock median ratio: KM medians and the bootstrap commute with a positive scale,
+    so it equals ``median_ratio(d * s_arm, e, d_ref * s_ref, e_ref)`` for the same seed
+    (to rounding), the CI included, treating the seconds per step as known constants.
+    """
+    if not (math.isfinite(factor) and factor > 0):
+        raise EscapestatError(f"factor must be finite and > 0, got {factor}")
+
+    def mul(x: float | None) -> float | None:
+        return None if x is None else x * factor
+
+    return replace(ratio, ratio=mul(ratio.ratio), ci=(mul(ratio.ci[0]), mul(ratio.ci[1])))
+
+
+def logrank_p(durations, events, ref_durations, ref_events) -> float:
+    r"""Two-sided log-rank p-value for equal escape-time laws in the arm and the reference.
+
+    .. math::
+        U = \frac{\bigl(\sum_j (d_{1j} - d_j n_{1j}/n_j)\bigr)^2}
+                 {\sum_j d_j \frac{n_{1j}}{n_j}\bigl(1-\frac{n_{1j}}{n_j}\bigr)
+                  \frac{n_j - d_j}{n_j - 1}} \sim \chi^2_1
+
+    over the pooled escape times t_j (d_j escapes among n_j at risk, d_{1j} and n_{1j} in
+    the arm), via ``lifelines.statistics.logrank_test``. Most powerful against
+    proportional hazards (e.g. two exponential arms); crossing curves lose power.
+    With no escape in either arm there is nothing to compare and the p-value is 1.0
+    (lifelines also gives 1.0 there, U = 0; it is fixed here, not left to its pinv).
+    """
+    from lifelines.statistics import logrank_test
+
+    d, e = _arm(durations, events, "arm")
+    d_ref, e_ref = _arm(ref_durations, ref_events, "reference")
+    if e.sum() + e_ref.sum() == 0:
+        return 1.0
+    result = logrank_test(d, d_ref, event_observed_A=e, event_observed_B=e_ref)
+    return float(result.p_value)

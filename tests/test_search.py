@@ -1,0 +1,167 @@
+"""The search's objective, pruning, constraint, and the optimize/compare commands end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from escapestat.detector import CENSORED, DIVERGED, ESCAPED
+from escapestat.search import ArmRun, Objective, censored_rmst, objective_value, outcome
+from escapestat.search_space import load_search
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# lr 1e-2 to 3e-2 on (a + b) mod 23 groks within a few hundred steps (tests/test_grok_model).
+STUDY = """
+name = "tiny-search"
+[task]
+operation = "add"
+p = 23
+train_fraction = 0.7
+[model]
+kind = "mlp"
+width = 64
+[dynamics]
+noise = "sgd"
+lr = 2e-2
+weight_decay = 1.0
+batch_size = 64
+[escape]
+commit_steps = 40
+check_every = 20
+[run]
+replicas = 4
+max_steps = 600
+seed = 1
+[search]
+trials = 2
+checkpoints = 4
+compare_replicas = 4
+max_final_test_error = 0.5
+[search.space]
+"dynamics.lr" = {low = 1e-2, high = 3e-2, log = true}
+"dynamics.weight_decay.shape" = {choices = ["constant", "cosine"]}
+"dynamics.weight_decay.value" = {low = 0.5, high = 2.0}
+"dynamics.weight_decay.start" = {low = 0.5, high = 2.0}
+"dynamics.weight_decay.end" = {low = 0.1, high = 1.0}
+"dynamics.weight_decay.steps" = {low = 100, high = 600}
+[search.baselines]
+default = {"dynamics.lr" = 2e-2, "dynamics.weight_decay" = 1.0}
+"""
+
+
+def test_censored_rmst_is_the_km_area_with_undecided_replicas_censored_now():
+    # Escapes at 10 and 20, two undecided at t = 40: S = 1, ¾, ½ → 10 + 7.5 + 10.
+    status = np.array([ESCAPED, ESCAPED, CENSORED, CENSORED], dtype=object)
+    duration = np.array([10.0, 20.0, 600.0, 600.0])
+    assert censored_rmst(40, status, duration, np.array([2, 3])) == pytest.approx(27.5)
+
+
+def _arm(durations, statuses, budget=100):
+    rows = pd.DataFrame({"duration": durations, "status": statuses,
+                         "event": [int(s == ESCAPED) for s in statuses]})
+    return ArmRun(rows, seconds=1.0, steps=budget, budget=budget)
+
+
+def test_the_objective_never_fills_censored_replicas_in_as_the_budget():
+    # Two escapes at 10, two diverged (censored) at 5; budget 100. Filling the diverged in
+    # as the budget would give a mean of 55; the KM survival after t = 10 is 0 (both
+    # replicas at risk then escaped), so the RMST is 10.
+    arm = _arm([10.0, 10.0, 5.0, 5.0], [ESCAPED, ESCAPED, DIVERGED, DIVERGED])
+    s = arm.summary()
+    assert s["rmst"] == pytest.approx(10.0)
+    assert objective_value("rmst", s) == pytest.approx(math.log(10.0))
+    assert objective_value("log_tau", s) == pytest.approx(math.log(30.0 / 2))
+    none = _arm([100.0, 100.0], [CENSORED, CENSORED]).summary()
+    assert objective_value("log_tau", none) == pytest.approx(math.log(200.0 / 0.5))
+
+
+@pytest.fixture(scope="module")
+def raw_spec():
+    return load_search(STUDY, "tiny.toml")
+
+
+def test_a_trial_reports_at_checkpoints_and_keeps_its_numbers(raw_spec):
+    raw, spec = raw_spec
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    a = t.user_attrs
+    assert a["n"] == 4 and 0 <= a["events"] <= 4 and len(a["median_ci"]) == 2
+    assert set(a["overrides"]) >= {"dynamics.lr", "dynamics.weight_decay.shape"}
+    assert t.value == pytest.approx(math.log(a["rmst"]))
+    # Reported steps lie on the check grid, at about a quarter, half, ... of the budget,
+    # up to the step at which every replica was decided.
+    steps = sorted(t.intermediate_values)
+    assert steps and all(s % 20 == 0 for s in steps) and steps[0] == 160
+
+
+def test_a_pruned_trial_stops_early(raw_spec):
+    raw, spec = raw_spec
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["pruned_at"] == 160 and "rmst" not in t.user_attrs
+    assert "final_test_error" in t.constraints  # known for a pruned trial too
+
+
+def test_an_infeasible_trial_is_never_the_best(raw_spec):
+    raw, spec = raw_spec
+    import dataclasses
+    strict = dataclasses.replace(spec, max_final_test_error=1e-9)
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    # A test error of exactly 0 on every replica is possible, so make it impossible:
+    study.optimize(Objective(raw, strict, "tiny.toml", "cpu"), n_trials=1)
+    t = study.trials[0]
+    err = t.user_attrs["final_test_error"]
+    assert t.constraints == {"final_test_error": pytest.approx(err - 1e-9)}
+    assert (outcome(study).best is None) == (err > 1e-9)
+
+
+def test_optimize_and_compare_end_to_end(cli, tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY, encoding="utf-8")
+    out = tmp_path / "out"
+    code, stdout, err = cli("optimize", path, "--out", out, "--device", "cpu", "--json")
+    assert code == 0, err
+    payload = json.loads(stdout)
+    assert {"study_name", "storage", "n_trials", "n_complete", "n_pruned", "n_failed", "best",
+            "compare"} <= set(payload)
+    assert payload["study_name"] == "tiny-search" and payload["storage"].startswith("sqlite:")
+    assert payload["n_trials"] == 2 and (out / "optuna.db").is_file()
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(set(trials["search"])) == ["tiny-search", "tiny-search-constant"]
+    assert len(trials) == 4
+    arms = {r["arm"]: r for r in payload["compare"]}
+    assert "default" in arms and "best-constant" in arms
+    for r in payload["compare"]:
+        assert {"arm", "params", "median", "median_ci", "escaped_fraction", "final_test_error",
+                "ratio_vs_default", "ratio_vs_default_ci", "ratio_vs_best_constant",
+                "ratio_vs_best_constant_ci", "logrank_p"} <= set(r)
+        assert r["params"] is not None
+    assert arms["default"]["ratio_vs_default"] is None  # the reference itself
+    assert (out / "compare.csv").is_file() and (out / "compare.json").is_file()
+    # A second optimize on the same folder finds the trial budget spent: no new trials.
+    code, stdout, err = cli("optimize", path, "--out", out, "--device", "cpu", "--json",
+                            "--no-compare")
+    assert code == 0 and json.loads(stdout)["n_trials"] == 2
+    # compare alone re-runs the arms on the same fresh seed: the same medians.
+    code, stdout2, err = cli("compare", path, "--out", out, "--device", "cpu", "--json")
+    assert code == 0, err
+    again = {r["arm"]: r["median"] for r in json.loads(stdout2)["compare"]}
+    assert again == {name: r["median"] for name, r in arms.items()}
+
+
+def test_compare_without_a_search_is_one_line(cli, tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY, encoding="utf-8")
+    code, stdout, err = cli("compare", path, "--out", tmp_path / "none")
+    assert code == 1 and "no search named 'tiny-search'" in err
+    assert len(err.strip().splitlines()) == 1
