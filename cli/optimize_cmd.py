@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import optuna
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -150,6 +151,7 @@ def optimize_cmd(
 
     Example: escapestat optimize studies/grok-search-quick.toml
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = optimize(study_file, out_dir, storage, study_name, trials, device,
                       compare=not no_compare, heartbeat=heartbeat,
@@ -175,6 +177,7 @@ def compare_cmd(
 
     Example: escapestat compare studies/grok-search-quick.toml
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = compare_searches(study_file, out_dir, storage, study_name, device, _arm_line)
     _report(result, json_out)
