@@ -56,7 +56,9 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
     """The number of the failed trial that ``trial`` re-runs, or None."""
-    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 def redact(url: str) -> str:

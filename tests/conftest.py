@@ -1,4 +1,5 @@
-"""Shared fixtures: a CLI runner with the commands registered, and small tables."""
+"""Shared fixtures: a CLI runner with the commands registered, small tables, and a
+throwaway PostgreSQL server (``postgres_url``, from ``postgres.py``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import traceback
 
 import numpy as np
 import pytest
+from postgres import postgres_url  # noqa: F401  (a throwaway PostgreSQL for the session)
 from typer.testing import CliRunner
 
 import escapestat_cli.commands  # noqa: F401  (registers the commands)
