@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 
 import numpy as np
 import optuna
@@ -165,3 +166,47 @@ def test_compare_without_a_search_is_one_line(cli, tmp_path):
     code, stdout, err = cli("compare", path, "--out", tmp_path / "none")
     assert code == 1 and "no search named 'tiny-search'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.postgres
+def test_optimize_workers_share_a_postgres_search(postgres_url, tmp_path):
+    """Two `escapestat optimize` processes on one PostgreSQL study: the trial budget is
+    shared, every trial is run once and finishes, and `compare` then reads both searches."""
+    import subprocess
+    import sys
+
+    from escapestat.search_storage import open_storage
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(STUDY.replace("trials = 2", "trials = 4"), encoding="utf-8")
+    name = f"workers-{tmp_path.name}"
+    cmd = [sys.executable, "-m", "escapestat_cli", "optimize", str(path), "--storage",
+           postgres_url, "--study-name", name, "--device", "cpu", "--no-compare", "--json"]
+    workers = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"w{i}")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, err
+        assert json.loads(out)["storage"].startswith("postgresql")
+    storage = open_storage(postgres_url)
+    for study_name in (name, name + "-constant"):
+        trials = optuna.load_study(study_name=study_name, storage=storage).trials
+        numbers = [t.number for t in trials]
+        assert numbers == list(range(len(trials)))  # none lost, none run twice
+        # Each worker checks the budget after its own trial: at most one extra per worker.
+        assert 4 <= len(trials) <= 5
+        assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                   for t in trials)
+        assert {t.user_attrs["worker"] for t in trials} <= {
+            f"{socket.gethostname()}:{w.pid}" for w in workers}
+    from typer.testing import CliRunner
+
+    from escapestat_cli.app import app
+    result = CliRunner().invoke(app, ["compare", str(path), "--storage", postgres_url,
+                                      "--study-name", name, "--device", "cpu", "--json",
+                                      "--out", str(tmp_path / "cmp")])
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 0, result.stderr
+    assert {r["arm"] for r in json.loads(result.stdout)["compare"]} >= {"default",
+                                                                       "best-constant"}
