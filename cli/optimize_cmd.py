@@ -35,10 +35,6 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
 
 
-def _interval(lo, hi) -> str:
-    return f"{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}" if lo is not None else "—"
-
-
 class _TrialLine:
     """One line on stderr per finished trial: state, value, best so far, pruned count."""
 
@@ -66,27 +62,50 @@ def _arm_line(arm, run) -> None:
                       highlight=False)
 
 
-def _print_compare(rows: list[dict]) -> None:
-    table = Table(title="Arms on fresh seeds (steps; KM medians, 95% CIs; ratios: bootstrap "
-                        "95% CIs)",
-                  caption="ratio < 1: sooner than the reference; p: log-rank against the best "
-                          "constant")
-    for col in ("arm", "median (CI)", "escaped", "test err", "× default (CI)",
-                "× best const (CI)", "× best const, wall", "p"):
-        table.add_column(col, justify="right" if col != "arm" else "left")
-    def ratio(r: dict, key: str) -> str:
-        v, ci = r[f"ratio_vs_{key}"], r[f"ratio_vs_{key}_ci"]
-        if v is None and ci is None:
-            return "—"
-        return f"{_fmt(v)} ({_interval(*(ci or (None, None)))})"
+def _ratio(r: dict, key: str) -> str:
+    v, ci = r[f"ratio_vs_{key}"], r[f"ratio_vs_{key}_ci"]
+    if v is None and (ci is None or ci == [None, None]):
+        return "—"
+    lo, hi = ci or (None, None)
+    return f"{_fmt(v)} [{'0' if lo is None else _fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]"
 
+
+def _print_compare(rows: list[dict]) -> None:
+    times = Table(title="Arms on fresh seeds: time to generalise (steps)",
+                  caption="KM median with 95% CI; escaped by the budget; mean final test error")
+    ratios = Table(title="Against the references (ratio of medians; < 1 is sooner)",
+                   caption="bootstrap 95% CIs; p: log-rank against the best constant")
+    for table, cols in ((times, ("arm", "median [95% CI]", "escaped", "test error")),
+                        (ratios, ("arm", "× default [CI]", "× best constant [CI]", "p"))):
+        for col in cols:
+            table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["arm"], f"{_fmt(r['median'])} ({_interval(*r['median_ci'])})"
-                      if r["median"] is not None else "not reached",
-                      f"{100 * r['escaped_fraction']:.0f}%", _fmt(r["final_test_error"]),
-                      ratio(r, "default"), ratio(r, "best_constant"),
-                      _fmt(r["wall_ratio_vs_best_constant"]), _fmt(r["logrank_p"], 2))
-    out_console.print(table)
+        lo, hi = r["median_ci"]
+        median = ("not reached" if r["median"] is None
+                  else f"{_fmt(r['median'])} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
+        times.add_row(r["arm"], median, f"{100 * r['escaped_fraction']:.0f}%",
+                      _fmt(r["final_test_error"], 2))
+        ratios.add_row(r["arm"], _ratio(r, "default"), _ratio(r, "best_constant"),
+                       _fmt(r["logrank_p"], 2))
+    out_console.print(times)
+    out_console.print(ratios)
+    for r in rows:
+        walls = [f"× {name} {_fmt(r[f'wall_ratio_vs_{key}'])}"
+                 for key, name in (("default", "default"), ("best_constant", "best const"))
+                 if r[f"wall_ratio_vs_{key}"] is not None]
+        wall = f" — in wall-clock time: {', '.join(walls)}" if walls else ""
+        params = ", ".join(f"{k.removeprefix('dynamics.')}={_short(v)}"
+                           for k, v in r["params"].items())
+        out_console.print(escape(f"{r['arm']}: {params or 'the study as written'}{wall}"),
+                          highlight=False)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_short(x)}" for k, x in v.items()) + "}"
+    return str(v)
 
 
 def _report(result, json_out: bool) -> None:
