@@ -158,8 +158,10 @@ class Objective:
             trial.set_user_attr("worker", self.worker)
         marks = self.checkpoints(study.run.max_steps, study.escape.check_every)
         limit = self.spec.max_final_test_error
+        final: list = []
 
         def watch(t, status, duration, active, last):
+            final[:] = [status, duration]
             if not marks or t < marks[0]:
                 return
             while marks and marks[0] <= t:
@@ -174,6 +176,11 @@ class Objective:
                 raise optuna.TrialPruned()
 
         arm = run_arm(study, self.device, watch)
+        # A trial whose replicas were all decided before the last checkpoints still has a
+        # value there (its survival curve is known to the budget): report it, so that the
+        # pruner compares later trials with the fast ones too, not only with the slow.
+        for t in marks:
+            trial.report(math.log(censored_rmst(t, *final, np.array([], dtype=int))), t)
         summary = arm.summary()
         for key, value in summary.items():
             trial.set_user_attr(key, value)
