@@ -8,10 +8,13 @@ trials differ by their parameters, not their luck — and is scored by
     log_tau:  log(exposure / max(escapes, ½))             (exposure: Σ durations)
 
 Censored replicas enter as censored, never as escapes at the budget. At ``checkpoints``
-steps the censored RMST so far, log ∫₀^t S, is reported so that a pruner can stop a
-hopeless trial. ``max_final_test_error`` is a constraint (``Trial.set_constraint``):
-a schedule that generalises fast but ends worse does not win. Each trial keeps its
-overrides, events, n, median and CI, RMST and final test error as user attributes.
+steps t the fraction of the time so far spent trapped, log((1/t) ∫₀^t S), is reported
+so that a pruner can stop a hopeless trial. It never rises with t (S falls), so Optuna's
+median pruner, which compares a trial's best value so far with the others' at that
+step, compares like with like; at the budget it is the objective minus log(budget).
+``max_final_test_error`` is a constraint (``Trial.set_constraint``): a schedule that
+generalises fast but ends worse does not win. Each trial keeps its overrides, events, n,
+median and CI, RMST and final test error as user attributes.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ class Objective:
                 return
             while marks and marks[0] <= t:
                 marks.pop(0)
-            trial.report(math.log(censored_rmst(t, status, duration, active)), t)
+            trial.report(math.log(censored_rmst(t, status, duration, active) / t), t)
             if trial.should_prune():
                 if limit is not None and "test_accuracy" in last:
                     err = float(np.nanmean(1 - last["test_accuracy"]))
@@ -180,7 +183,7 @@ class Objective:
         # value there (its survival curve is known to the budget): report it, so that the
         # pruner compares later trials with the fast ones too, not only with the slow.
         for t in marks:
-            trial.report(math.log(censored_rmst(t, *final, np.array([], dtype=int))), t)
+            trial.report(math.log(censored_rmst(t, *final, np.array([], dtype=int)) / t), t)
         summary = arm.summary()
         for key, value in summary.items():
             trial.set_user_attr(key, value)

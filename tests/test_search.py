@@ -100,12 +100,14 @@ def test_a_trial_reports_at_checkpoints_and_keeps_its_numbers(raw_spec):
     # Reported at every checkpoint (a quarter, half, ... of the budget, on the check grid),
     # also those after every replica was decided, which hold the final curve's area.
     assert sorted(t.intermediate_values) == [160, 300, 460, 600]
-    assert t.intermediate_values[600] == pytest.approx(t.value)
+    assert t.intermediate_values[600] == pytest.approx(t.value - math.log(600))
+    values = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+    assert values == sorted(values, reverse=True)  # never rises: a trial's best is its last
 
 
 def test_a_pruned_trial_stops_early(raw_spec):
     raw, spec = raw_spec
-    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=1.0))  # all
     study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=1)
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.PRUNED
@@ -210,3 +212,17 @@ def test_optimize_workers_share_a_postgres_search(postgres_url, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert {r["arm"] for r in json.loads(result.stdout)["compare"]} >= {"default",
                                                                        "best-constant"}
+
+
+def test_the_median_pruner_stops_a_trial_slower_than_the_others(raw_spec):
+    raw, spec = raw_spec
+    from escapestat.search import make_pruner
+    study = optuna.create_study(pruner=make_pruner(spec, 600))
+    fast = {"dynamics.lr": 3e-2, "dynamics.weight_decay.shape": "constant",
+            "dynamics.weight_decay.value": 1.0}
+    for params in (fast, fast, fast, dict(fast, **{"dynamics.lr": 1e-2,
+                                                   "dynamics.weight_decay.value": 0.5})):
+        study.enqueue_trial(params)
+    study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=4)
+    states = [t.state.name for t in study.trials]
+    assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED", states
