@@ -5,6 +5,7 @@ over it. The statistics are re-exported here (without importing torch); the engi
 ``escapestat.trials.run_study`` with ``escapestat.study.load_study``.
 """
 
+from .arm_contrast import MedianRatio, logrank_p, median_ratio
 from .arrhenius import ArrheniusFit, fit_arrhenius
 from .errors import EscapestatError
 from .records import Columns, load, read_table, validate, write_table
@@ -28,6 +29,7 @@ __all__ = [
     "ExponentialRate",
     "GroupSummary",
     "KaplanMeierMedian",
+    "MedianRatio",
     "RestrictedMean",
     "Stratum",
     "__version__",
@@ -36,6 +38,8 @@ __all__ = [
     "fit_arrhenius",
     "fit_strata",
     "load",
+    "logrank_p",
+    "median_ratio",
     "poisson_rate_ci",
     "read_table",
     "summarize",
