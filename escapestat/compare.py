@@ -60,7 +60,7 @@ def run_arms(raw: dict, spec: SearchSpec, source: str, arms: list[Arm], device: 
         study = build_study(raw, arm.overrides, source, f"compare {arm.name}")
         seed = spec.compare_seed if spec.compare_seed is not None else study.run.seed + 1
         study = study.with_overrides(seed=seed, replicas=spec.compare_replicas)
-        out[arm.name] = run_arm(study, device)
+        out[arm.name] = run_arm(study, device, hold=spec.max_final_loss is not None)
         if on_arm is not None:
             on_arm(arm, out[arm.name])
     return out
@@ -81,7 +81,8 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], n_bootstrap: int = 2
         row = {"arm": arm.name, "source": arm.source, "params": arm.overrides,
                "n": s["n"], "events": s["events"], "median": s["median"],
                "median_ci": s["median_ci"], "escaped_fraction": s["escaped_fraction"],
-               "final_test_error": s["final_test_error"], "rmst": s["rmst"],
+               "final_test_error": s["final_test_error"], "final_loss": s["final_loss"],
+               "rmst": s["rmst"],
                "seconds_per_step": s["seconds_per_step"]}
         for ref_name, key in ((DEFAULT, "default"), (BEST_CONSTANT, "best_constant")):
             ref = runs.get(ref_name)

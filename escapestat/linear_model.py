@@ -191,6 +191,11 @@ class DeepLinearTrial:
     def finite(self) -> torch.Tensor:
         return self.net.is_finite_and_bounded(self.limit)
 
+    def final_values(self) -> dict[str, torch.Tensor]:
+        """``final_loss``: each replica's test error (the population error ½‖A − P‖²
+        without a test set), measured at the budget when a run holds escaped replicas."""
+        return {"final_loss": self._test_error(self.net.end_to_end())}
+
     def keep(self, idx: torch.Tensor) -> None:
         self.net.keep(idx)
         self.sampler.keep(idx)

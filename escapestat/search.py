@@ -12,8 +12,10 @@ steps t the fraction of the time so far spent trapped, log((1/t) ∫₀^t S), is
 so that a pruner can stop a hopeless trial. It never rises with t (S falls), so Optuna's
 median pruner, which compares a trial's best value so far with the others' at that
 step, compares like with like; at the budget it is the objective minus log(budget).
-``max_final_test_error`` is a constraint (``Trial.set_constraint``): a schedule that
-generalises fast but ends worse does not win. Each trial keeps its overrides, events, n,
+``max_final_test_error`` (grokking) or ``max_final_loss`` (the linear trap: every replica
+then trains to the budget, escaped or not, and its loss there is measured) is a
+constraint (``Trial.set_constraint``): a schedule that escapes fast but ends worse — by
+staying hot, say — does not win. Each trial keeps its overrides, events, n,
 median and CI, RMST and final test error as user attributes.
 """
 
@@ -80,6 +82,14 @@ class ArmRun:
         acc = self.survival["final_test_accuracy"].to_numpy(dtype=float)
         return float(np.mean(np.where(np.isfinite(acc), 1 - acc, 1.0))) if acc.size else None
 
+    def final_loss(self) -> float | None:
+        """Mean final loss at the budget (runs that hold escaped replicas); a diverged
+        replica counts as +inf, so one divergence fails a loss constraint. None without."""
+        if "final_loss" not in self.replicas:
+            return None
+        loss = self.survival["final_loss"].to_numpy(dtype=float)
+        return float(np.mean(np.where(np.isfinite(loss), loss, np.inf))) if loss.size else None
+
     def summary(self) -> dict[str, Any]:
         d, e = self.durations, self.events
         if d.size == 0:
@@ -90,13 +100,16 @@ class ArmRun:
                 "median": km.median_, "median_ci": list(km.median_ci_),
                 "rmst": restricted_mean(times, surv, self.budget),
                 "exposure": float(d.sum()), "final_test_error": self.final_test_error(),
+                "final_loss": self.final_loss(),
                 "seconds": round(self.seconds, 3),
                 "seconds_per_step": self.seconds_per_step}
 
 
-def run_arm(study: Study, device: str = "auto",
-            watch: Callable[..., None] | None = None) -> ArmRun:
-    """Run ``study`` (one condition) in memory, on one chunk; nothing is written."""
+def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | None = None,
+            hold: bool = False) -> ArmRun:
+    """Run ``study`` (one condition) in memory, on one chunk; nothing is written.
+
+    ``hold`` trains escaped replicas on to the budget to measure their final loss."""
     dev = resolve_device(device)
     study = study.with_overrides(chunk_replicas=max(study.run.replicas, study.run.chunk_replicas))
     conds = conditions(study)
@@ -108,7 +121,7 @@ def run_arm(study: Study, device: str = "auto",
             watch(t, status, duration, active, last)
 
     began = time.perf_counter()
-    frames = [run_chunk_output(study, conds, chunk, dev, watch=seen).table
+    frames = [run_chunk_output(study, conds, chunk, dev, watch=seen, hold=hold).table
               for chunk in plan_chunks(study, conds)]
     return ArmRun(pd.concat(frames, ignore_index=True), time.perf_counter() - began,
                   last_t[0], study.run.max_steps)
@@ -178,7 +191,7 @@ class Objective:
                 trial.set_user_attr("pruned_at", int(t))
                 raise optuna.TrialPruned()
 
-        arm = run_arm(study, self.device, watch)
+        arm = run_arm(study, self.device, watch, hold=self.spec.max_final_loss is not None)
         # A trial whose replicas were all decided before the last checkpoints still has a
         # value there (its survival curve is known to the budget): report it, so that the
         # pruner compares later trials with the fast ones too, not only with the slow.
@@ -190,6 +203,9 @@ class Objective:
         if limit is not None:
             err = summary["final_test_error"]
             trial.set_constraint(CONSTRAINT, (1.0 if err is None else err) - limit)
+        if self.spec.max_final_loss is not None:
+            loss = summary["final_loss"]
+            trial.set_constraint("final_loss", min(loss, 1e300) - self.spec.max_final_loss)
         return objective_value(self.spec.objective, summary)
 
 

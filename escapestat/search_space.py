@@ -93,6 +93,7 @@ class SearchSpec:
     seed: int = 0
     objective: str = "rmst"
     max_final_test_error: float | None = None
+    max_final_loss: float | None = None
     pruner: str = "median"
     checkpoints: int = 10
     top: int = 3
@@ -300,6 +301,9 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
                             f"compare re-runs arms on seeds never used in the search")
     if spec.max_final_test_error is not None and study.model.kind == "deep_linear":
         raise _fail(source, "max_final_test_error needs a grokking model (mlp or transformer)")
+    if spec.max_final_loss is not None and study.model.kind != "deep_linear":
+        raise _fail(source, "max_final_loss needs the linear trap (model kind deep_linear); "
+                            "grokking models use max_final_test_error")
     return spec
 
 
@@ -321,6 +325,10 @@ def _check_scalars(kwargs: dict, source: str) -> None:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                           or not 0 < v <= 1):
         raise _fail(source, f"max_final_test_error must be in (0, 1], got {v!r}")
+    v = kwargs.get("max_final_loss")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                          or not 0 < v < float("inf")):
+        raise _fail(source, f"max_final_loss must be a number > 0, got {v!r}")
     v = kwargs.get("constant_search")
     if v is not None and not isinstance(v, bool):
         raise _fail(source, f"constant_search must be true or false, got {v!r}")

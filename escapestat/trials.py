@@ -194,14 +194,21 @@ def run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.
     return run_chunk_output(study, conds, chunk, device, progress).table
 
 
-#: Called after every check with (t, status, duration, active, last curve values): the
-#: statuses and durations so far (undecided replicas are ``active``), e.g. to prune a search.
+#: Called after every check with (t, status, duration, undecided, last curve values): the
+#: statuses and durations so far (``undecided``: positions not yet decided), e.g. to prune.
 Watch = Callable[[int, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]], None]
 
 
 def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-                     progress: Progress | None = None, watch: Watch | None = None) -> ChunkOutput:
+                     progress: Progress | None = None, watch: Watch | None = None,
+                     hold: bool = False) -> ChunkOutput:
     """``run_chunk`` with the per-replica curves of models that record them.
+
+    ``hold``: replicas that escape keep training to the budget (their escape time is
+    recorded when it commits, as always), and the model's ``final_values()`` (e.g. the
+    linear trap's ``final_loss``) are measured at the budget for every replica that did
+    not diverge. A search uses it to hold schedules to an equal final loss; it costs the
+    full budget for every replica.
 
     The grokking models run with denormals flushed to zero on the CPU: saturated softmax
     probabilities underflow to denormals, and CPU matmuls over them can run ~100× slower
@@ -211,14 +218,15 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     if flush:
         torch.set_flush_denormal(True)
     try:
-        return _run_chunk(study, conds, chunk, device, progress, watch)
+        return _run_chunk(study, conds, chunk, device, progress, watch, hold)
     finally:
         if flush:
             torch.set_flush_denormal(False)
 
 
 def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-               progress: Progress | None = None, watch: Watch | None = None) -> ChunkOutput:
+               progress: Progress | None = None, watch: Watch | None = None,
+               hold: bool = False) -> ChunkOutput:
     run, esc = study.run, study.escape
     dtype = torch.float64 if run.dtype == "float64" else torch.float32
     generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
@@ -236,14 +244,16 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
     status = np.full(n, CENSORED, dtype=object)
     duration = np.full(n, float(budget))
     active = np.arange(n)
+    open_ = np.ones(n, dtype=bool)  # undecided, per position in ``active``
+    finals: dict[str, np.ndarray] = {}  # with ``hold``: final values (NaN if diverged)
 
     def retire(done: np.ndarray) -> None:
-        nonlocal active
+        nonlocal active, open_
         keep = ~done
         if keep.all():
             return
         idx = torch.as_tensor(np.flatnonzero(keep), device=device)
-        active = active[keep]
+        active, open_ = active[keep], open_[keep]
         for part in (model, detector, hyper, marks):
             if part is not None:
                 part.keep(idx)
@@ -262,7 +272,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
         retire(untrapped)
         t = 0
-        while active.size:
+        while open_.any() or (hold and active.size and t < budget):
             for _ in range(min(every, budget - t) if t < budget else every):
                 model.step(t, hyper.at(t))
                 t += 1
@@ -273,19 +283,29 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
             d = detector.check(t, q, finite)
             code = (d.escaped.to(torch.int8) + 2 * d.censored.to(torch.int8)
                     + 3 * d.diverged.to(torch.int8)).cpu().numpy()  # host sync, once per check
+            if hold:  # held replicas were decided before: only a divergence still matters
+                code = np.where(open_, code, np.where(code == 3, 4, 0))
             if code.any():
                 times = d.time.cpu().numpy()
                 for value, label in ((1, ESCAPED), (2, CENSORED), (3, DIVERGED)):
                     m = code == value
                     status[active[m]], duration[active[m]] = label, times[m]
                 if marks is not None:
-                    marks.settle(code > 0, active)
-                retire(code > 0)
+                    marks.settle((code > 0) & (code < 4), active)
+                open_ &= code == 0
+                gone = code >= 3 if hold else code > 0  # held: only the diverged leave
+                retire(gone)
             if progress is not None:
                 progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
-            if watch is not None:
-                watch(t, status, duration, active, last)
+            if watch is not None:  # ``active`` less the held (decided) replicas
+                watch(t, status, duration, active[open_], last)
+    if hold and hasattr(model, "final_values"):
+        for name, values in model.final_values().items():
+            col = finals.setdefault(name, np.full(n, np.nan))
+            col[active] = values.cpu().numpy()
     table = _chunk_table(study, cs, chunk, status, duration)
+    for name, col in finals.items():
+        table[name] = col
     if marks is not None:
         table = _grokking_columns(table, study, marks, last)
     out = None if not curves else {"step": np.asarray(steps),

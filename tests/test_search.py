@@ -226,3 +226,54 @@ def test_the_median_pruner_stops_a_trial_slower_than_the_others(raw_spec):
     study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=4)
     states = [t.state.name for t in study.trials]
     assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED", states
+
+
+LINEAR = """
+name = "lin"
+[model]
+depth = 3
+strengths = [1.5, 1.0]
+[data]
+kind = "population"
+[init]
+kind = "aligned"
+noise = 0.001
+[dynamics]
+noise = "langevin"
+lr = 0.25
+beta_over_beta_c = 0.5
+temperature = 0.004
+[escape]
+commit_steps = 50
+check_every = 10
+[run]
+replicas = 8
+max_steps = 800
+seed = 3
+[search]
+trials = 1
+max_final_loss = 0.3
+[search.space]
+"dynamics.temperature.shape" = {choices = ["cosine"]}
+"dynamics.temperature.start" = {low = 0.01, high = 0.02}
+"dynamics.temperature.end" = {low = 0.001, high = 0.002}
+"dynamics.temperature.steps" = {low = 100, high = 400}
+"""
+
+
+def test_a_final_loss_constraint_trains_every_replica_to_the_budget():
+    raw, spec = load_search(LINEAR, "lin.toml")
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.optimize(Objective(raw, spec, "lin.toml", "cpu"), n_trials=1)
+    t = study.trials[0]
+    loss = t.user_attrs["final_loss"]
+    assert loss > 0 and t.constraints == {"final_loss": pytest.approx(loss - 0.3)}
+    # The last checkpoint is the budget even if every replica escaped long before.
+    assert max(t.intermediate_values) == 800
+
+
+def test_loss_and_test_error_constraints_belong_to_their_models():
+    with pytest.raises(Exception, match="max_final_loss needs the linear trap"):
+        load_search(STUDY.replace("max_final_test_error = 0.5", "max_final_loss = 0.5"), "s")
+    with pytest.raises(Exception, match="max_final_test_error needs a grokking model"):
+        load_search(LINEAR.replace("max_final_loss = 0.3", "max_final_test_error = 0.3"), "s")

@@ -296,3 +296,25 @@ def test_annealing_escapes_far_sooner_than_constant_cold(tmp_path):
     assert anneal["event"].mean() > 0.55 and cold["event"].mean() < 0.05
     cold_rate = ExponentialRate().fit(cold["duration"], cold["event"])
     assert np.median(anneal["duration"]) < 0.1 * cold_rate.tau_ci_[0]  # ≥ 10× sooner
+
+
+def test_hold_trains_escaped_replicas_to_the_budget_and_measures_their_final_loss(study):
+    """With ``hold``, escapes are still recorded when they commit, nothing is dropped, and
+    every replica gets a final loss at the budget: low for the escaped (they sit in the
+    learned state), high for those still trapped."""
+    from escapestat.trials import run_chunk_output
+
+    conds = conditions(study)
+    chunk = plan_chunks(study, conds)[0]
+    seen = []
+    table = run_chunk_output(study, conds, chunk, torch.device("cpu"),
+                             watch=lambda t, *_: seen.append(t), hold=True).table
+    assert seen[-1] == study.run.max_steps  # ran to the budget although ...
+    escaped = table["status"] == "escaped"
+    assert escaped.sum() >= 3 and (table.loc[escaped, "duration"] < 2000).all()  # ... many left
+    assert table["final_loss"].notna().all()
+    trapped = table["status"] == "censored"
+    assert trapped.any()
+    assert table.loc[escaped, "final_loss"].max() < table.loc[trapped, "final_loss"].min()
+    plain = run_chunk(study, conds, chunk, torch.device("cpu"))
+    assert "final_loss" not in plain and len(plain) == len(table)
