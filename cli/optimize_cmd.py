@@ -17,7 +17,7 @@ from .app import app
 from .common import domain_errors, err_console, out_console, print_json
 from .options import JsonOut
 
-StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a [search] table.",
+StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a \\[search] table.",
                                           show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", help="Folder for optuna.db, trials.csv and compare.csv (default: runs/NAME-search).")]
@@ -71,11 +71,15 @@ def _ratio(r: dict, key: str) -> str:
 
 
 def _print_compare(rows: list[dict]) -> None:
-    times = Table(title="Arms on fresh seeds: time to generalise (steps)",
-                  caption="KM median with 95% CI; escaped by the budget; mean final test error")
+    loss = any(r.get("final_loss") is not None for r in rows)
+    end_col, end_key = ("final loss", "final_loss") if loss else ("test error",
+                                                                  "final_test_error")
+    times = Table(title="Arms on fresh seeds: time to escape (steps)",
+                  caption=f"KM median with 95% CI; escaped by the budget; mean {end_col}")
     ratios = Table(title="Against the references (ratio of medians; < 1 is sooner)",
-                   caption="bootstrap 95% CIs; p: log-rank against the best constant")
-    for table, cols in ((times, ("arm", "median [95% CI]", "escaped", "test error")),
+                   caption="bootstrap 95% CIs; p: log-rank against the best constant (else "
+                           "the default)")
+    for table, cols in ((times, ("arm", "median [95% CI]", "escaped", end_col)),
                         (ratios, ("arm", "× default [CI]", "× best constant [CI]", "p"))):
         for col in cols:
             table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
@@ -84,7 +88,7 @@ def _print_compare(rows: list[dict]) -> None:
         median = ("not reached" if r["median"] is None
                   else f"{_fmt(r['median'])} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
         times.add_row(r["arm"], median, f"{100 * r['escaped_fraction']:.0f}%",
-                      _fmt(r["final_test_error"], 2))
+                      _fmt(r[end_key], 3))
         ratios.add_row(r["arm"], _ratio(r, "default"), _ratio(r, "best_constant"),
                        _fmt(r["logrank_p"], 2))
     out_console.print(times)
@@ -148,7 +152,7 @@ def optimize_cmd(
     study_file: StudyArg,
     out: OutOpt = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1,
-                      help="Override [search] trials (per search).")] = None,
+                      help="Override \\[search] trials (per search).")] = None,
     storage: StorageOpt = None,
     study_name: NameOpt = None,
     device: DeviceOpt = "auto",
@@ -162,11 +166,12 @@ def optimize_cmd(
 ) -> None:
     """Search L2 / lr / noise schedules with Optuna to shorten the time to escape.
 
-    Runs the [search] space, then the same space with every schedule held constant (the
-    best constant setting is the bar to beat), then re-runs the best trials and the
-    baselines on fresh seeds (escapestat compare). Trials are scored censoring-aware (log
-    RMST at the budget), with the final test error as a constraint; hopeless trials are
-    pruned. Many workers share one search through --storage.
+    Runs the \\[search] space, then the same space with every schedule held
+    constant (the best constant setting is the bar to beat), then re-runs the
+    best trials and the baselines on fresh seeds (escapestat compare). Trials
+    are scored censoring-aware (log RMST at the budget), under the study's
+    final-error or final-loss constraint; hopeless trials are pruned. Many
+    workers share one search through --storage.
 
     Example: escapestat optimize studies/grok-search-quick.toml
     """
@@ -190,9 +195,10 @@ def compare_cmd(
 ) -> None:
     """Re-run a finished search's best trials and the baselines on fresh seeds.
 
-    Per arm: median time with its CI, fraction escaped, final test error; against the
-    default and the best constant setting: the median ratio with a bootstrap CI (in steps
-    and in wall-clock time) and a log-rank p-value.
+    Per arm: median time with its CI, fraction escaped, final test error (or
+    loss); against the default and the best constant setting: the median
+    ratio with a bootstrap CI (in steps and in wall-clock time) and a log-rank
+    p-value.
 
     Example: escapestat compare studies/grok-search-quick.toml
     """

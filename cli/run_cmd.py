@@ -139,11 +139,12 @@ def run(
 ) -> None:
     """Trap replicas in a metastable state, train them with noise, record escape times.
 
-    Writes DIR/escapes.csv (the survival table: escaped and right-censored replicas),
-    DIR/replicas.csv (every replica with its status, diverged and untrapped included),
-    DIR/run.json (config hash, seeds, versions, device, units) and DIR/study.toml, then
-    prints per-condition rates and the Arrhenius barrier against theory. A killed run
-    continues with --resume, redoing nothing that finished.
+    Writes DIR/escapes.csv (the survival table: escaped and right-censored
+    replicas), DIR/replicas.csv (every replica with its status, diverged and
+    untrapped included), DIR/run.json (config hash, seeds, versions, device,
+    units) and DIR/study.toml, then prints per-condition rates and the
+    Arrhenius barrier against theory. A killed run continues with --resume,
+    redoing nothing that finished.
 
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """

@@ -98,6 +98,8 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], n_bootstrap: int = 2
             row[f"wall_ratio_vs_{key}"] = wall.ratio
             row[f"logrank_p_vs_{key}"] = logrank_p(run.durations, run.events,
                                                    ref.durations, ref.events)
-        row["logrank_p"] = row["logrank_p_vs_best_constant"]
+        # Against the best constant, the bar a schedule must clear; else the default.
+        row["logrank_p"] = (row["logrank_p_vs_best_constant"]
+                            if BEST_CONSTANT in runs else row["logrank_p_vs_default"])
         rows.append(row)
     return rows
