@@ -60,6 +60,7 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
         "Weibull shape": lambda s: _fmt(s.weibull_shape, 3),
         "  CI    ": lambda s: _interval(s.weibull_shape_ci),
         "KS p vs exp": lambda s: _fmt(s.poisson_pvalue, 3),
+        "mechanism": lambda s: s.verdict,
     }
     for name, cell in rows.items():
         table.add_row(name, *(cell(s) for s in summaries))

@@ -71,6 +71,20 @@ def _print_grokking(summary: dict) -> None:
             f"{100 * c['grokked']:.0f}%",
             "—" if k_lo is None else f"{c['weibull_shape']:.1f} ({k_lo:.1f}–{k_hi:.1f})")
     out_console.print(table)
+    _print_verdicts(rows, lambda c: f"lr {_fmt(c['lr'], 3)}, wd {_fmt(c['weight_decay'], 3)}, "
+                                    f"B {c['batch_size']}")
+
+
+def _print_verdicts(rows: list[dict], label) -> None:
+    """The mechanism per condition (design §4), one line for the agreeing majority."""
+    kinds = [c.get("verdict") or "—" for c in rows]
+    common = max(set(kinds), key=kinds.count)
+    odd = [f"{label(c)}: {k} ({c.get('verdict_reason')})" for c, k in zip(rows, kinds,
+                                                                           strict=True)
+           if k != common]
+    head = f"mechanism: {common}" + (" for all" if not odd else
+                                     f" for {kinds.count(common)} of {len(kinds)}")
+    out_console.print(escape("; ".join([head, *odd])), highlight=False)
 
 
 def _print_summary(summary: dict) -> None:
@@ -106,6 +120,7 @@ def _print_summary(summary: dict) -> None:
             *([f"{c['diverged']}, {c['untrapped']}"] if excluded else []),
         )
     out_console.print(table)
+    _print_verdicts(rows, lambda c: f"T {_fmt(c['temperature'])}")
     for f in summary["arrhenius"]:
         head = f"β = {f['weight_decay']:.4g}: "
         if "error" in f:

@@ -88,9 +88,10 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
                          n_bootstrap=n_bootstrap, seed=seed, grid=grid)
             row.update(n=s.n, events=s.events, rate=s.rate, rate_ci=s.rate_ci, tau=s.tau,
                        tau_ci=s.tau_ci, median=s.median, weibull_shape=s.weibull_shape,
-                       weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue)
+                       weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue,
+                       verdict=s.verdict, verdict_reason=s.verdict_reason)
         else:
-            row.update(n=0, events=0)
+            row.update(n=0, events=0, verdict="", verdict_reason="no usable replicas")
         conditions.append(row)
     fits = []
     if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law

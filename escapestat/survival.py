@@ -21,6 +21,7 @@ from scipy import stats
 
 from .errors import EscapestatError
 from .records import Columns
+from .verdict import mechanism
 
 LEVEL = 0.95
 HALF_TOL = 1e-9  # S(t) ≤ 1/2 + HALF_TOL counts as reaching 1/2: float rounding, not sampling
@@ -343,6 +344,8 @@ class GroupSummary:
     ks_statistic: float
     poisson_pvalue: float
     ks_grid: float | None = None  # grid the KS null was drawn on; None: continuous times
+    verdict: str = ""  # activated | deterministic | absorbing | inconclusive (``verdict``)
+    verdict_reason: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -371,6 +374,7 @@ def describe(
     shape, shape_ci = weibull_shape(durations, events, level)
     rng = np.random.default_rng(seed)
     ks, pvalue = poisson_check(durations, events, n_bootstrap, rng, grid=grid)
+    verdict = mechanism(rate.n_, rate.events_, shape_ci, pvalue, rate.rate_ci_[1])
     return GroupSummary(
         group=group,
         n=rate.n_,
@@ -392,6 +396,8 @@ def describe(
         ks_statistic=ks,
         poisson_pvalue=pvalue,
         ks_grid=grid,
+        verdict=verdict.mechanism,
+        verdict_reason=verdict.reason,
     )
 
 
