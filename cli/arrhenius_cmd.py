@@ -46,7 +46,12 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
     out_console.print(_table(fit, unit, label))
     lo, hi = fit.barrier_ci
     plo, phi = fit.log_prefactor_ci
-    _say(f"barrier ΔE      = {fit.barrier:.5g}  95% CI [{lo:.5g}, {hi:.5g}]")
+    if fit.direction == "faster with more noise":
+        _say(f"barrier ΔE      = {fit.barrier:.5g}  95% CI [{lo:.5g}, {hi:.5g}]")
+    else:  # a falling or flat rate is a finding about the ladder, not a barrier
+        _say(f"finding         : escape is {fit.direction} — the rate does not rise with "
+             f"T (slope of log k on −1/T: {fit.barrier:.5g}, 95% CI [{lo:.5g}, {hi:.5g}]); "
+             f"no barrier", style="yellow")
     _say(f"log prefactor   = {fit.log_prefactor:.5g}  95% CI [{plo:.5g}, {phi:.5g}]"
          f"  (τ₀ = {fit.tau0:.4g} {unit})")
     if fit.dispersion is None:

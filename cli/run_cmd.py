@@ -127,6 +127,11 @@ def _print_summary(summary: dict) -> None:
             out_console.print(head + f"no Arrhenius fit — {f['error']}")
             continue
         lo, hi = f["barrier_ci"]
+        if f.get("direction", "faster with more noise") != "faster with more noise":
+            out_console.print(head + f"escape is {f['direction']}: the rate does not rise "
+                              f"with T (slope {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}]); no "
+                              f"barrier")
+            continue
         line = f"{head}barrier {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}] ({f['method']})"
         if f.get("theory_barrier"):
             rlo, rhi = f["ratio_ci"]

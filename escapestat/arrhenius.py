@@ -80,6 +80,18 @@ class ArrheniusFit:
         """τ₀ = 1 / k₀ = exp(−log_prefactor), the attempt time in units of duration."""
         return math.exp(-self.log_prefactor)
 
+    @property
+    def direction(self) -> str:
+        """How the rate moves with temperature, read from the slope's CI: ``faster with
+        more noise`` (a barrier: CI above 0), ``slower with more noise`` (CI below 0: a
+        finding, never a negative barrier) or ``flat`` (the CI holds 0)."""
+        lo, hi = self.barrier_ci
+        if lo > 0:
+            return "faster with more noise"
+        if hi < 0:
+            return "slower with more noise"
+        return "flat"
+
     def rate(self, temperature) -> np.ndarray:
         """k(T) = exp(log_prefactor − barrier / T)."""
         return np.exp(self.log_prefactor - self.barrier / np.asarray(temperature, dtype=float))
@@ -104,6 +116,7 @@ class ArrheniusFit:
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("covariance")
+        out["direction"] = self.direction
         return out
 
 

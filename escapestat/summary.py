@@ -110,7 +110,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
         else:
             entry.update(barrier=fit.barrier, barrier_ci=fit.barrier_ci,
                          log_prefactor=fit.log_prefactor, method=fit.method,
-                         dispersion=fit.dispersion)
+                         dispersion=fit.dispersion, direction=fit.direction)
             if entry["theory_barrier"]:
                 ratio = fit.versus_theory(entry["theory_barrier"])
                 entry.update(ratio=ratio["barrier_ratio"], ratio_ci=ratio["barrier_ratio_ci"])

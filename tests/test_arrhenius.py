@@ -185,3 +185,23 @@ def test_estimator_entry_refuses_infinite_exposure_or_rate(duration, message):
     with pytest.raises(EscapestatError, match=message) as info:
         fit_arrhenius(df, COLS, crosscheck=False)
     assert "'duration'" in str(info.value)
+
+
+def test_a_rate_that_falls_with_temperature_is_a_finding_not_a_barrier(cli, tmp_path):
+    """Escape slower with more noise (as grokking showed): reported as a direction."""
+    import json
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for temperature, tau in ((0.01, 200), (0.02, 400), (0.04, 800)):
+        t = rng.exponential(tau, 100)
+        rows.append(pd.DataFrame({"duration": np.minimum(t, 3000),
+                                  "event": (t < 3000).astype(int),
+                                  "temperature": temperature}))
+    path = tmp_path / "slower.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    code, out, err = cli("arrhenius", path)
+    assert code == 0, err
+    assert "slower with more noise" in out and "no barrier" in out and "barrier ΔE" not in out
+    code, out, err = cli("arrhenius", path, "--json")
+    assert json.loads(out)["direction"] == "slower with more noise"
