@@ -8,6 +8,8 @@ parameters) so that no trial is lost (design §6).
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .errors import EscapestatError
 #: Seconds between a running trial's heartbeats, and how long a silent one is trusted.
 HEARTBEAT_SECONDS = 30
 MAX_RETRY = 3
+OPEN_ATTEMPTS = 4
 
 _SCHEMES = ("sqlite", "postgresql", "mysql")
 
@@ -42,16 +45,24 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
             f"postgresql://USER@HOST:PORT/DB")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    try:
-        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period or 2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
-    except Exception as exc:  # SQLAlchemy/driver errors: say which storage, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EscapestatError(f"storage {redact(url)}: cannot open it: {first}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback: "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url, heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period or 2 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry))
+        except Exception as exc:  # SQLAlchemy/driver errors: say which storage, in one line
+            # Workers that start together on a fresh database race to create its tables;
+            # the losers' CREATE fails (a unique violation) and a retry finds them made.
+            if attempt + 1 < OPEN_ATTEMPTS and not url.startswith("sqlite"):
+                time.sleep(0.5 + random.random())
+                continue
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise EscapestatError(f"storage {redact(url)}: cannot open it: {first}") from None
+    raise AssertionError("unreachable")
 
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:

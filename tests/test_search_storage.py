@@ -213,3 +213,29 @@ def test_a_killed_workers_trial_fails_and_is_retried(postgres_url, tmp_path):
     assert retry.params == killed.params
     assert retry.user_attrs["worker"] == report["pid"]
     assert retry.number in report["ran"]
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_on_a_fresh_database_all_open_it(postgres_url, tmp_path):
+    """Workers that open a brand-new database at once race to create Optuna's tables;
+    each must still open it (the losers retry). Without the retry 8 workers failed 2 runs
+    in 3 with a UniqueViolation."""
+    import psycopg
+
+    fresh = f"fresh_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+    base = postgres_url.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{fresh}"')
+    url = base.rsplit("/", 1)[0] + "/" + fresh
+    start = time.time() + 3.0
+    script = (
+        "import time, sys\n"
+        "from escapestat.search_storage import open_storage\n"
+        f"time.sleep(max(0.0, {start} - time.time()))\n"
+        f"open_storage({url!r})\n"
+        "print('opened')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0 and "opened" in out, err
