@@ -136,10 +136,15 @@ class VmapEnsemble:
 
 
 class Engine:
-    def __init__(self, model: MLPEnsemble):
+    """A replica ensemble's ``loss_and_grads`` + escapestat's fused AdamW, lr and weight
+    decay as [R] tensors, decaying every parameter (as ``torch.optim.AdamW`` over
+    ``model.parameters()`` does): the MLP (explicit backward) or the transformer
+    (one batched autograd pass)."""
+
+    def __init__(self, model: MLPEnsemble | TransformerEnsemble):
         self.model = model
         self.opt = AdamW(model.params, betas=BETAS, eps=EPS)
-        like = model.weight
+        like = model.params[0]
         self.lr = torch.full((model.replicas,), LR, dtype=like.dtype, device=like.device)
         self.wd = torch.full_like(self.lr, WD)
 
@@ -237,18 +242,6 @@ def transformers_from(model: TransformerEnsemble, count: int) -> list[PlainTrans
     return out
 
 
-class TransformerEngine(Engine):
-    """``TransformerEnsemble.loss_and_grads`` (one batched autograd pass) + fused AdamW,
-    decaying every parameter as ``torch.optim.AdamW(model.parameters())`` does."""
-
-    def __init__(self, model: TransformerEnsemble):
-        self.model = model
-        self.opt = AdamW(model.params, betas=BETAS, eps=EPS)
-        like = model.params[0]
-        self.lr = torch.full((model.replicas,), LR, dtype=like.dtype, device=like.device)
-        self.wd = torch.full_like(self.lr, WD)
-
-
 def transformer_setup(replicas: int, device: torch.device, dtype: torch.dtype, seed: int):
     g = torch.Generator(device=device).manual_seed(seed)
     task = make_task("add", P, replicas, FRACTION, generator=g, device=device)
@@ -262,7 +255,7 @@ def check_transformer(device: torch.device, replicas: int = 3, steps: int = 4) -
     whole table after ``steps`` steps from the same init on the same minibatches (float64)."""
     g, task, model = transformer_setup(replicas, device, torch.float64, seed=2)
     naive = NaiveLoop(transformers_from(model, replicas))
-    engine = TransformerEngine(model)
+    engine = Engine(model)
     batches = MinibatchPairs(task, BATCH, g)
     table = task.pairs.expand(replicas, -1, -1)
     before = model.forward(table).clone()
@@ -351,7 +344,7 @@ def transformer_section(device: torch.device, steps: int, repeats: int, replicas
     g, task, model = transformer_setup(replicas, device, torch.float32, seed=0)
     sub = min(replicas, TF_NAIVE_SUBSET)
     naive = NaiveLoop(transformers_from(model, sub))
-    engine = TransformerEngine(model)
+    engine = Engine(model)
     sub_task = make_task("add", P, replicas, FRACTION, generator=g, device=device)
     sub_task.keep(torch.arange(sub, device=device))
     batches = {"engine": MinibatchPairs(task, BATCH, g),
