@@ -15,13 +15,13 @@ from escapestat.strata import fit_strata
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
 from .options import (
+    BootstrapSeed,
     ByCols,
     DurationCol,
     EventCol,
     JsonOut,
     PlotPath,
     Pool,
-    Seed,
     TableArg,
     Unit,
 )
@@ -89,7 +89,7 @@ def fit(
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test.")
     ] = 499,
-    seed: Seed = 0,
+    seed: BootstrapSeed = 0,
     unit: Unit = "steps",
 ) -> None:
     """Escape rate, mean and median escape time with 95% CIs under right-censoring.

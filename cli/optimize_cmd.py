@@ -15,7 +15,7 @@ from escapestat.search import feasible
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
-from .options import JsonOut
+from .options import Device, DeviceOpt, JsonOut
 
 StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a \\[search] table.",
                                           show_default=False)]
@@ -26,7 +26,6 @@ StorageOpt = Annotated[str | None, typer.Option(
     "sqlite in --out).")]
 NameOpt = Annotated[str | None, typer.Option(
     "--study-name", help="Name of the search in the storage (default: the study's name).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -155,7 +154,7 @@ def optimize_cmd(
                       help="Override \\[search] trials (per search).")] = None,
     storage: StorageOpt = None,
     study_name: NameOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = Device.auto,
     no_compare: Annotated[bool, typer.Option(
         "--no-compare", help="Search only (extra workers); run 'escapestat compare' after.")]
     = False,
@@ -177,7 +176,7 @@ def optimize_cmd(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
-    result = optimize(study_file, out_dir, storage, study_name, trials, device,
+    result = optimize(study_file, out_dir, storage, study_name, trials, device.value,
                       compare=not no_compare, heartbeat=heartbeat,
                       on_trial=_TrialLine(), on_arm=_arm_line)
     _report(result, json_out)
@@ -190,7 +189,7 @@ def compare_cmd(
     out: OutOpt = None,
     storage: StorageOpt = None,
     study_name: NameOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = Device.auto,
     json_out: JsonOut = False,
 ) -> None:
     """Re-run a finished search's best trials and the baselines on fresh seeds.
@@ -204,5 +203,6 @@ def compare_cmd(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
-    result = compare_searches(study_file, out_dir, storage, study_name, device, _arm_line)
+    result = compare_searches(study_file, out_dir, storage, study_name, device.value,
+                              _arm_line)
     _report(result, json_out)

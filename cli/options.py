@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -33,4 +34,17 @@ Pool = Annotated[
                  "schedules, ...) differ, knowingly; refused without it."),
 ]
 Unit = Annotated[str, typer.Option("--unit", help="Unit of the durations, for labels.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the bootstraps.")]
+
+
+class Device(str, Enum):
+    """Where the engine runs: a choice, so a typo is a usage error (exit 2)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA if present), cpu or "
+                                                            "cuda.")]
+BootstrapSeed = Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the bootstraps "
+                                                                     "(KS p-values).")]

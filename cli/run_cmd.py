@@ -16,7 +16,7 @@ from escapestat.trials import ESCAPES, REPLICAS, ChunkProgress, ChunkStarted, ru
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
-from .options import JsonOut
+from .options import BootstrapSeed, Device, DeviceOpt, JsonOut
 
 
 class _Bar:
@@ -134,8 +134,8 @@ def _print_summary(summary: dict) -> None:
             continue
         line = f"{head}barrier {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}] ({f['method']})"
         if f.get("theory_barrier"):
-            rlo, rhi = f["ratio_ci"]
-            line += (f"; theory {f['theory_barrier']:.4g}; fitted/theory {f['ratio']:.3f} "
+            rlo, rhi = f["barrier_ratio_ci"]
+            line += (f"; theory {f['theory_barrier']:.4g}; fitted/theory {f['barrier_ratio']:.3f} "
                      f"[{rlo:.3f}, {rhi:.3f}]")
         out_console.print(line)
 
@@ -146,15 +146,18 @@ def run(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/NAME).")]
     = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
-    = "auto",
+    device: DeviceOpt = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")]
     = False,
     replicas: Annotated[int | None, typer.Option("--replicas", min=1,
                         help="Override \\[run] replicas (per condition).")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1,
                          help="Override \\[run] max_steps (the censoring budget).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override \\[run] seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override \\[run] seed (the "
+                    "study's training seed).")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=49,
+                         help="Parametric-bootstrap draws of the KS tests.")] = 199,
+    bootstrap_seed: BootstrapSeed = 0,
     json_out: JsonOut = False,
 ) -> None:
     """Trap replicas in a metastable state, train them with noise, record escape times.
@@ -178,9 +181,10 @@ def run(
         TextColumn("steps · {task.fields[trapped]}"), TimeElapsedColumn(),
         console=err_console, transient=False,
     ) as bar:
-        result = run_study(study, out_dir, device=device, resume=resume, study_text=text,
+        result = run_study(study, out_dir, device=device.value, resume=resume, study_text=text,
                            progress=_Bar(bar))
-    summary = run_summary(result.replicas, grid=result.meta.get("check_every"),
+    summary = run_summary(result.replicas, n_bootstrap=bootstrap, seed=bootstrap_seed,
+                          grid=result.meta.get("check_every"),
                           budget=result.meta.get("max_steps"))
     counts = result.counts
     for note in result.notes:

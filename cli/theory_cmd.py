@@ -10,7 +10,7 @@ from rich.table import Table
 from escapestat.theory import critical_beta, landscape
 
 from .app import app
-from .common import domain_errors, out_console, print_json
+from .common import domain_errors, out_console, print_json, usage_error
 from .options import JsonOut
 
 
@@ -27,6 +27,11 @@ def theory(
         float | None,
         typer.Option("--beta", "-b", help="L2 strength β (default: half of β_c)."),
     ] = None,
+    beta_over_beta_c: Annotated[
+        float | None,
+        typer.Option("--beta-over-beta-c", min=0.0,
+                     help="β as a fraction of β_c, as in study files (instead of --beta)."),
+    ] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Landscape of one teacher mode: ℓ(a) = ½(s − a^L)² + (βL/2)a², w = a^L.
@@ -35,10 +40,13 @@ def theory(
     zero exists), the barrier out of the zero state at β, and the saddle and learned
     end-to-end strengths. The barrier is null where zero is no trap (depth 2, β ≥ β_sp).
 
-    Example: escapestat theory --depth 3 --strength 1 --beta 0.3
+    Example: escapestat theory --depth 3 --strength 1 --beta-over-beta-c 0.8
     """
+    if beta is not None and beta_over_beta_c is not None:
+        raise usage_error("give --beta or --beta-over-beta-c, not both")
     if beta is None:
-        beta = 0.5 * critical_beta(depth, strength)
+        fraction = 0.5 if beta_over_beta_c is None else beta_over_beta_c
+        beta = fraction * critical_beta(depth, strength)
     scape = landscape(depth, strength, beta)
     if json_out:
         print_json(scape.as_dict())

@@ -113,6 +113,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
                          dispersion=fit.dispersion, direction=fit.direction)
             if entry["theory_barrier"]:
                 ratio = fit.versus_theory(entry["theory_barrier"])
-                entry.update(ratio=ratio["barrier_ratio"], ratio_ci=ratio["barrier_ratio_ci"])
+                entry.update(barrier_ratio=ratio["barrier_ratio"],
+                             barrier_ratio_ci=ratio["barrier_ratio_ci"])
         fits.append(entry)
     return {"conditions": conditions, "arrhenius": fits}

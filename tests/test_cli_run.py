@@ -26,7 +26,7 @@ def test_run_json_and_files(cli, study_file, tmp_path):
     assert {"rate", "rate_ci", "tau", "median", "weibull_shape", "poisson_pvalue"} <= set(
         summary["conditions"][0])
     fit = summary["arrhenius"][0]
-    assert fit["theory_barrier"] > 0 and ("ratio" in fit or "error" in fit)
+    assert fit["theory_barrier"] > 0 and ("barrier_ratio" in fit or "error" in fit)
     escapes = pd.read_csv(out / "escapes.csv")
     assert len(escapes) == sum(summary["counts"].get(k, 0)
                                for k in ("escaped", "censored", "diverged"))
@@ -90,7 +90,8 @@ def test_missing_study_and_bad_device(cli, study_file, tmp_path):
     code, _, stderr = cli("run", tmp_path / "nope.toml")
     assert code == 1 and "no such study file" in stderr
     code, _, stderr = cli("run", study_file, "--out", tmp_path / "r", "--device", "tpu")
-    assert code == 1 and "unknown device" in stderr
+    assert code == 2 and "'tpu' is not one of" in stderr  # a choice: a usage error
+    assert len(stderr.strip().splitlines()) == 1
     if not torch.cuda.is_available():
         code, _, stderr = cli("run", study_file, "--out", tmp_path / "c", "--device", "cuda")
         assert code == 1 and "no CUDA device" in stderr

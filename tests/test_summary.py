@@ -26,7 +26,7 @@ def test_one_fit_per_beta_against_its_own_theory():
     fits = run_summary(df, n_bootstrap=49)["arrhenius"]
     assert [f["weight_decay"] for f in fits] == [0.3, 0.6]
     for f in fits:
-        lo, hi = f["ratio_ci"]
+        lo, hi = f["barrier_ratio_ci"]
         assert lo < 1 < hi and f["barrier"] == pytest.approx(f["theory_barrier"], rel=0.15)
 
 
