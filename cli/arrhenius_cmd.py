@@ -135,7 +135,7 @@ def arrhenius(
     if plot is not None:
         for s, fit, _ in results:
             written = plot_arrhenius(fit, s.file_for(plot), theory_barrier=theory_barrier,
-                                     unit=unit.rstrip("s"))
+                                     unit=unit.rstrip("s"), table=s.rows)
             err_console.print(f"wrote {escape(str(written))}")
     if json_out:
         if by:

@@ -1,3 +1,11 @@
 """Importing this module registers every command on the app."""
 
-from . import arrhenius_cmd, fit_cmd, optimize_cmd, regress_cmd, run_cmd, theory_cmd  # noqa: F401
+from . import (  # noqa: F401
+    arrhenius_cmd,
+    fit_cmd,
+    optimize_cmd,
+    regress_cmd,
+    report_cmd,
+    run_cmd,
+    theory_cmd,
+)

@@ -14,7 +14,7 @@ from .records import Columns
 SURVIVAL = ("escaped", "censored", "diverged")
 
 
-def _strata_columns(replicas: pd.DataFrame) -> list[str]:
+def strata_columns(replicas: pd.DataFrame) -> list[str]:
     """What must be equal within one Arrhenius fit: β (and its schedule), the filter, and for
     Langevin the lr (for SGD, lr and B make up T = lr / B)."""
     cols = ["weight_decay", "weight_decay_schedule", "grad_filter"]
@@ -96,7 +96,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
     fits = []
     if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law
         return {"conditions": conditions, "arrhenius": fits}
-    by = _strata_columns(replicas)
+    by = strata_columns(replicas)
     for key, part in survival_rows.groupby(by, sort=True):
         theory = part["barrier_theory"].dropna()
         entry = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),

@@ -1,0 +1,40 @@
+"""`escapestat report`: one self-contained HTML page (and a Markdown twin) for a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from escapestat.report_page import write_report
+
+from .app import app
+from .common import domain_errors, err_console
+
+
+@app.command("report")
+@domain_errors
+def report(
+    path: Annotated[Path, typer.Argument(
+        help="A run directory, an optimisation output folder (optuna.db / compare.json) or "
+             "an escape table (.csv, .tsv or .parquet).", show_default=False)],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="HTML file to write (default: PATH/report.html for a folder, "
+        "TABLE-report.html beside a table); NAME.md and NAME_files/ are written beside it.",
+        show_default=False)] = None,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test.")] = 199,
+) -> None:
+    """Write a report: metadata, per-condition statistics with the mechanism verdict,
+    Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,
+    Weibull/KS diagnostics, grokking curves and schedules; for an optimisation folder the
+    optimisation history, parameter importances and the compare arms.
+
+    The HTML file needs nothing else: figures are embedded PNGs, the style is inline.
+
+    Example: escapestat report runs/quickstart --out quickstart.html
+    """
+    html, md = write_report(path, out, n_bootstrap=bootstrap)
+    err_console.print(f"wrote {escape(str(html))} and {escape(str(md))}", highlight=False)
