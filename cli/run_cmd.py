@@ -52,24 +52,28 @@ def _median(c: dict, name: str) -> str:
     m, (lo, hi) = c.get(f"{name}_median"), c.get(f"{name}_median_ci") or (None, None)
     if m is None:
         return "not reached"
-    return f"{_fmt(m)} ({_fmt(lo)}–{'∞' if hi is None else _fmt(hi)})"
+    return f"{_fmt(m)}\n{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}"
 
 
 def _print_grokking(summary: dict) -> None:
     rows = summary["conditions"]
-    table = Table(title="Grokking per condition (steps; KM medians with 95% CIs)",
-                  caption="fit: train accuracy committed ≥ fit_threshold; generalize: test "
-                  "accuracy committed ≥ threshold; delay = generalize − fit")
-    for name in ("lr", "wd", "B", "n", "fit", "generalize", "delay", "grokked",
-                 "Weibull k (CI)"):
-        table.add_column(name, justify="right")
+    sizes = {c["n"] for c in rows}
+    per = f"{next(iter(sizes))} replicas each; " if len(sizes) == 1 else ""
+    table = Table(title="Grokking per condition (steps; KM medians, 95% CIs below)",
+                  caption=f"{per}fit: train accuracy committed ≥ fit_threshold; generalize: "
+                  "test accuracy committed ≥ threshold; delay = generalize − fit")
+    names = ("lr", "wd", "B") + (("n",) if per == "" else ()) + (
+        "fit", "general-\nize", "delay", "grok-\nked", "Weibull\nk")
+    for name in names:
+        table.add_column(name, justify="right", overflow="fold")
     for c in rows:
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
         table.add_row(
-            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), str(c["batch_size"]), str(c["n"]),
+            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), str(c["batch_size"]),
+            *((str(c["n"]),) if per == "" else ()),
             _median(c, "fit"), _median(c, "generalize"), _median(c, "delay"),
             f"{100 * c['grokked']:.0f}%",
-            "—" if k_lo is None else f"{c['weibull_shape']:.1f} ({k_lo:.1f}–{k_hi:.1f})")
+            "—" if k_lo is None else f"{c['weibull_shape']:.1f}\n{k_lo:.1f}–{k_hi:.1f}")
     out_console.print(table)
     _print_verdicts(rows, lambda c: f"lr {_fmt(c['lr'], 3)}, wd {_fmt(c['weight_decay'], 3)}, "
                                     f"B {c['batch_size']}")
@@ -106,7 +110,7 @@ def _print_summary(summary: dict) -> None:
     for name in [names[k] for k in shown] + ["T", "ΔE/T", "n", "escaped", "τ", "τ CI",
                                              "median", "Weibull k (CI)"] + (
                                                  ["diverged, untrapped"] if excluded else []):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", overflow="fold")
     for c in rows:
         t_lo, t_hi = c.get("tau_ci") or (None, None)
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
@@ -114,7 +118,7 @@ def _print_summary(summary: dict) -> None:
             *[_fmt(c[k], 4) for k in shown],
             _fmt(c["temperature"]), _fmt(c["barrier_over_temperature"]),
             str(c["n"]), str(c["events"]), _fmt(c.get("tau")),
-            "—" if t_lo is None else f"{_fmt(t_lo)}–{_fmt(t_hi)}",
+            "—" if t_lo is None else f"{_fmt(t_lo)} – {_fmt(t_hi)}",
             _fmt(c.get("median")),
             "—" if k_lo is None else f"{c['weibull_shape']:.2f} ({k_lo:.2f}–{k_hi:.2f})",
             *([f"{c['diverged']}, {c['untrapped']}"] if excluded else []),
