@@ -1,7 +1,8 @@
 """`optimize` and `compare` as library calls: search, constant-only search, validation.
 
 Files in the output folder: ``optuna.db`` (the embedded storage, unless a URL is given),
-``trials.csv`` (every trial of both searches), ``compare.csv`` and ``compare.json``.
+``trials.csv`` (every trial of both searches), ``compare.csv`` and ``compare.json`` (one
+row per arm), ``compare_arms.csv`` (every arm's replicas).
 Every worker of a shared study runs ``optimize`` with the same storage and study name;
 the trial budget is shared, and each trial is run by one worker.
 """
@@ -36,6 +37,8 @@ from .search_space import SearchSpec, build_study, load_search
 from .search_storage import HEARTBEAT_SECONDS, embedded_url, open_storage, redact
 
 TRIALS, COMPARE_CSV, COMPARE_JSON = "trials.csv", "compare.csv", "compare.json"
+#: Every arm's replicas (the survival rows, with an ``arm`` column): its KM curves.
+COMPARE_ARMS = "compare_arms.csv"
 
 
 @dataclass
@@ -140,4 +143,6 @@ def _compare(s: _Setup, search: SearchOutcome, constant: SearchOutcome | None, d
     flat.to_csv(out_dir / COMPARE_CSV, index=False)
     (out_dir / COMPARE_JSON).write_text(json.dumps(rows, indent=2, default=str) + "\n",
                                         encoding="utf-8")
+    pd.concat([run.survival.assign(arm=name) for name, run in runs.items()],
+              ignore_index=True).to_csv(out_dir / COMPARE_ARMS, index=False)
     return rows

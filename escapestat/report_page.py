@@ -42,6 +42,7 @@ from .report import (
 )
 
 OPTUNA_DB, TRIALS_CSV, COMPARE_JSON = "optuna.db", "trials.csv", "compare.json"
+COMPARE_ARMS = "compare_arms.csv"  # written by escapestat.optimize
 KM_PER_FIGURE = 6  # more curves than this in one KM plot cannot be told apart
 MIN_IMPORTANCE_TRIALS = 5  # fANOVA on fewer complete trials is noise
 
@@ -694,6 +695,11 @@ def _compare_section(path: Path) -> Section:
             "wall × default": fmt3(a.get("wall_ratio_vs_default")),
         })
     sec.blocks.append(Table(pd.DataFrame(rows), "compare.json"))
+    replicas = path / COMPARE_ARMS
+    if replicas.is_file():
+        arms_rows = records.read_table(replicas)
+        sec.blocks.extend(_km_figures(arms_rows, records.Columns(group="arm"), None, "steps",
+                                      "arms-km"))
     med = [(a["arm"], a["median"], a.get("median_ci") or (None, None)) for a in arms
            if a.get("median") is not None]
     if med:

@@ -151,6 +151,9 @@ def test_optimize_and_compare_end_to_end(cli, tmp_path):
         assert r["params"] is not None
     assert arms["default"]["ratio_vs_default"] is None  # the reference itself
     assert (out / "compare.csv").is_file() and (out / "compare.json").is_file()
+    replicas = pd.read_csv(out / "compare_arms.csv")  # every arm's replicas, for KM curves
+    assert set(replicas["arm"]) == set(arms)
+    assert (replicas.groupby("arm").size() == 4).all()
     # A second optimize on the same folder finds the trial budget spent: no new trials.
     code, stdout, err = cli("optimize", path, "--out", out, "--device", "cpu", "--json",
                             "--no-compare")
