@@ -20,7 +20,13 @@ from escapestat.report import check_plot_path, plot_arrhenius
 from escapestat.strata import arrhenius_strata
 
 from .app import app
-from .common import domain_errors, err_console, out_console, print_json
+from .common import (
+    domain_errors,
+    err_console,
+    note_pooled,
+    out_console,
+    print_strata_json,
+)
 from .options import ByCols, DurationCol, EventCol, JsonOut, PlotPath, Pool, TableArg, Unit
 
 
@@ -127,9 +133,8 @@ def arrhenius(
         payload = fit.as_dict()
         if theory_barrier is not None:
             payload.update(fit.versus_theory(theory_barrier))
+        note_pooled(s)
         if s.pooled:
-            err_console.print(escape(f"{s.label}: pooled knowingly (--pool) over differing "
-                                     f"{', '.join(s.pooled)}"))
             payload["pooled"] = list(s.pooled)
         results.append((s, fit, payload))
     if plot is not None:
@@ -138,11 +143,7 @@ def arrhenius(
                                      unit=unit.rstrip("s"), table=s.rows)
             err_console.print(f"wrote {escape(str(written))}")
     if json_out:
-        if by:
-            print_json({"strata": [{"stratum": s.as_dict(), **payload}
-                                   for s, _, payload in results]})
-        else:
-            print_json(results[0][2])
+        print_strata_json(results, bool(by))
         return
     for s, fit, payload in results:
         _print_fit(fit, payload, unit, s.label if by else None)

@@ -13,7 +13,7 @@ from escapestat.report import check_plot_path, plot_survival
 from escapestat.strata import fit_strata
 
 from .app import app
-from .common import domain_errors, err_console, out_console, print_json
+from .common import domain_errors, err_console, note_pooled, out_console, print_json
 from .options import (
     BootstrapSeed,
     ByCols,
@@ -114,9 +114,7 @@ def fit(
         for s in strata
     ]
     for s in strata:
-        if s.pooled:
-            err_console.print(escape(f"{s.label}: pooled knowingly (--pool) over differing "
-                                     f"{', '.join(s.pooled)}"))
+        note_pooled(s)
     if plot is not None:
         for s in strata:
             written = plot_survival(s.rows, columns, s.file_for(plot), unit=unit)

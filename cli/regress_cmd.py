@@ -14,7 +14,12 @@ from escapestat.errors import EscapestatError
 from escapestat.regress import RateRegression, regress_strata
 
 from .app import app
-from .common import domain_errors, err_console, out_console, print_json
+from .common import (
+    domain_errors,
+    note_pooled,
+    out_console,
+    print_strata_json,
+)
 from .options import ByCols, DurationCol, EventCol, JsonOut, Pool, TableArg, Unit
 
 #: Widest table printed, whatever the terminal: the table folds to fit.
@@ -115,17 +120,12 @@ def regress(
         except EscapestatError as exc:
             raise EscapestatError(f"{s.label}: {exc}" if s.key else str(exc)) from None
         payload = fit.as_dict()
+        note_pooled(s)
         if s.pooled:
-            err_console.print(escape(f"{s.label}: pooled knowingly (--pool) over differing "
-                                     f"{', '.join(s.pooled)}"))
             payload["pooled"] = list(s.pooled)
         results.append((s, fit, payload))
     if json_out:
-        if by:
-            print_json({"strata": [{"stratum": s.as_dict(), **payload}
-                                   for s, _, payload in results]})
-        else:
-            print_json(results[0][2])
+        print_strata_json(results, bool(by))
         return
     for s, fit, _ in results:
         _print_fit(fit, unit, s.label if by else None)
