@@ -59,10 +59,14 @@ def _print_grokking(summary: dict) -> None:
     rows = summary["conditions"]
     sizes = {c["n"] for c in rows}
     per = f"{next(iter(sizes))} replicas each; " if len(sizes) == 1 else ""
+    linear = rows and rows[0].get("barrier_theory") is not None
+    rule = ("fit / generalize: train / test error committed past threshold of the way from "
+            "its start to the learned level" if linear else
+            "fit: train accuracy committed ≥ fit_threshold; generalize: test accuracy "
+            "committed ≥ threshold")
     table = Table(title="Grokking per condition (steps; KM medians, 95% CIs below)",
-                  caption=f"{per}fit: train accuracy committed ≥ fit_threshold; generalize: "
-                  "test accuracy committed ≥ threshold; delay = generalize − fit")
-    names = ("lr", "wd", "B") + (("n",) if per == "" else ()) + (
+                  caption=f"{per}{rule}; delay = generalize − fit")
+    names = ("lr", "β" if linear else "wd", "B") + (("n",) if per == "" else ()) + (
         "fit", "general-\nize", "delay", "grok-\nked", "Weibull\nk")
     for name in names:
         table.add_column(name, justify="right", overflow="fold")
@@ -96,17 +100,17 @@ def _print_summary(summary: dict) -> None:
     if rows and "grokked" in rows[0]:
         _print_grokking(summary)
         return
-    constant = {key: {r[key] for r in rows} for key in ("weight_decay", "lr", "batch_size")}
+    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B", "seed_over_saddle": "b₀/\nsaddle"}
+    constant = {key: {r.get(key) for r in rows} for key in names}
     shown = [key for key, values in constant.items() if len(values) > 1]
-    fixed = [f"{name} = {_fmt(next(iter(constant[key])), 4)}"
-             for key, name in (("weight_decay", "β"), ("lr", "lr"), ("batch_size", "B"))
+    fixed = [f"{names[key]} = {_fmt(next(iter(constant[key])), 4)}"
+             for key in names
              if key not in shown and next(iter(constant[key])) is not None]
     excluded = any(c["diverged"] + c["untrapped"] for c in rows)
     caption = ", ".join(fixed) + "; τ = exposure / escapes" + (
         "; diverged: censored where they diverged; untrapped: not in n" if excluded
         else "; none diverged or untrapped")
     table = Table(title="Escape times per condition (steps; exact 95% CIs)", caption=caption)
-    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B"}
     for name in [names[k] for k in shown] + ["T", "ΔE/T", "n", "escaped", "τ", "τ CI",
                                              "median", "Weibull k (CI)"] + (
                                                  ["diverged, untrapped"] if excluded else []):
@@ -125,6 +129,14 @@ def _print_summary(summary: dict) -> None:
         )
     out_console.print(table)
     _print_verdicts(rows, lambda c: f"T {_fmt(c['temperature'])}")
+    parts = [c for c in rows if c.get("switch_trapped_component") is not None]
+    if parts:
+        comp = sorted(c["switch_trapped_component"] for c in parts)
+        floor = sorted(c["rounding_floor"] for c in parts)
+        out_console.print(
+            f"trapped mode's components at the switch (max ‖W₁v‖, ‖W_Lᵀu‖; medians over "
+            f"conditions {_fmt(comp[0])} … {_fmt(comp[-1])}); rounding floor "
+            f"eps·‖W‖ ≈ {_fmt(floor[len(floor) // 2])}", highlight=False)
     for f in summary["arrhenius"]:
         head = f"β = {f['weight_decay']:.4g}: "
         if "error" in f:

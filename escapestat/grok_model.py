@@ -57,6 +57,7 @@ class GrokTrial:
         self.net = build_network(study, n, generator, dtype, device)
         self.optimizer = build_optimizer(study.optimizer, self.net.params)
         self.batches = MinibatchPairs(self.task, batch_size or t.p * t.p, generator)
+        self.full_batch = self.batches.batch_size >= self.batches.n  # no minibatch noise
         spec = study.dynamics.grad_filter
         self.grad_filter = None if spec is None else spec.build()
         self.milestone_rules = {"fit": EscapeRule(esc.fit_threshold, esc.fit_fallback,

@@ -29,6 +29,7 @@ from .records import TEMPERATURE, round_significant
 CONDITION_COLUMNS = (
     TEMPERATURE, "weight_decay", "beta", "lr", "batch_size", "noise", "width", "depth",
     "hidden", "momentum", "optimizer", "task", "model", "barrier_theory", "condition",
+    "seed_over_saddle",
 )
 SCHEDULE_SUFFIX = "_schedule"
 #: What the engine writes in a ``*_schedule`` column for a value held fixed during the run.

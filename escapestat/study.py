@@ -109,6 +109,11 @@ class InitSpec:
     paper's protocol — random init of scale ``scale``, ``trap_steps`` of full-batch
     gradient descent at ``beta_trap`` with ``trap_lr``; replicas whose trapped mode is
     not below the fall-back level at the switch are reported as untrapped and excluded.
+    ``random``: the random init alone, no trap (learning from scratch, e.g. the sparse
+    sub-sampling curve). ``seed_over_saddle``, a ladder (one condition each): after the
+    trap, give the trapped mode a layer amplitude b₀ = this × the saddle's amplitude at
+    β_run along hidden directions the learned modes do not use — the control that tells a
+    deterministic roll-off (escape iff b₀ is past the saddle) from activated escape.
     """
 
     kind: str = "aligned"
@@ -117,6 +122,7 @@ class InitSpec:
     beta_trap: float | None = None
     trap_steps: int = 3000
     trap_lr: float = 0.05
+    seed_over_saddle: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,7 @@ class RunSpec:
     chunk_replicas: int = 4096
     dtype: str = "float32"
     divergence_limit: float = 1e4
+    curves: bool = False  # deep linear nets: record per-check curves (grokking models always)
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,8 @@ def _plain(obj, key: str = ""):
 #: Keys dropped from the config hash at these values (keys added after studies were run).
 _UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
                       "escape.measure": "escape", "escape.fit_threshold": 0.99,
-                      "escape.fit_fallback": 0.9}
+                      "escape.fit_fallback": 0.9, "init.seed_over_saddle": [],
+                      "run.curves": False}
 
 _SECTIONS = {
     "model": ModelSpec,
@@ -462,6 +470,7 @@ class Condition:
     temperature: Schedule | None
     batch_size: Schedule | None  # None for Langevin (full data)
     barrier: float | None
+    seed_over_saddle: float | None = None  # seeded amplitude b₀ / a_saddle ([init])
 
     @property
     def reported_temperature(self) -> float:
@@ -490,8 +499,9 @@ def conditions(study: Study) -> list[Condition]:
                 for wd, lr, b in itertools.product(y.weight_decay, y.lr, y.batch_size)]
     s = m.strengths[study.trapped_mode]
     betas = y.beta or tuple(Constant(f * critical_beta(m.depth, s)) for f in y.beta_over_beta_c)
+    seeds = study.init.seed_over_saddle or (None,)
     out = []
-    for beta in betas:
+    for beta, seed in itertools.product(betas, seeds):
         dE = barrier(m.depth, s, beta.value(0)) if beta.is_constant else None
         if y.noise == "langevin":
             if y.temperature:
@@ -504,8 +514,8 @@ def conditions(study: Study) -> list[Condition]:
             else:
                 temps = tuple(Constant(dE / x) for x in y.barrier_over_temperature)
             for lr, t in itertools.product(y.lr, temps):
-                out.append(Condition(beta, lr, t, None, dE))
+                out.append(Condition(beta, lr, t, None, dE, seed))
         else:
             for lr, b in itertools.product(y.lr, y.batch_size):
-                out.append(Condition(beta, lr, None, b, dE))
+                out.append(Condition(beta, lr, None, b, dE, seed))
     return out

@@ -37,12 +37,16 @@ def check_linear(study, bad) -> None:
         bad("[data] kind", f"must be 'population', 'fixed' or 'fresh', got {d.kind!r}")
     if d.n_train < 1 or d.n_test < 1 or d.label_noise < 0:
         bad("[data]", "n_train and n_test must be ≥ 1 and label_noise ≥ 0")
-    if i.kind not in ("aligned", "trained"):
-        bad("[init] kind", f"must be 'aligned' or 'trained', got {i.kind!r}")
+    if i.kind not in ("aligned", "trained", "random"):
+        bad("[init] kind", f"must be 'aligned', 'trained' or 'random', got {i.kind!r}")
     if i.kind == "trained" and (i.beta_trap is None or i.beta_trap <= 0):
         bad("[init] beta_trap", "is required (> 0) when [init] kind = 'trained'")
     if i.noise < 0 or i.scale <= 0 or i.trap_steps < 0 or i.trap_lr <= 0:
         bad("[init]", "noise ≥ 0, scale > 0, trap_steps ≥ 0 and trap_lr > 0 are required")
+    if any(not 0 < f < 1e3 for f in i.seed_over_saddle):
+        bad("[init] seed_over_saddle", "must be positive ratios to the saddle's amplitude")
+    if i.seed_over_saddle and i.kind == "random":
+        bad("[init] seed_over_saddle", "seeds a trapped mode; [init] kind 'random' has no trap")
     if y.noise not in ("langevin", "sgd"):
         bad("[dynamics] noise", f"must be 'langevin' or 'sgd', got {y.noise!r}")
     if not y.lr or not all(v.positive for v in y.lr):
@@ -124,5 +128,7 @@ def check_grokking(study, bad) -> None:
         bad("[escape] fit_fallback", "must be between 0 and fit_threshold (≤ 1)")
     if e.threshold > 1:
         bad("[escape] threshold", "is a test accuracy, at most 1")
+    if study.init.seed_over_saddle:
+        bad("[init] seed_over_saddle", "is for deep linear nets (it seeds a trapped mode)")
 
 

@@ -95,6 +95,11 @@ class Dataset:
         pred = self.x_test @ end_to_end.transpose(1, 2)
         return 0.5 * (pred - self.y_test).square().sum(-1).mean(-1)
 
+    def train_error(self, end_to_end: torch.Tensor) -> torch.Tensor:
+        """Half mean squared training error per replica (the data term of the loss)."""
+        pred = self.x_train @ end_to_end.transpose(1, 2)
+        return 0.5 * (pred - self.y_train).square().sum(-1).mean(-1)
+
 
 def sample(
     teacher: Teacher, replicas: int, n: int, noise_std: float = 0.0,

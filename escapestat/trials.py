@@ -233,6 +233,10 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
     cs = [conds[i] for i in chunk.condition]
     hyper = HyperSchedules(cs, dtype, device)
     model = build_model(study, cs, generator, device, hyper.batch_size(0))
+    switch = dict(getattr(model, "switch_values", {}))  # per replica, before any leave
+    # No minibatch noise at all: full batch at a constant size (Langevin runs have noise).
+    full_batch = bool(getattr(model, "full_batch", False)) and all(
+        c.batch_size is None or c.batch_size.is_constant for c in cs)
     n, budget, every = len(cs), run.max_steps, esc.check_every
     detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
                               budget, n, device)
@@ -304,18 +308,20 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
             col = finals.setdefault(name, np.full(n, np.nan))
             col[active] = values.cpu().numpy()
     table = _chunk_table(study, cs, chunk, status, duration)
-    for name, col in finals.items():
+    table["full_batch"] = full_batch
+    for name, col in {**switch, **finals}.items():
         table[name] = col
     if marks is not None:
-        table = _grokking_columns(table, study, marks, last)
+        table = _milestone_columns(table, study, marks, last)
     out = None if not curves else {"step": np.asarray(steps),
                                    **{k: np.stack(v) for k, v in curves.items()}}
     return ChunkOutput(table, out)
 
 
-def _grokking_columns(table: pd.DataFrame, study: Study, marks: _Milestones,
-                      last: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Fit, first crossing, generalisation and delay times; ``duration`` per ``measure``.
+def _milestone_columns(table: pd.DataFrame, study: Study, marks: _Milestones,
+                       last: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Fit, first crossing, generalisation and delay times, each curve's final value
+    (``final_test_accuracy``, ``final_test_error`` ...); ``duration`` per ``measure``.
 
     A replica that never fits is ``unfit`` under ``measure = "delay"`` (no delay exists);
     a delay of 0 (fit and generalisation seen at the same check) is recorded as half a
@@ -327,8 +333,7 @@ def _grokking_columns(table: pd.DataFrame, study: Study, marks: _Milestones,
     table = table.assign(
         fit_time=fit, first_cross_time=marks.first_cross, generalize_time=generalize,
         delay=generalize - fit,
-        final_train_accuracy=last.get("train_accuracy"),
-        final_test_accuracy=last.get("test_accuracy"),
+        **{f"final_{name}": values for name, values in last.items()},
         measure=esc.measure)
     if esc.measure == "delay":
         unfit = np.isnan(fit) & table["status"].isin([ESCAPED, CENSORED, DIVERGED]).to_numpy()
@@ -367,6 +372,8 @@ def _chunk_table(study: Study, cs: list[Condition], chunk: Chunk, status: np.nda
             for c in cs],
         "batch_size_schedule": [_label(c.batch_size) for c in cs],
         "grad_filter": "none" if gf is None else json.dumps(gf.as_dict(), sort_keys=True),
+        **({"seed_over_saddle": [c.seed_over_saddle for c in cs]}
+           if any(c.seed_over_saddle is not None for c in cs) else {}),
         "condition": list(chunk.condition),
         "replica": list(chunk.replica),
         "chunk": chunk.index,

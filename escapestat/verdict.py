@@ -10,6 +10,12 @@ Design §4's rule, per condition:
   does not reject at 5% — memoryless escape, as over a barrier;
 - ``inconclusive``: anything else (too few escapes, a shape away from 1 but below 2,
   or a KS rejection).
+
+A run without noise (``noiseless``: full-batch gradient descent) cannot escape by
+activation: its escapes are ``deterministic`` whatever their spread, which then comes
+from each replica's own start and data. Measured: the sparse sub-sampling run with 20
+inputs spreads its full-batch times with Weibull shape 0.9 — exponential-looking, and
+not noise at all; the shape alone would have called it activated.
 """
 
 from __future__ import annotations
@@ -34,12 +40,16 @@ def _finite(x) -> bool:
 
 
 def mechanism(n: int, events: int, weibull_shape_ci, poisson_pvalue,
-              rate_upper: float | None = None) -> Verdict:
+              rate_upper: float | None = None, noiseless: bool = False) -> Verdict:
     """The verdict for one condition from its summary numbers (see the module docstring)."""
     if events == 0:
         bound = f"; rate ≤ {rate_upper:.3g} per unit time (95%)" if _finite(rate_upper) else ""
         return Verdict(ABSORBING, f"no escapes in {n} replicas{bound}")
     lo, hi = weibull_shape_ci if weibull_shape_ci is not None else (None, None)
+    if noiseless:
+        shape = f" (Weibull shape CI [{lo:.3g}, {hi:.3g}])" if _finite(lo) and _finite(hi) else ""
+        return Verdict(DETERMINISTIC, f"no noise (full batch): each replica's time is set by "
+                                      f"its own start and data{shape}")
     if not (_finite(lo) and _finite(hi)):
         return Verdict(INCONCLUSIVE, f"{events} escapes: too few for a Weibull shape CI")
     if lo >= DETERMINISTIC_SHAPE:
