@@ -7,5 +7,6 @@ from . import (  # noqa: F401
     regress_cmd,
     report_cmd,
     run_cmd,
+    sweep_cmd,
     theory_cmd,
 )

@@ -430,6 +430,9 @@ def study_from_dict(raw: dict, source: str = "study") -> Study:
     """A study from its parsed TOML (``[search]``, if present, is left to the search)."""
     raw = copy.deepcopy(raw)
     for key in raw:
+        if key == "sweep":
+            raise EscapestatError(f"{source}: a [sweep] study: run it with `escapestat sweep "
+                                  f"{source}` (hysteresis), not as a trap-and-escape study")
         if key not in _TOP:
             raise EscapestatError(
                 f"{source}: unknown top-level key {key!r}{did_you_mean(key, _TOP)}")
