@@ -93,18 +93,26 @@ def _check_header(path: Path, fmt: str) -> None:
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet table, turning every I/O or parse problem into one clear error.
 
-    Duplicate column names are refused (pandas would rename the second to ``name.1``).
+    A folder named ``*.parquet`` is read as one table: the concatenation of its part files
+    (``*.parquet``, in name order; names starting with ``.`` or ``_`` are skipped), as
+    ``escapestat.monitor`` writes them, one part per run. Duplicate column names are
+    refused (pandas would rename the second to ``name.1``).
     """
     path = Path(path)
     if not path.exists():
         raise EscapestatError(f"{path}: no such file")
-    if path.is_dir():
-        raise EscapestatError(f"{path}: is a directory, expected a .csv or .parquet table")
+    if path.is_dir() and path.suffix.lower() not in _PARQUET:
+        raise EscapestatError(f"{path}: is a directory, expected a .csv or .parquet table "
+                              "(or a folder of parquet parts named *.parquet)")
     fmt = _format(path)
-    _check_header(path, fmt)
+    parts = parquet_parts(path) if path.is_dir() else [path]
+    if not parts:
+        raise EscapestatError(f"{path}: a folder with no parquet parts (*.parquet) in it")
+    for part in parts:
+        _check_header(part, fmt)
     try:
         if fmt == "parquet":
-            df = pd.read_parquet(path)
+            df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
         else:
             df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -119,6 +127,12 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if dups:
         raise EscapestatError(f"{path}: duplicate column name(s) {', '.join(map(repr, dups))}")
     return df
+
+
+def parquet_parts(folder: str | os.PathLike) -> list[Path]:
+    """The part files of a folder-of-parts parquet table, in name order (no hidden files)."""
+    return sorted(p for p in Path(folder).glob("*.parquet") if p.is_file()
+                  and not p.name.startswith((".", "_")))
 
 
 def _umask() -> int:

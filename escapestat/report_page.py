@@ -190,7 +190,7 @@ def kind_of(path: Path) -> str:
     """``run``, ``search`` or ``table``; one clear error for anything else."""
     if not path.exists():
         raise EscapestatError(f"{path}: no such file or directory")
-    if path.is_file():
+    if path.is_file() or _parts_table(path):
         return "table"
     if (path / OPTUNA_DB).is_file() or (path / COMPARE_JSON).is_file():
         return "search"
@@ -201,10 +201,17 @@ def kind_of(path: Path) -> str:
         f"(no {OPTUNA_DB} or {COMPARE_JSON}) or an escape table")
 
 
+def _parts_table(path: Path) -> bool:
+    """A folder of parquet parts (``escapes.parquet/part-*.parquet``) is one table."""
+    return path.is_dir() and path.suffix.lower() in (".parquet", ".pq")
+
+
 def default_out(path: str | os.PathLike) -> Path:
-    """PATH/report.html for a folder, TABLE-report.html beside a table."""
+    """PATH/report.html for a run or search folder, TABLE-report.html beside a table."""
     path = Path(path)
-    return path / "report.html" if path.is_dir() else path.with_name(f"{path.stem}-report.html")
+    if path.is_dir() and not _parts_table(path):
+        return path / "report.html"
+    return path.with_name(f"{path.stem}-report.html")
 
 
 def build_report(path: str | os.PathLike, n_bootstrap: int = 199, seed: int = 0) -> Report:
