@@ -280,10 +280,14 @@ def plot_arrhenius(
 
 def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None):
     """Learning curves (``curves.csv``): per condition one panel, the median over replicas
-    and its 10–90% band for each metric (train and test accuracy), over steps."""
+    and its 10–90% band for each metric over steps: train and test accuracy (grokking
+    models), or train and test error on a log axis (deep linear nets, which span decades)."""
     plt = _pyplot()
     conds = sorted(curves["condition"].unique())
     metrics = sorted(curves["metric"].unique(), key=lambda m: (not m.startswith("train"), m))
+    accuracy = all(m.endswith("accuracy") for m in metrics)
+    if not accuracy:
+        metrics = [m for m in metrics if m.endswith("_error")] or metrics
     ncol = min(3, len(conds))
     nrow = math.ceil(len(conds) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow + 0.6), squeeze=False,
@@ -298,11 +302,14 @@ def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None):
                             label=f"{name}: 10–90% of replicas")
         ax.set_title((labels or {}).get(cond, f"condition {cond}"), fontsize=9)
         ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
+        if accuracy:
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.set_yscale("log")
     for ax in axes.flat[len(conds):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("accuracy" if accuracy else "error (½ mean squared)")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0.6 / (3.0 * nrow + 0.6), 1, 1))
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)

@@ -51,6 +51,7 @@ from .replica_model import Hyper
 from .storage import device_text, write_json
 from .sweep_study import SweepSpec, SweepStudy, load_sweep, parse_sweep, parse_sweep_study
 from .theory import stationary_points
+from .threads import cpu_threads
 
 __all__ = ["BRANCHES", "SWEEP_CSV", "SWEEP_JSON", "SWEEP_PNG", "ModeLoop", "SweepResult",
            "SweepSpec", "SweepStudy", "find_loop", "jump_betas", "load_sweep", "parse_sweep",
@@ -159,13 +160,8 @@ def run_sweep(sw: SweepStudy, device: str | torch.device = "cpu",
     and on this project's 2-core CPU, shared with other jobs, the paper net at R 256–512
     took 0.9–1.4 ms per step on one thread against 26–50 ms on two.
     """
-    before = torch.get_num_threads()
-    if threads is not None and torch.device(device).type == "cpu":
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads, device):
         return _run(sw, torch.device(device), progress)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(sw: SweepStudy, device: torch.device, progress: Progress | None) -> SweepResult:

@@ -31,6 +31,7 @@ from .replica_model import Hyper, ReplicaModel
 from .schedules import ReplicaSchedules
 from .storage import CURVES, ESCAPES, REPLICAS, RunStore, device_text, versions
 from .study import GROKKING_MODELS, Condition, Study, conditions
+from .threads import cpu_threads, small_work
 
 __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
            "ChunkProgress", "ChunkStarted", "RunResult", "plan_chunks", "resolve_device",
@@ -210,15 +211,18 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     not diverge. A search uses it to hold schedules to an equal final loss; it costs the
     full budget for every replica.
 
+    Deep linear nets whose step is tiny (``threads.small_work``) run on one CPU thread.
     The grokking models run with denormals flushed to zero on the CPU: saturated softmax
     probabilities underflow to denormals, and CPU matmuls over them can run ~100× slower
     (design §5). The flag is process-wide (numpy too), so it is reset afterwards.
     """
     flush = study.model.kind in GROKKING_MODELS and device.type == "cpu"
+    tiny = study.model.kind == "deep_linear" and small_work(len(chunk.condition), study.widths)
     if flush:
         torch.set_flush_denormal(True)
     try:
-        return _run_chunk(study, conds, chunk, device, progress, watch, hold)
+        with cpu_threads(1 if tiny else None, device):
+            return _run_chunk(study, conds, chunk, device, progress, watch, hold)
     finally:
         if flush:
             torch.set_flush_denormal(False)
