@@ -134,11 +134,13 @@ def _print_summary(summary: dict) -> None:
         comp = sorted(c["switch_trapped_component"] for c in parts)
         floor = sorted(c["rounding_floor"] for c in parts)
         out_console.print(
-            f"trapped mode's components at the switch (max ‖W₁v‖, ‖W_Lᵀu‖; medians over "
-            f"conditions {_fmt(comp[0])} … {_fmt(comp[-1])}); rounding floor "
-            f"eps·‖W‖ ≈ {_fmt(floor[len(floor) // 2])}", highlight=False)
+            f"trapped component at the switch (the layers' largest direction beyond the "
+            f"learned modes; medians per condition {_fmt(comp[0])} … {_fmt(comp[-1])}); "
+            f"rounding floor eps·‖W‖ ≈ {_fmt(floor[len(floor) // 2])}", highlight=False)
     for f in summary["arrhenius"]:
-        head = f"β = {f['weight_decay']:.4g}: "
+        seeded = ("" if f.get("seed_over_saddle") is None
+                  else f", b₀/saddle = {f['seed_over_saddle']:.3g}")
+        head = f"β = {f['weight_decay']:.4g}{seeded}: "
         if "error" in f:
             out_console.print(head + f"no Arrhenius fit — {f['error']}")
             continue

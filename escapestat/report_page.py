@@ -196,9 +196,12 @@ def kind_of(path: Path) -> str:
         return "search"
     if (path / storage.RUN_JSON).is_file() or (path / storage.REPLICAS).is_file():
         return "run"
+    if (path / storage.SWEEP_JSON).is_file():
+        return "sweep"
     raise EscapestatError(
         f"{path}: not a run directory (no {storage.RUN_JSON}), an optimisation output folder "
-        f"(no {OPTUNA_DB} or {COMPARE_JSON}) or an escape table")
+        f"(no {OPTUNA_DB} or {COMPARE_JSON}), a sweep folder (no {storage.SWEEP_JSON}) or an "
+        "escape table")
 
 
 def _parts_table(path: Path) -> bool:
@@ -224,6 +227,8 @@ def build_report(path: str | os.PathLike, n_bootstrap: int = 199, seed: int = 0)
             return _run_report(path, n_bootstrap, seed)
         if kind == "search":
             return _search_report(path)
+        if kind == "sweep":
+            return _sweep_report(path)
         return _table_report(path, n_bootstrap, seed)
 
 
@@ -739,3 +744,39 @@ def _search_report(path: Path) -> Report:
         sections.append(_compare_section(path))
     return Report(f"escapestat report — optimisation “{path.name}”", str(path.resolve()),
                   sections)
+
+
+# ---------------------------------------------------------------- a sweep folder
+def _sweep_report(path: Path) -> Report:
+    """``escapestat sweep``'s folder: per-mode jumps against theory, and its figure."""
+    data = json.loads((path / storage.SWEEP_JSON).read_text(encoding="utf-8"))
+    rows = []
+    def jump(m: dict, key: str) -> str:
+        if m.get(key) is None:
+            return "never"
+        return f"{m[key]:.3g} ({m[key + '_q10']:.3g}–{m[key + '_q90']:.3g})"
+
+    for m in data["modes"]:
+        rows.append({"mode": m["mode"], "s": m["strength"], "β_c": f"{m['beta_c']:.3g}",
+                     "β_sp": f"{m['beta_sp']:.3g}", "up jump": jump(m, "up_jump"),
+                     "down jump": jump(m, "down_jump"),
+                     "width": "—" if m.get("width") is None else f"{m['width']:.3g}",
+                     "loop": "yes" if m["loop"] else "no",
+                     "ΔE(β_down)/T": "—" if m.get("down_barrier_over_t") is None
+                     else f"{m['down_barrier_over_t']:.3g}"})
+    noise = (f"Langevin T = {data['temperature']:.3g}" if data["noise"] == "langevin"
+             else f"SGD, B = {data['batch_size']}")
+    setting = (f"depth {data['depth']}, widths {data['widths']}, {noise}, lr {data['lr']:.3g}, "
+               f"{data['replicas']} replicas; β from {data['beta_low']:.3g} to "
+               f"{data['beta_high']:.3g} and back in {data['points']} steps of "
+               f"{data['steps_per_point']} steps each")
+    blocks: list = [setting, Table(pd.DataFrame(rows),
+                                   f"{data['loops']} of {len(rows)} modes show a hysteresis "
+                                   "loop; jumps: median (10–90%) over replicas")]
+    blocks += [f"note: {n}" for n in data.get("notes", [])]
+    if (path / storage.SWEEP_PNG).is_file():
+        blocks.append(Figure("sweep", (path / storage.SWEEP_PNG).read_bytes(),
+                             "strength over s against β, up and down branches; theory's β_c "
+                             "dashed and β_sp dotted"))
+    return Report(f"escapestat report — sweep “{data['name']}”", str(path.resolve()),
+                  [Section("Hysteresis per mode", blocks)])

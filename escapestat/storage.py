@@ -27,6 +27,8 @@ REPLICAS = "replicas.csv"
 RUN_JSON = "run.json"
 CURVES = "curves.csv"
 STUDY_TOML = "study.toml"
+#: What `escapestat sweep` writes into its folder (beside STUDY_TOML).
+SWEEP_CSV, SWEEP_JSON, SWEEP_PNG = "sweep.csv", "sweep.json", "sweep.png"
 
 
 def now() -> str:

@@ -23,6 +23,46 @@ def strata_columns(replicas: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in replicas.columns]
 
 
+#: What a minibatch condition and its full-batch twin share (all but B and T = lr / B).
+TWIN_KEYS = ("weight_decay", "lr", "seed_over_saddle", "weight_decay_schedule", "lr_schedule",
+             "grad_filter")
+TWIN_LEVEL = 0.05
+
+
+def _full_batch_twins(replicas: pd.DataFrame, conditions: list[dict]) -> None:
+    """The control that tells drift from noise: each minibatch condition against its
+    full-batch twin (same β, lr, seed, schedules; no noise at all). Adds the twin's
+    escapes and the log-rank p-value; where the twin escapes too and the two laws do not
+    differ (p ≥ 0.05), the delay needs no noise: the verdict becomes ``deterministic``."""
+    from .arm_contrast import logrank_p
+    from .verdict import DETERMINISTIC
+
+    if "full_batch" not in replicas.columns or (replicas["noise"] != "sgd").any():
+        return
+    keys = [k for k in TWIN_KEYS if k in replicas.columns]
+    usable = replicas[replicas["status"].isin(SURVIVAL)]
+    firsts = replicas.groupby("condition", sort=True).first()
+    twins = {tuple(firsts.loc[c, keys]): c for c in firsts.index
+             if bool(firsts.loc[c, "full_batch"])}
+    for row in conditions:
+        c = row["condition"]
+        twin = None if bool(firsts.loc[c, "full_batch"]) else twins.get(
+            tuple(firsts.loc[c, keys]))
+        if twin is None:
+            continue
+        a, b = usable[usable["condition"] == c], usable[usable["condition"] == twin]
+        if not len(a) or not len(b):
+            continue
+        p = logrank_p(a["duration"], a["event"], b["duration"], b["event"])
+        row.update(twin_condition=int(twin), twin_events=int(b["event"].sum()),
+                   twin_n=len(b), twin_logrank_p=p)
+        if row["events"] and row["twin_events"] and p >= TWIN_LEVEL:
+            row["verdict"] = DETERMINISTIC
+            row["verdict_reason"] = (
+                f"the full-batch twin (no noise) escapes alike: {row['twin_events']}/"
+                f"{row['twin_n']} vs {row['events']}/{row['n']}, log-rank p {p:.2g}")
+
+
 def grokking_times(part: pd.DataFrame, budget: float) -> dict:
     """Fit, generalisation and delay of one condition: KM medians with CIs under censoring.
 
@@ -107,6 +147,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
         else:
             row.update(n=0, events=0, verdict="", verdict_reason="no usable replicas")
         conditions.append(row)
+    _full_batch_twins(replicas, conditions)
     fits = []
     if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law
         return {"conditions": conditions, "arrhenius": fits}
@@ -115,6 +156,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
         theory = part["barrier_theory"].dropna()
         entry = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
                  "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
+        if "seed_over_saddle" in by:
+            entry["seed_over_saddle"] = float(part["seed_over_saddle"].iloc[0])
         try:
             (stratum,) = arrhenius_strata(part)
             fit = fit_arrhenius(stratum.rows, Columns(temperature="temperature"),

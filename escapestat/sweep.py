@@ -48,8 +48,14 @@ from .hysteresis import ModeLoop, find_loop, jump_betas, mode_loop, reference_st
 from .integrators import select_integrator
 from .records import atomic_write
 from .replica_model import Hyper
-from .storage import device_text, write_json
-from .sweep_study import SweepSpec, SweepStudy, load_sweep, parse_sweep, parse_sweep_study
+from .storage import STUDY_TOML, SWEEP_CSV, SWEEP_JSON, SWEEP_PNG, device_text, write_json
+from .sweep_study import (
+    SweepSpec,
+    SweepStudy,
+    load_sweep,
+    parse_sweep,
+    parse_sweep_study,
+)
 from .theory import stationary_points
 from .threads import cpu_threads
 
@@ -57,7 +63,6 @@ __all__ = ["BRANCHES", "SWEEP_CSV", "SWEEP_JSON", "SWEEP_PNG", "ModeLoop", "Swee
            "SweepSpec", "SweepStudy", "find_loop", "jump_betas", "load_sweep", "parse_sweep",
            "parse_sweep_study", "reference_strength", "run_sweep", "write_sweep"]
 
-SWEEP_CSV, SWEEP_JSON, SWEEP_PNG, STUDY_TOML = "sweep.csv", "sweep.json", "sweep.png", "study.toml"
 BRANCHES = ("up", "down")
 
 #: Progress callback: (plateaus done, plateaus in all).

@@ -107,6 +107,37 @@ def test_seeded_amplitude_escapes_iff_past_the_saddle_with_or_without_noise(tmp_
     assert rows[(1.6, 512)]["verdict"] == DETERMINISTIC
     assert "no noise" in rows[(1.6, 512)]["verdict_reason"]
     assert rows[(0.5, 512)]["verdict"] == ABSORBING
+    # The minibatch run against its twin: it escapes alike, so noise is not what drives it.
+    assert rows[(1.6, 64)]["verdict"] == DETERMINISTIC
+    assert "full-batch twin" in rows[(1.6, 64)]["verdict_reason"]
+    assert rows[(1.6, 64)]["twin_logrank_p"] >= 0.05
+
+
+def _table(durations, events, condition, batch_size, full_batch):
+    n = len(durations)
+    return pd.DataFrame({
+        "duration": durations, "event": events, "condition": condition,
+        "status": np.where(np.asarray(events) == 1, "escaped", "censored"),
+        "weight_decay": 0.2, "lr": 0.08, "batch_size": batch_size,
+        "temperature": 0.08 / batch_size, "barrier_theory": 0.006, "noise": "sgd",
+        "full_batch": full_batch, "weight_decay_schedule": "constant",
+        "lr_schedule": "constant", "grad_filter": "none", "replica": np.arange(n)})
+
+
+def test_a_twin_that_stays_trapped_leaves_the_minibatch_verdict_alone():
+    """Exponential escapes under SGD, none at full batch: the noise does it — activated."""
+    rng = np.random.default_rng(4)
+    t = np.ceil(rng.exponential(300.0, 200) / 10) * 10
+    sgd = _table(np.minimum(t, 3000), (t <= 3000).astype(int), 0, 64, False)
+    twin = _table(np.full(200, 3000.0), np.zeros(200, int), 1, 512, True)
+    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
+    assert rows[0]["twin_events"] == 0 and rows[0]["twin_logrank_p"] < 1e-6
+    assert rows[0]["verdict"] == ACTIVATED
+    assert rows[1]["verdict"] == ABSORBING
+    # The same escapes in the twin too: now the delay needs no noise.
+    twin = _table(np.minimum(t, 3000)[::-1], (t <= 3000).astype(int)[::-1], 1, 512, True)
+    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
+    assert rows[0]["verdict"] == DETERMINISTIC and rows[1]["verdict"] == DETERMINISTIC
 
 
 def test_noiseless_runs_are_never_called_activated():

@@ -169,6 +169,19 @@ def test_outputs(two_modes, tmp_path):
     assert paths["png"].stat().st_size > 10_000
 
 
+def test_report_of_a_sweep_folder(two_modes, tmp_path):
+    from escapestat.report_page import build_report, kind_of
+
+    write_sweep(two_modes, tmp_path, study_text="x")
+    assert kind_of(tmp_path) == "sweep"
+    report = build_report(tmp_path)
+    (table,) = [b for b in report.sections[0].blocks if hasattr(b, "frame")]
+    assert list(table.frame["loop"]) == ["yes", "yes"]
+    assert table.frame["β_sp"].tolist() == [f"{spinodal(3, s):.3g}" for s in (0.9, 0.8)]
+    assert [f.name for f in report.figures] == ["sweep"]
+    assert "data:image/png;base64," in report.html()
+
+
 # ---------------------------------------------------------------- study files and the CLI
 
 
