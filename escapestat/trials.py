@@ -152,6 +152,7 @@ class ChunkOutput:
 
     table: pd.DataFrame
     curves: dict[str, np.ndarray] | None = None  # "step" [C]; each metric [C, replicas]
+    device: str = ""  # what it ran on (CPU threads included)
 
 
 class _Milestones:
@@ -222,7 +223,9 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
         torch.set_flush_denormal(True)
     try:
         with cpu_threads(1 if tiny else None, device):
-            return _run_chunk(study, conds, chunk, device, progress, watch, hold)
+            output = _run_chunk(study, conds, chunk, device, progress, watch, hold)
+            output.device = device_text(device)
+            return output
     finally:
         if flush:
             torch.set_flush_denormal(False)
@@ -487,7 +490,7 @@ def run_study(
                                       study.run.max_steps))
             began = time.perf_counter()
             output = run_chunk_output(study, conds, chunk, dev, progress)
-            info = {"device": device_text(dev), "dtype": study.run.dtype,
+            info = {"device": output.device, "dtype": study.run.dtype,
                     "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
             frame = store.write_chunk(chunk.index, output.table, info, output.curves)
         frames.append(frame)
