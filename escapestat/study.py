@@ -205,6 +205,7 @@ class RunSpec:
     dtype: str = "float32"
     divergence_limit: float = 1e4
     curves: bool = False  # deep linear nets: record per-check curves (grokking models always)
+    hold: bool = False  # escaped replicas train on to the budget (curves show the whole run)
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ def _plain(obj, key: str = ""):
 _UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
                       "escape.measure": "escape", "escape.fit_threshold": 0.99,
                       "escape.fit_fallback": 0.9, "init.seed_over_saddle": [],
-                      "run.curves": False}
+                      "run.curves": False, "run.hold": False}
 
 _SECTIONS = {
     "model": ModelSpec,

@@ -489,7 +489,8 @@ def run_study(
                 progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
                                       study.run.max_steps))
             began = time.perf_counter()
-            output = run_chunk_output(study, conds, chunk, dev, progress)
+            output = run_chunk_output(study, conds, chunk, dev, progress,
+                                      hold=study.run.hold)
             info = {"device": output.device, "dtype": study.run.dtype,
                     "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
             frame = store.write_chunk(chunk.index, output.table, info, output.curves)

@@ -223,3 +223,17 @@ def test_runs_without_the_controls_keep_their_tables(tmp_path):
     assert "seed_over_saddle" not in df.columns
     assert pd.api.types.is_float_dtype(df["switch_trapped_component"])
     assert np.isfinite(df["rounding_floor"]).all()
+
+
+def test_hold_trains_generalised_replicas_on_so_curves_show_the_whole_run(tmp_path):
+    text = SPARSE.replace("d_in = 12", "d_in = 4").replace("max_steps = 1500", "max_steps = 800")
+    held = run_study(parse_study(text.replace("seed = 2", "seed = 2\nhold = true")),
+                     tmp_path / "held", device="cpu")
+    free = run_study(parse_study(text), tmp_path / "free", device="cpu")
+    assert (free.replicas["event"] == 1).all()  # every replica generalises early
+    assert free.curves["step"].max() < 800 and held.curves["step"].max() == 800
+    # Trained on, their errors fall further than where the free run stopped recording.
+    assert (held.replicas["final_test_error"].median()
+            < free.replicas["final_test_error"].median())
+    cols = ["duration", "event", "fit_time"]  # the same escapes either way
+    pd.testing.assert_frame_equal(held.replicas[cols], free.replicas[cols])
