@@ -107,7 +107,8 @@ def _print_summary(summary: dict) -> None:
              for key in names
              if key not in shown and next(iter(constant[key])) is not None]
     excluded = any(c["diverged"] + c["untrapped"] for c in rows)
-    caption = ", ".join(fixed) + "; τ = exposure / escapes" + (
+    caption = "; ".join([", ".join(fixed)] if fixed else []) + ("; " if fixed else "") + (
+        "τ = exposure / escapes") + (
         "; diverged: censored where they diverged; untrapped: not in n" if excluded
         else "; none diverged or untrapped")
     table = Table(title="Escape times per condition (steps; exact 95% CIs)", caption=caption)

@@ -8,6 +8,7 @@ over it. The statistics are re-exported here (without importing torch); the engi
 from .arm_contrast import MedianRatio, logrank_p, median_ratio
 from .arrhenius import ArrheniusFit, fit_arrhenius
 from .errors import EscapestatError
+from .monitor import EscapeMonitor
 from .records import Columns, load, read_table, validate, write_table
 from .strata import Stratum, arrhenius_strata, fit_strata
 from .survival import (
@@ -20,11 +21,12 @@ from .survival import (
     summarize,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "ArrheniusFit",
     "Columns",
+    "EscapeMonitor",
     "EscapestatError",
     "ExponentialRate",
     "GroupSummary",
