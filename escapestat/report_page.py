@@ -283,7 +283,8 @@ def _settings(first: pd.DataFrame, grokking: bool, varying: bool) -> list[tuple[
     (``varying``), or of those that are the same for all."""
     names = [("lr", "lr"), ("weight_decay", "wd" if grokking else "β"), ("batch_size", "B")]
     names += [(c, c.removesuffix("_schedule") + " schedule") for c in first.columns
-              if c.endswith("_schedule")] + [("grad_filter", "filter"), ("noise", "noise")]
+              if c.endswith("_schedule")] + [("grad_filter", "filter"), ("noise", "noise"),
+                                            ("seed_over_saddle", "b₀/saddle")]
     return [(c, n) for c, n in names
             if c in first.columns and first[c].notna().any()
             and (first[c].astype(str).nunique() > 1) == varying]
