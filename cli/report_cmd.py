@@ -18,8 +18,9 @@ from .common import domain_errors, err_console
 @domain_errors
 def report(
     path: Annotated[Path, typer.Argument(
-        help="A run directory, an optimisation output folder (optuna.db / compare.json) or "
-             "an escape table (.csv, .tsv or .parquet).", show_default=False)],
+        help="A run directory, an optimisation output folder (optuna.db / compare.json), a "
+             "sweep folder (sweep.json) or an escape table (.csv, .tsv, .parquet, or a "
+             "folder of parquet parts named *.parquet).", show_default=False)],
     out: Annotated[Path | None, typer.Option(
         "--out", help="HTML file to write (default: PATH/report.html for a folder, "
         "TABLE-report.html beside a table); NAME.md and NAME_files/ are written beside it.",
@@ -30,7 +31,8 @@ def report(
     """Write a report: metadata, per-condition statistics with the mechanism verdict,
     Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,
     Weibull/KS diagnostics, grokking curves and schedules; for an optimisation folder the
-    optimisation history, parameter importances and the compare arms.
+    optimisation history, parameter importances and the compare arms; for a sweep folder
+    the hysteresis table and figure.
 
     The HTML file needs nothing else: figures are embedded PNGs, the style is inline.
 

@@ -63,12 +63,14 @@ def sweep(
 ) -> None:
     """Ramp β up and then down across replicas of a deep linear net; find hysteresis loops.
 
-    Replicas start with every mode learned at \\[sweep] beta_low; β climbs a staircase to
-    beta_high and comes back down. Each mode drops out near its spinodal β_sp on the
-    way up and relearns, by noise over the barrier, below β_c on the way down: one loop
-    per mode at depth ≥ 3, none at depth 2. Writes DIR/sweep.csv (strength per branch,
-    β and mode: median and 10–90% over replicas), DIR/sweep.json (per mode: theory β_c
-    and β_sp, measured up and down jumps, loop width) and DIR/sweep.png.
+    Replicas start with every mode learned at \\[sweep] beta_low; β
+    climbs a staircase to beta_high and comes back down. Each mode drops
+    out near its spinodal β_sp on the way up and relearns, by noise over
+    the barrier, below β_c on the way down: one loop per mode at depth
+    ≥ 3, none at depth 2. Writes DIR/sweep.csv (strength per branch, β
+    and mode: median and 10–90% over replicas), DIR/sweep.json (per mode:
+    theory β_c and β_sp, measured up and down jumps, loop width) and
+    DIR/sweep.png; `escapestat report DIR` renders them.
 
     Example: escapestat sweep studies/sweep-paper.toml --out runs/sweep-paper
     """
