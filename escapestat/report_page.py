@@ -530,10 +530,18 @@ def _table_report(path: Path, n_bootstrap: int, seed: int) -> Report:
     grid = records.resolve_grid(None, path)
     group = next((c for c in ("condition", "temperature") if c in df.columns
                   and df[c].nunique() > 1), None)
+    varying = [c for c in condition_columns(df, exclude=("condition", "barrier_theory"))
+               if df[c].astype(str).nunique() > 1]
+    if group is None and varying:  # never pooled silently: one group per combination
+        group = "conditions"
+        df[group] = [", ".join(f"{c} = {_short(v)}" for c, v in zip(varying, values,
+                                                                     strict=True))
+                     for values in df[varying].itertuples(index=False)]
     columns = records.Columns(group=group)
     summaries = summarize(df, columns, n_bootstrap=n_bootstrap, seed=seed, grid=grid)
     labels = ({int(k): v for k, v in condition_labels(df).items()}
               if group == "condition" and {"temperature", "lr"} <= set(df.columns) else
+              {k: k for k in df[group].unique()} if group == "conditions" else
               {k: group_label(p, columns, k) for k, p in df.groupby(group)} if group else None)
     info = [("rows", len(df)), ("escaped", int(df["event"].sum())),
             ("grouped by", group or "— (one group)"), ("KS grid", fmt3(grid) if grid else

@@ -306,3 +306,18 @@ def test_bad_out_is_one_error_line(cli, tmp_path):
     _ladder().to_csv(path, index=False)
     code, _, err = cli("report", path, "--out", tmp_path / "report.md")
     assert code == 1 and len(err.strip().splitlines()) == 1 and ".html" in err
+
+
+def test_a_table_without_a_condition_column_is_grouped_by_what_varies(tmp_path):
+    """Never pooled silently: a user's table whose lr and wd vary gets one group each."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"duration": np.ceil(rng.exponential(100, 80)), "event": 1,
+                       "lr": np.repeat([0.01, 0.02], 40), "weight_decay": np.tile([1, 3], 40),
+                       "seed": np.arange(80)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    report = build_report(tmp_path / "t.csv")
+    (table,) = [b for s in report.sections if s.title == "Per group" for b in s.blocks]
+    assert sorted(table.frame["group"]) == [
+        "lr = 0.01, weight_decay = 1", "lr = 0.01, weight_decay = 3",
+        "lr = 0.02, weight_decay = 1", "lr = 0.02, weight_decay = 3"]
+    assert (table.frame["n"] == 20).all()
