@@ -23,9 +23,6 @@ Python or numpy numbers or one-element tensors.
 from __future__ import annotations
 
 import atexit
-import csv
-import fcntl
-import io
 import math
 import os
 import re
@@ -40,8 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import EscapestatError, did_you_mean
-from .records import _format, atomic_write, parquet_parts
+from .records import _format
 from .strata import CONDITION_COLUMNS, SCHEDULE_SUFFIX
+from .table_append import append_row, cell_text, column_mismatch, existing_columns
 
 ESCAPED, CENSORED, DIVERGED, UNTRAPPED, RUNNING = (
     "escaped", "censored", "diverged", "untrapped", "running")
@@ -215,111 +213,6 @@ def _restore_handlers() -> None:
         del _PREVIOUS[sig]
 
 
-# ------------------------------------------------------------------------------- writing
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-    return str(value)
-
-
-def _csv_line(values, delimiter: str) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerow(values)
-    return buf.getvalue()
-
-
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-        return [c.strip() for c in next(csv.reader(fh, delimiter=delimiter), [])]
-
-
-def _mismatch(path: Path, have: list[str], want: list[str]) -> EscapestatError | None:
-    missing, extra = [c for c in have if c not in want], [c for c in want if c not in have]
-    if not missing and not extra:
-        return None
-    what = "; ".join(part for part in (
-        f"this run lacks {', '.join(map(repr, missing))}" if missing else "",
-        f"this run adds {', '.join(map(repr, extra))}" if extra else "") if part)
-    return EscapestatError(f"{path}: the table's columns differ from this run's ({what}); "
-                           "log the same conditions and metrics in every run of one table, "
-                           "or write to another table")
-
-
-def existing_columns(path: str | os.PathLike) -> list[str] | None:
-    """The columns of the table at ``path`` (CSV header, or a parquet part's schema), if any."""
-    path = Path(path)
-    fmt = _format(path)
-    if fmt == "parquet":
-        if path.is_file():
-            raise EscapestatError(f"{path}: a parquet table written by monitors is a folder of "
-                                  "part files, one per run; this is a file")
-        parts = parquet_parts(path) if path.is_dir() else []
-        if not parts:
-            return None
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(parts[0]).names)
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    return _csv_header(path, "\t" if fmt == "tsv" else ",")
-
-
-def append_row(path: str | os.PathLike, row: Mapping[str, object]) -> Path:
-    """Append one row to an escape table that many processes may append to at once.
-
-    CSV/TSV: the file is opened with ``O_APPEND`` and locked with an exclusive
-    ``fcntl.flock``; the header is written only when the file is empty, the row (in the
-    header's column order) with one ``os.write``, then ``fsync``. A row whose columns
-    differ from the header is refused (nothing is written). ``.parquet``: ``path`` is a
-    folder and the row becomes its own part file ``part-<run_id>.parquet`` (temp file +
-    ``os.replace``), readable as one table by ``records.read_table``. ``flock`` is
-    advisory and may not hold across machines on network file systems.
-    """
-    path = Path(path)
-    fmt = _format(path)
-    with _writing():
-        if fmt == "parquet":
-            return _write_part(path, row)
-        return _append_csv(path, row, "\t" if fmt == "tsv" else ",")
-
-
-def _append_csv(path: Path, row: Mapping[str, object], delimiter: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            columns, data = list(row), _csv_line(list(row), delimiter)
-        else:
-            columns = _csv_header(path, delimiter)
-            error = _mismatch(path, columns, list(row))
-            if error is not None:
-                raise error
-            data = "" if os.pread(fd, 1, size - 1) == b"\n" else "\n"
-        data += _csv_line([_cell(row[c]) for c in columns], delimiter)
-        view = memoryview(data.encode("utf-8"))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # releases the lock
-    return path
-
-
-def _write_part(folder: Path, row: Mapping[str, object]) -> Path:
-    import pandas as pd
-
-    have = existing_columns(folder)
-    if have is not None and (error := _mismatch(folder, have, list(row))) is not None:
-        raise error
-    frame = pd.DataFrame([dict(row)])
-    return atomic_write(folder / f"part-{row['run_id']}.parquet",
-                        lambda tmp: frame.to_parquet(tmp, index=False))
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -419,7 +312,7 @@ class EscapeMonitor:
                  record=(), conditions: Mapping[str, object] | None = None,
                  run_id: str | None = None, handle_signals: bool = True, **more_conditions):
         self.path = Path(path)
-        _format(self.path)
+        _format(self.path)  # an unknown suffix is one clear error, now
         self.criterion = Criterion(metric, threshold, fallback, direction, commit_steps)
         self.fit_criterion = None
         if fit_metric is not None:
@@ -443,7 +336,8 @@ class EscapeMonitor:
         self.conditions = self._conditions({**dict(conditions or {}), **more_conditions})
         self.columns = list(self._empty_row())
         have = existing_columns(self.path)
-        if have is not None and (error := _mismatch(self.path, have, self.columns)) is not None:
+        error = None if have is None else column_mismatch(self.path, have, self.columns)
+        if error is not None:
             raise error
         self.started_at = _now()
         self.status, self.row = RUNNING, None
@@ -472,7 +366,7 @@ class EscapeMonitor:
         known = [k for k in out if k != "condition" and (
             k in CONDITION_COLUMNS or k.endswith(SCHEDULE_SUFFIX))]
         if known and "condition" not in out:  # as the engine's: report groups by it
-            out["condition"] = ", ".join(f"{k}={_cell(out[k])}" for k in known)
+            out["condition"] = ", ".join(f"{k}={cell_text(out[k])}" for k in known)
         return out
 
     def _empty_row(self, conditions: bool = True) -> dict:
@@ -587,7 +481,8 @@ class EscapeMonitor:
                     self._no_row()
                     return None
                 row = self._make_row(ended_by)
-                append_row(self.path, row)
+                with _writing():
+                    append_row(self.path, row)
                 self.row = row
                 return row
         finally:

@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 
 from escapestat import monitor as mon
+from escapestat import table_append
 from escapestat.errors import EscapestatError
 from escapestat.monitor import EscapeMonitor
 from escapestat.records import load, read_table
@@ -295,7 +296,7 @@ def test_signal_writes_rows_and_chains_to_previous_handler(tmp_path):
 def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))
-    fsync, flock = os.fsync, mon.fcntl.flock
+    fsync, flock = os.fsync, table_append.fcntl.flock
 
     def fsync_and_signal(fd):  # SIGTERM arrives in the middle of writing a's row
         fsync(fd)
@@ -304,7 +305,7 @@ def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
 
     def flock_or_fail(fd, op):  # b's lock while a holds it would deadlock this process
         try:
-            flock(fd, op | mon.fcntl.LOCK_NB)
+            flock(fd, op | table_append.fcntl.LOCK_NB)
         except BlockingIOError:
             raise AssertionError("a row was written while another held the lock") from None
 
@@ -313,8 +314,8 @@ def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
         b = EscapeMonitor(tmp_path / "t.csv", "acc", 0.5, run_id="b")
         a.update(10, acc=0.1)
         b.update(20, acc=0.1)
-        monkeypatch.setattr(mon.os, "fsync", fsync_and_signal)
-        monkeypatch.setattr(mon.fcntl, "flock", flock_or_fail)
+        monkeypatch.setattr(table_append.os, "fsync", fsync_and_signal)
+        monkeypatch.setattr(table_append.fcntl, "flock", flock_or_fail)
         a.close()
         assert calls == [signal.SIGTERM] and b.closed
         df = read_table(tmp_path / "t.csv")
