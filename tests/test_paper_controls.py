@@ -241,3 +241,44 @@ def test_hold_trains_generalised_replicas_on_so_curves_show_the_whole_run(tmp_pa
             < free.replicas["final_test_error"].median())
     cols = ["duration", "event", "fit_time"]  # the same escapes either way
     pd.testing.assert_frame_equal(held.replicas[cols], free.replicas[cols])
+
+
+PAPER_TRAP = """
+name = "paper-trap"
+[model]
+depth = 3
+strengths = [0.9, 0.8]
+hidden = [10, 10]
+rotate = true
+[data]
+kind = "fixed"
+[init]
+kind = "trained"
+scale = 0.5
+beta_trap = 0.361
+trap_steps = 3000
+trap_lr = 0.05
+[dynamics]
+noise = "sgd"
+lr = 0.08
+batch_size = 64
+beta = 0.2
+[run]
+replicas = 16
+max_steps = 80
+seed = 11
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_papers_trap_leaves_only_rounding_error_in_the_trapped_directions(dtype, tmp_path):
+    """Design §1: after the trap the trapped directions hold nothing but rounding error —
+    within a few eps·‖W‖ in either dtype, so 10⁹ times smaller in float64."""
+    text = PAPER_TRAP.replace("seed = 11", f'seed = 11\ndtype = "{dtype}"')
+    df = run_study(parse_study(text), tmp_path / dtype, device="cpu").replicas
+    trapped = df[df["status"] != "untrapped"]
+    assert len(trapped) >= 8
+    ratio = trapped["switch_trapped_component"] / trapped["rounding_floor"]
+    assert ratio.median() < 10, ratio.describe()
+    eps = np.finfo(dtype).eps
+    assert trapped["rounding_floor"].median() == pytest.approx(eps, rel=0.5)  # ‖W‖ ≈ 1
