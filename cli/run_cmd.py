@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -46,6 +48,19 @@ def _fmt(x, digits: int = 3) -> str:
     if x == float("inf"):
         return "∞"
     return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
+
+
+def _compact(x, digits: int = 3) -> str:
+    """``_fmt`` with short exponents (1.6e6, 9.8e-7), for the cells of wide tables."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "")
+                  + m.group(2), _fmt(x, digits))
+
+
+def _pair(lo, hi, digits: int = 2) -> str:
+    """A CI under its estimate: ``lo–hi``, or nothing when undefined."""
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return ""
+    return f"\n{_compact(lo, digits)}–{_compact(hi, digits)}"
 
 
 def _median(c: dict, name: str) -> str:
@@ -100,7 +115,7 @@ def _print_summary(summary: dict) -> None:
     if rows and "grokked" in rows[0]:
         _print_grokking(summary)
         return
-    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B", "seed_over_saddle": "b₀/\nsaddle"}
+    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B", "seed_over_saddle": "b₀/s"}
     constant = {key: {r.get(key) for r in rows} for key in names}
     shown = [key for key, values in constant.items() if len(values) > 1]
     fixed = [f"{names[key]} = {_fmt(next(iter(constant[key])), 4)}"
@@ -109,24 +124,31 @@ def _print_summary(summary: dict) -> None:
     excluded = any(c["diverged"] + c["untrapped"] for c in rows)
     caption = "; ".join([", ".join(fixed)] if fixed else []) + ("; " if fixed else "") + (
         "τ = exposure / escapes") + (
-        "; diverged: censored where they diverged; untrapped: not in n" if excluded
-        else "; none diverged or untrapped")
-    table = Table(title="Escape times per condition (steps; exact 95% CIs)", caption=caption)
-    for name in [names[k] for k in shown] + ["T", "ΔE/T", "n", "escaped", "τ", "τ CI",
-                                             "median", "Weibull k (CI)"] + (
-                                                 ["diverged, untrapped"] if excluded else []):
+        "; div./untr.: diverged (censored where they diverged) / untrapped (not in n)"
+        if excluded else "; none diverged or untrapped") + (
+        "; b₀/s: seeded amplitude over the saddle's" if "seed_over_saddle" in shown else "")
+    table = Table(title="Escape times per condition (steps; exact 95% CIs below)",
+                  caption=caption, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    # ΔE/T is exact for Langevin; for SGD, T = lr / B is only a label (design §1).
+    exact = all(c.get("batch_size") is None for c in rows)
+    for name in [names[k] for k in shown] + ["T"] + (["ΔE/T"] if exact else []) + [
+            "n", "esc.", "τ", "median",
+                                             "Weibull k"] + (
+                                                 ["div./\nuntr."] if excluded else []):
         table.add_column(name, justify="right", overflow="fold")
     for c in rows:
         t_lo, t_hi = c.get("tau_ci") or (None, None)
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
+        shape = c.get("weibull_shape")
         table.add_row(
-            *[_fmt(c[k], 4) for k in shown],
-            _fmt(c["temperature"]), _fmt(c["barrier_over_temperature"]),
-            str(c["n"]), str(c["events"]), _fmt(c.get("tau")),
-            "—" if t_lo is None else f"{_fmt(t_lo)} – {_fmt(t_hi)}",
-            _fmt(c.get("median")),
-            "—" if k_lo is None else f"{c['weibull_shape']:.2f} ({k_lo:.2f}–{k_hi:.2f})",
-            *([f"{c['diverged']}, {c['untrapped']}"] if excluded else []),
+            *[_compact(c[k], 4) for k in shown],
+            _compact(c["temperature"]),
+            *([_compact(c["barrier_over_temperature"])] if exact else []),
+            str(c["n"]), str(c["events"]),
+            _compact(c.get("tau")) + _pair(t_lo, t_hi),
+            _compact(c.get("median")),
+            "—" if shape is None or shape != shape else f"{shape:.2f}" + _pair(k_lo, k_hi, 3),
+            *([f"{c['diverged']}/{c['untrapped']}"] if excluded else []),
         )
     out_console.print(table)
     _print_verdicts(rows, lambda c: f"T {_fmt(c['temperature'])}")
