@@ -100,7 +100,6 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
     from .errors import EscapestatError
     from .strata import arrhenius_strata
     from .survival import describe
-    from .verdict import mechanism
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
     grokking = "fit_time" in replicas.columns
@@ -124,26 +123,21 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
         if "seed_over_saddle" in part:
             row["seed_over_saddle"] = float(first["seed_over_saddle"])
         if "switch_trapped_component" in part and len(usable):
-            # The trapped mode's input/output components at the switch, against the dtype's floor.
+            # What the layers carry beyond the learned modes at the switch, and the dtype's floor.
             row["switch_trapped_component"] = float(usable["switch_trapped_component"].median())
             row["rounding_floor"] = float(usable["rounding_floor"].median())
         if grokking:
             row["unfit"] = int((part["status"] == "unfit").sum())
             row.update(grokking_times(part, budget or float(part["duration"].max())))
         if len(usable):
+            full = (bool(part["full_batch"].astype(bool).all()) if "full_batch" in part
+                    else None)
             s = describe(usable["duration"], usable["event"], group=int(key),
-                         n_bootstrap=n_bootstrap, seed=seed, grid=grid)
-            verdict = (s.verdict, s.verdict_reason)
-            if "full_batch" in part and part["full_batch"].astype(bool).all():
-                v = mechanism(s.n, s.events, s.weibull_shape_ci, s.poisson_pvalue,
-                              s.rate_ci[1], noiseless=True)
-                verdict = (v.mechanism, v.reason)
+                         n_bootstrap=n_bootstrap, seed=seed, grid=grid, noiseless=bool(full))
             row.update(n=s.n, events=s.events, rate=s.rate, rate_ci=s.rate_ci, tau=s.tau,
                        tau_ci=s.tau_ci, median=s.median, weibull_shape=s.weibull_shape,
                        weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue,
-                       verdict=verdict[0], verdict_reason=verdict[1], full_batch=bool(
-                           part["full_batch"].astype(bool).all()) if "full_batch" in part
-                       else None)
+                       verdict=s.verdict, verdict_reason=s.verdict_reason, full_batch=full)
         else:
             row.update(n=0, events=0, verdict="", verdict_reason="no usable replicas")
         conditions.append(row)

@@ -359,10 +359,13 @@ def describe(
     n_bootstrap: int = 499,
     seed: int = 0,
     grid: float | None = None,
+    noiseless: bool = False,
 ) -> GroupSummary:
     """Summarise one condition's escape times (see the module docstring for the estimators).
 
     ``grid``: the spacing durations sit on (``check_every``), for the KS null; None = continuous.
+    ``noiseless``: the times come from a run without noise (full batch), so the verdict is
+    never ``activated`` (``verdict.mechanism``).
     """
     durations = np.asarray(durations, dtype=float)
     events = np.asarray(events, dtype=int)
@@ -374,7 +377,8 @@ def describe(
     shape, shape_ci = weibull_shape(durations, events, level)
     rng = np.random.default_rng(seed)
     ks, pvalue = poisson_check(durations, events, n_bootstrap, rng, grid=grid)
-    verdict = mechanism(rate.n_, rate.events_, shape_ci, pvalue, rate.rate_ci_[1])
+    verdict = mechanism(rate.n_, rate.events_, shape_ci, pvalue, rate.rate_ci_[1],
+                        noiseless=noiseless)
     return GroupSummary(
         group=group,
         n=rate.n_,
