@@ -14,7 +14,7 @@ Design §4's rule, per condition:
 A run without noise (``noiseless``: full-batch gradient descent) cannot escape by
 activation: its escapes are ``deterministic`` whatever their spread, which then comes
 from each replica's own start and data. Measured: the sparse sub-sampling run with 20
-inputs spreads its full-batch times with Weibull shape 0.9 — exponential-looking, and
+inputs spreads its full-batch times with Weibull shape 1.0 — exponential-looking, and
 not noise at all; the shape alone would have called it activated.
 """
 
