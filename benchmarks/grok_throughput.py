@@ -12,10 +12,11 @@ inside the timed steps for all three), the mean cross-entropy, and one AdamW ste
 weight decay 1, betas (0.9, 0.98), eps 1e-8, decay on every parameter):
 
   (a) engine: ``MLPEnsemble.loss_and_grads`` (explicit backward, no autograd) and
-      ``escapestat.optimizers.AdamW`` with lr and weight decay as [R] tensors; the
-      "variant" row is the same with the embedding gradient formed the other way
-      (``MLPEnsemble.embed_grad``: index_add_ or the one-hot-count bmm), to re-check the
-      device's default;
+      ``escapestat.optimizers.AdamW`` with lr and weight decay as [R] tensors, each on
+      its default route — on the CPU the C kernels (``escapestat.native``), which run a
+      replica's whole step in one thread's cache; the "torch route" row is the same
+      engine on batched torch ops (bmm, embedding_bag, torch's fused AdamW), the route
+      CUDA and machines without a C compiler take;
   (b) naive:  a Python loop over R plain ``nn.Module``s (two ``nn.Embedding``, a bias-free
       ``nn.Linear``), each with its own ``torch.optim.AdamW``: forward, loss, backward,
       step. It is linear in R, so it is timed on ``NAIVE_SUBSET`` replicas (said so);
@@ -32,7 +33,7 @@ All three run with ``torch.set_flush_denormal(True)``: once the softmax saturate
 probabilities underflow to subnormal floats, which made a bmm ~100× slower (design §5).
 
 Timing: float32; one untimed warm-up block each; then ``--repeats`` blocks per
-implementation, interleaved (engine, variant, vmap, naive, engine, …) so that drift on a shared
+implementation, interleaved (engine, torch route, vmap, naive, engine, …) so that drift on a shared
 machine hits all alike; each figure is the median block. On 2 cores, a competing process
 stalls torch's 2-thread parallel regions (see benchmarks/throughput.py): run it idle, or
 compare ``--threads 1 --cpu-time`` (this process's CPU seconds, which other processes
@@ -59,6 +60,7 @@ from timing import mark, measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from escapestat import native
 from escapestat.mlp_ensemble import MLPEnsemble
 from escapestat.modular import MinibatchPairs, make_task
 from escapestat.optimizers import AdamW
@@ -151,6 +153,17 @@ class Engine:
     def step(self, pairs: torch.Tensor, labels: torch.Tensor) -> None:
         _, grads = self.model.loss_and_grads(pairs, labels)
         self.opt.step(grads, self.lr, self.wd)
+
+
+def engine_route(engine: Engine) -> str:
+    """Which code the engine's step runs: the C kernels or batched torch ops."""
+    kernels = native.loaded()
+    model_route = getattr(engine.model, "backend", "torch")
+    parts = [f"model: {'C kernel' if model_route == 'native' else 'torch ops'}",
+             f"AdamW: {'C kernel' if engine.opt.backend == 'native' else 'torch ops'}"]
+    if kernels is not None and "native" in (model_route, engine.opt.backend):
+        parts.append(kernels.describe())
+    return "; ".join(parts)
 
 
 def setup(replicas: int, device: torch.device, dtype: torch.dtype, seed: int):
@@ -286,9 +299,10 @@ def mlp_section(device: torch.device, steps: int, repeats: int, replicas: int,
     naive = NaiveLoop(modules_from(model, sub))
     vm = VmapEnsemble(modules_from(model, replicas))
     engine = Engine(model)
-    variant = MLPEnsemble([t.clone() for t in model.params][0], model.weight.clone())
-    variant.embed_grad = "onehot" if model.embed_grad == "index_add" else "index_add"
+    variant = MLPEnsemble(model.embed.clone(), model.weight.clone())
+    variant.backend = "torch"
     other = Engine(variant)
+    other.opt.backend = "torch"
     sub_task = make_task("add", P, replicas, FRACTION, generator=g, device=device)
     sub_task.keep(torch.arange(sub, device=device))
     batches = {name: MinibatchPairs(t, BATCH, g) for name, t in
@@ -310,12 +324,13 @@ def mlp_section(device: torch.device, steps: int, repeats: int, replicas: int,
             f"{'× vmap':>9}")
     print(head)
     print("-" * len(head))
-    notes = {"engine": f"   ∇E by {model.embed_grad}",
-             "variant": f"   the engine with ∇E by {variant.embed_grad} instead",
+    notes = {"engine": f"   {engine_route(engine)}",
+             "variant": f"   {engine_route(other)} (∇E by {variant.embed_grad})",
              "naive": f"   timed on {sub} of the {replicas} replicas"}
     for impl in ("engine", "variant", "vmap", "naive"):
         note = notes.get(impl, "")
-        print(f"{impl:<16}{rate[impl]:>16,.0f}{1e3 * seconds[impl]:>10.2f}"
+        label = "torch route" if impl == "variant" else impl
+        print(f"{label:<16}{rate[impl]:>16,.0f}{1e3 * seconds[impl]:>10.2f}"
               f"{rate[impl] / rate['naive']:>9,.1f}×{rate[impl] / rate['vmap']:>8.2f}×{note}")
     flops = step_flops(P, WIDTH, BATCH)
     gflops = rate["engine"] * flops / 1e9

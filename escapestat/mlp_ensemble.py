@@ -18,6 +18,12 @@ The gradients are written out by hand (``loss_and_grads``), without autograd:
 Parameters and gradients each live in one packed buffer (``optimizers.pack``), so the
 fused optimizers read them in place.
 
+Two routes compute the same formulas (``backend``): on the CPU, for the quadratic and
+ReLU activations without biases, a C kernel that runs each replica's whole step in one
+thread's cache (``native.py``, ``native/kernel_body.h``); elsewhere batched torch ops
+(bmm, embedding_bag), which on the CPU stream each [R, B, width] activation through
+memory several times per step.
+
 Denormals: once the softmax saturates, the smallest probabilities underflow to subnormal
 floats, which some CPUs multiply ~100× slower (design §5). The probabilities in δ are
 floored ``PROB_FLOOR_DECADES`` decades above the smallest normal number (far below the
@@ -33,6 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .errors import EscapestatError
 from .optimizers import keep_packed_, pack
 
@@ -95,6 +102,9 @@ class MLPEnsemble:
         #: per step (and on CUDA it is deterministic).
         single = weight.device.type == "cpu" and torch.get_num_threads() == 1
         self.embed_grad = "index_add" if single else "onehot"
+        #: "native" (the C kernel) where it can run this model, else "torch"; "torch" may
+        #: be set by hand (the benchmark's comparison, the tests' cross-check).
+        self.backend = "native" if self.native_fits() else "torch"
         self._offsets()
 
     @classmethod
@@ -141,6 +151,14 @@ class MLPEnsemble:
     @property
     def out_bias(self) -> torch.Tensor | None:
         return self.params[-1] if self.has_out_bias else None
+
+    def native_fits(self) -> bool:
+        """Whether the C kernel can run this model: CPU, float32/float64, quadratic or ReLU,
+        no biases, width a multiple of the kernel's vector lanes, and the kernels built."""
+        w = self.weight
+        return (self.activation in native.ACTIVATION_CODES and not self.has_hidden_bias
+                and not self.has_out_bias and w.dtype in native.LANES
+                and self.width % native.LANES[w.dtype] == 0 and native.usable(w))
 
     def decay_mask(self, biases: bool = True) -> list[bool]:
         """Which of ``params`` to decay: all of them, or (``biases=False``) E and W only."""
@@ -194,6 +212,11 @@ class MLPEnsemble:
         ``pairs`` [R, B, 2] and ``labels`` [R, B] are each replica's minibatch. The
         gradients are the model's own buffers, overwritten by the next call.
         """
+        if self.backend == "native":
+            loss = native.kernels().mlp_loss_grads(self.activation, self.embed, self.weight,
+                                                   pairs, labels, self.grads[0],
+                                                   self.grads[1], self._floor)
+            return loss, self.grads
         r, b = labels.shape
         work, logits, logp = self._workspace(b)
         rows, z = self._hidden(pairs)

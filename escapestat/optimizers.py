@@ -6,11 +6,13 @@ takes their gradients (a list alike) and the step's lr and weight decay as [R] t
 (up to rounding); the step count is shared, since all replicas step together.
 
 The optimizer state sits in flat buffers (``pack``: one parameter's chunk after
-another), so AdamW's moment update is one pass of torch's fused AdamW kernel over the
-whole buffer (a few whole-buffer ops where that kernel is missing); only the per-replica
-scalings (decay and step) run once per parameter. Gradients that are consecutive chunks
-of one buffer (a model that ``pack``s its gradient buffers) are read in place, others are
-concatenated once per step.
+another). On the CPU, AdamW's whole update (decay, moments, step) is one pass of a C
+kernel (``native.py``) over parameters, gradients and moments, with each replica's lr
+and decay. Elsewhere, or without the kernels, the moment update is one pass of torch's
+fused AdamW kernel over the whole buffer (a few whole-buffer ops where that kernel is
+missing) and the per-replica scalings run once per parameter; gradients that are
+consecutive chunks of one buffer (a model that ``pack``s its gradient buffers) are read
+in place, others are concatenated once per step.
 
 ``decay_mask`` flags which parameters get weight decay (default: all of them, as
 ``torch.optim.AdamW(model.parameters(), weight_decay=…)`` does, and as the grokking
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import native
 from .errors import EscapestatError
 
 
@@ -60,6 +63,12 @@ def keep_packed_(tensors: Sequence[torch.Tensor], idx: torch.Tensor) -> None:
     """Keep rows ``idx`` of each tensor, in place: same tensor objects, a new packed buffer."""
     for t, kept in zip(tensors, pack([t[idx] for t in tensors]), strict=True):
         t.set_(kept)
+
+
+def _per_replica(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A float or an [R] tensor as a contiguous [R] tensor of ``like``'s dtype and device."""
+    v = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return v.expand(like.shape[0]).contiguous()
 
 
 def _column(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -127,20 +136,33 @@ class AdamW(_Fused):
 
     def __init__(self, params: Sequence[torch.Tensor], betas: tuple[float, float] = (0.9, 0.98),
                  eps: float = 1e-8, decay_mask: Sequence[bool] | None = None):
-        super().__init__(params, decay_mask, buffers=3)  # m, v, and the update direction
+        super().__init__(params, decay_mask, buffers=2)  # m, v
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
         self._fused = hasattr(torch, "_fused_adamw_")
         self._count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
+        self._direction: list[torch.Tensor] | None = None  # the torch route's update
+        #: "native" (the C kernel) or "torch"; the kernel wherever it can run.
+        self.backend = "native" if native.usable(self.params[0]) else "torch"
 
     def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor | float,
              weight_decay: torch.Tensor | float) -> None:
-        g = self._flat_grads(grads)
+        if len(grads) != len(self.params):
+            raise EscapestatError(f"{len(grads)} gradients for {len(self.params)} parameters")
         self.steps += 1
-        self._minus_direction(g, *(self._flat(k) for k in range(3)))
         first = self.params[0]
+        if self.backend == "native":
+            kernels = native.kernels()
+            kernels.adamw(self.params, [g.contiguous() for g in grads], *self._state,
+                          _per_replica(lr, first), _per_replica(weight_decay, first),
+                          self.decay_mask, self.betas, self.eps, self.steps)
+            return
+        g = self._flat_grads(grads)
+        if self._direction is None or self._direction[0].shape != first.shape:
+            self._direction = pack([torch.zeros_like(p) for p in self.params])
+        self._minus_direction(g, self._flat(0), self._flat(1), flat_view(self._direction))
         lr = torch.as_tensor(lr, dtype=first.dtype, device=first.device)
         shrink = 1 - lr * torch.as_tensor(weight_decay, dtype=first.dtype, device=first.device)
-        for p, minus, decay in zip(self.params, self._state[2], self.decay_mask, strict=True):
+        for p, minus, decay in zip(self.params, self._direction, self.decay_mask, strict=True):
             if decay:
                 p.mul_(_column(shrink, p))
             p.addcmul_(_column(lr, p), minus)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from escapestat import native
 from escapestat.errors import EscapestatError
 from escapestat.mlp_ensemble import ACTIVATIONS, MLPEnsemble
 from escapestat.modular import MinibatchPairs, make_task
@@ -90,19 +91,26 @@ def test_explicit_gradients_equal_autograd(activation, bias, embed_grad):
             torch.testing.assert_close(mine[r], other, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("route", ["torch", "native"])
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_training_takes_the_same_steps_as_separate_modules(optimizer, bias):
+def test_training_takes_the_same_steps_as_separate_modules(optimizer, bias, route):
+    """Both routes (the C kernels where they run: width 8 fits float64's 8 lanes, no bias)."""
+    if route == "native" and native.kernels() is None:
+        pytest.skip(f"no C kernels here: {native.why_not()}")
     g = torch.Generator().manual_seed(7)
     replicas = 3
     task = make_task("add", P, replicas, 0.5, generator=g)  # 24 training pairs
-    model = MLPEnsemble.random(replicas, P, WIDTH, "quadratic", bias=bias, generator=g,
+    width = 8 if route == "native" else WIDTH
+    model = MLPEnsemble.random(replicas, P, width, "quadratic", bias=bias, generator=g,
                                dtype=torch.float64)
+    assert model.backend == ("native" if route == "native" and not bias else "torch")
     plain = plain_copies(model, bias)
     lr = torch.tensor([0.05, 0.02, 0.1], dtype=torch.float64)
     wd = torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64)
     if optimizer == "adamw":
         ours = AdamW(model.params, betas=(0.9, 0.98), eps=1e-8)
+        ours.backend = "native" if route == "native" else "torch"
         theirs = [torch.optim.AdamW(m.parameters(), lr=float(lr[r]), betas=(0.9, 0.98),
                                     eps=1e-8, weight_decay=float(wd[r]))
                   for r, m in enumerate(plain)]

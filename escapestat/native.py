@@ -1,0 +1,225 @@
+"""C kernels for the grokking MLP and for AdamW on the CPU, compiled on first use.
+
+Why: the MLP ensemble's step in batched torch ops streams every activation ([R, B, width]:
+8 MB at R 256) through memory six or seven times, and AdamW its state three times; the
+two together do not fit the cache. ``native/kernels.c`` runs one replica's whole
+forward, backward and update inside one thread's cache, replicas shared out over OpenMP
+threads (measured at R 256, p 23, width 128, B 64, 2 cores: loss and gradients 1.3 ms
+against 5.2 ms for the batched ops; benchmarks/grok_throughput.py has the whole step).
+
+How: the source is compiled once per machine with the system's C compiler (``$CC``, else
+``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``, OpenMP where the compiler has it) into
+a cache folder (``$ESCAPESTAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/escapestat`` or
+``~/.cache/escapestat``), keyed by the source, the compiler and the CPU, and loaded with
+ctypes. OpenMP threads follow ``torch.set_num_threads`` (the library shares torch's
+libgomp). Without a compiler, after a failed build, or with ``ESCAPESTAT_NATIVE=0``,
+``kernels()`` is None and the callers run their torch code, which has the same formulas
+(tests/test_native.py holds the two together).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+SOURCES = ("kernels.c", "kernel_body.h")
+ABI_VERSION = 1
+#: Tried in turn until one compiles: the fast build, then without -march=native (a
+#: compiler that lacks it), then without OpenMP (one thread).
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"),
+    ("-O3", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"),
+    ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"),
+    ("-O3", "-fno-math-errno", "-fPIC", "-shared"),
+)
+#: Vector lanes per dtype: the MLP kernel needs the width to be a multiple.
+LANES = {torch.float32: 16, torch.float64: 8}
+ACTIVATION_CODES = {"quadratic": 0, "relu": 1}
+
+_lock = threading.Lock()
+_loaded: NativeKernels | None = None
+_why_not: str | None = None
+
+
+class NativeKernels:
+    """The compiled library: ``mlp_loss_grads`` and ``adamw`` for float32 and float64."""
+
+    def __init__(self, path: Path, compiler: str, flags: Sequence[str]):
+        self.path, self.compiler, self.flags = path, compiler, tuple(flags)
+        lib = ctypes.CDLL(str(path))
+        if lib.escapestat_abi_version() != ABI_VERSION:
+            raise OSError(f"{path} is not this version's kernel library")
+        self.openmp = bool(lib.escapestat_openmp())
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+            mlp = getattr(lib, f"mlp_loss_grads_{suffix}")
+            mlp.restype = ctypes.c_int
+            mlp.argtypes = [i64, i64, i64, i64, ctypes.c_int] + [ptr] * 7 + [real]
+            adam = getattr(lib, f"adamw_{suffix}")
+            adam.restype = None
+            adam.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
+                             ctypes.c_double, ctypes.c_double, ctypes.c_double, i64]
+        self._lib = lib
+
+    def describe(self) -> str:
+        return f"C kernels ({Path(self.compiler).name}{', OpenMP' if self.openmp else ''})"
+
+    def mlp_loss_grads(self, activation: str, embed: torch.Tensor, weight: torch.Tensor,
+                       pairs: torch.Tensor, labels: torch.Tensor, grad_embed: torch.Tensor,
+                       grad_weight: torch.Tensor, floor_logp: float) -> torch.Tensor:
+        """Loss [R] and, written into ``grad_embed``/``grad_weight``, the MLP's gradients
+        (``mlp_ensemble.MLPEnsemble.loss_and_grads``' formulas, bias-free)."""
+        for t in (embed, weight, grad_embed, grad_weight):
+            _check_dense(t, embed.dtype)
+        pairs, labels = pairs.contiguous(), labels.contiguous()
+        if pairs.dtype != torch.long or labels.dtype != torch.long:
+            raise TypeError("pairs and labels must be int64")
+        r, b = labels.shape
+        p, width = int(weight.shape[1]), int(weight.shape[2])
+        loss = embed.new_empty(r)
+        fn = self._lib.mlp_loss_grads_f32 if embed.dtype == torch.float32 \
+            else self._lib.mlp_loss_grads_f64
+        code = fn(r, b, p, width, ACTIVATION_CODES[activation], embed.data_ptr(),
+                  weight.data_ptr(), pairs.data_ptr(), labels.data_ptr(),
+                  grad_embed.data_ptr(), grad_weight.data_ptr(), loss.data_ptr(), floor_logp)
+        if code == -2:
+            raise MemoryError("the MLP kernel could not allocate its scratch memory")
+        if code != 0:
+            raise ValueError(f"the MLP kernel refused width {width} (needs a multiple of "
+                             f"{LANES[embed.dtype]})")
+        return loss
+
+    def adamw(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+              exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor],
+              lr: torch.Tensor, weight_decay: torch.Tensor, decay: Sequence[bool],
+              betas: tuple[float, float], eps: float, step: int) -> None:
+        """One AdamW step in place (``optimizers.AdamW``' formula), lr and weight decay [R]."""
+        dtype, r = params[0].dtype, int(params[0].shape[0])
+        groups = (params, grads, exp_avg, exp_avg_sq)
+        for group in groups:
+            for t in group:
+                _check_dense(t, dtype)
+        for t in (lr, weight_decay):
+            _check_dense(t, dtype)
+            if t.shape != (r,):
+                raise ValueError(f"lr and weight decay must be [{r}], got {tuple(t.shape)}")
+        n = len(params)
+        sizes = (ctypes.c_int64 * n)(*(t.numel() // max(r, 1) for t in params))
+        flags = (ctypes.c_int8 * n)(*(1 if d else 0 for d in decay))
+        ptrs = [(ctypes.c_void_p * n)(*(t.data_ptr() for t in group)) for group in groups]
+        fn = self._lib.adamw_f32 if dtype == torch.float32 else self._lib.adamw_f64
+        fn(r, n, sizes, flags, *ptrs, lr.data_ptr(), weight_decay.data_ptr(),
+           float(betas[0]), float(betas[1]), float(eps), int(step))
+
+
+def _check_dense(t: torch.Tensor, dtype: torch.dtype) -> None:
+    if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+        raise ValueError(f"the C kernels take contiguous CPU {dtype} tensors, got "
+                         f"{t.dtype} on {t.device} (contiguous: {t.is_contiguous()})")
+
+
+def kernels() -> NativeKernels | None:
+    """The compiled kernels, building them on the first call; None where they cannot be had
+    (``why_not`` says why)."""
+    global _loaded, _why_not
+    with _lock:
+        if _loaded is None and _why_not is None:
+            try:
+                _loaded = _build()
+            except (OSError, subprocess.SubprocessError) as err:
+                _why_not = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return _loaded
+
+
+def loaded() -> NativeKernels | None:
+    """The kernels if an earlier call built or loaded them (never starts a build)."""
+    return _loaded
+
+
+def why_not() -> str | None:
+    """Why ``kernels()`` gave None (None if it has not been called or succeeded)."""
+    return _why_not
+
+
+def usable(t: torch.Tensor) -> bool:
+    """Whether a model with parameters like ``t`` can run on the kernels (building them)."""
+    return t.device.type == "cpu" and t.dtype in LANES and kernels() is not None
+
+
+def reset() -> None:
+    """Forget the loaded library and any failure, so the next ``kernels()`` tries again
+    (for tests; the environment is read anew)."""
+    global _loaded, _why_not
+    with _lock:
+        _loaded, _why_not = None, None
+
+
+def _compiler() -> str:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise OSError("no C compiler found (set CC, or install gcc or clang)")
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept."""
+    if os.environ.get("ESCAPESTAT_CACHE_DIR"):
+        return Path(os.environ["ESCAPESTAT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "escapestat"
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (-march=native code runs only on its own kind)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(keep))
+
+
+def _build() -> NativeKernels:
+    if os.environ.get("ESCAPESTAT_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
+        raise OSError("turned off by ESCAPESTAT_NATIVE")
+    src_dir = Path(__file__).parent / "native"
+    source = b"".join((src_dir / name).read_bytes() for name in SOURCES)
+    cc = _compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, cc.encode(), version.stdout.encode(),
+                                         " ".join(flags).encode(), platform.machine().encode(),
+                                         _cpu_id().encode()])).hexdigest()[:16]
+        target = cache_dir() / "native" / f"kernels-{key}.so"
+        if not target.exists():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                target = Path(tempfile.gettempdir()) / f"escapestat-{os.getuid()}" / target.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+            # Built under a temporary name and renamed: workers that build at once never
+            # load a half-written file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            done = subprocess.run([cc, *flags, "-I", str(src_dir), str(src_dir / "kernels.c"),
+                                   "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode != 0:
+                os.unlink(tmp)
+                errors.append(done.stderr.strip().splitlines()[-1:] or ["failed"])
+                continue
+            os.replace(tmp, target)
+        return NativeKernels(target, cc, flags)
+    raise OSError(f"the C kernels did not compile with {cc}: {errors[-1][0]}")

@@ -1,0 +1,235 @@
+"""The C kernels (escapestat/native.py) against the torch route and autograd, and their fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from escapestat import native
+from escapestat.mlp_ensemble import MLPEnsemble
+from escapestat.optimizers import AdamW
+
+needs_kernels = pytest.mark.skipif(native.kernels() is None,
+                                   reason=f"no C kernels here: {native.why_not()}")
+
+
+def ensemble(p: int, width: int, activation: str, dtype=torch.float64, replicas: int = 3,
+             seed: int = 0) -> MLPEnsemble:
+    g = torch.Generator().manual_seed(seed)
+    return MLPEnsemble.random(replicas, p, width, activation, init_scale=1.5, generator=g,
+                              dtype=dtype)
+
+
+def batch(p: int, replicas: int, size: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, p, (replicas, size, 2), generator=g),
+            torch.randint(0, p, (replicas, size), generator=g))
+
+
+def both_routes(model: MLPEnsemble, pairs, labels):
+    """(loss, grads) from the C kernel and from the torch route, on the same parameters."""
+    assert model.backend == "native"
+    loss, grads = model.loss_and_grads(pairs, labels)
+    loss, grads = loss.clone(), [g.clone() for g in grads]
+    model.backend = "torch"
+    ref_loss, ref_grads = model.loss_and_grads(pairs, labels)
+    model.backend = "native"
+    return (loss, grads), (ref_loss, [g.clone() for g in ref_grads])
+
+
+# Shapes that reach every tile of the kernel: classes p → vectors per row (float64, 8
+# lanes: 7 → 1, 23 → 3, 29 → 4, 59 → 8: the untiled path), width → column blocks (8:
+# one vector; 64: one block of 8; 72: a block and a vector), odd and even batch sizes.
+SHAPES = [(7, 8, 11), (23, 64, 64), (29, 72, 5), (59, 16, 1), (3, 8, 2)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("activation", ["quadratic", "relu"])
+@pytest.mark.parametrize("p,width,size", SHAPES)
+def test_kernel_equals_autograd_in_float64(activation, p, width, size):
+    model = ensemble(p, width, activation)
+    pairs, labels = batch(p, 3, size)
+    (loss, grads), (ref_loss, ref_grads) = both_routes(model, pairs, labels)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    for mine, theirs in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-13)
+    # and the torch route against autograd itself, so neither can drift with the other
+    leaves = [t.clone().requires_grad_() for t in model.params]
+    z = (leaves[0].gather(1, pairs[..., :1].expand(-1, -1, width))
+         + leaves[0].gather(1, (pairs[..., 1:] + p).expand(-1, -1, width)))
+    h = z * z if activation == "quadratic" else F.relu(z)
+    logits = h @ leaves[1].mT
+    nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    auto = torch.autograd.grad(nll.view(labels.shape).mean(1).sum(), leaves)
+    for mine, theirs in zip(grads, auto, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-13)
+
+
+@needs_kernels
+@pytest.mark.parametrize("p,width,size", [(23, 128, 64), (23, 16, 370), (59, 144, 33)])
+def test_kernel_equals_torch_route_in_float32(p, width, size):
+    model = ensemble(p, width, "quadratic", dtype=torch.float32, replicas=5)
+    pairs, labels = batch(p, 5, size)
+    (loss, grads), (ref_loss, ref_grads) = both_routes(model, pairs, labels)
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-6, atol=1e-6)
+    for mine, theirs in zip(grads, ref_grads, strict=True):
+        scale = float(theirs.abs().max())
+        assert float((mine - theirs).abs().max()) <= 2e-6 * scale
+
+
+@needs_kernels
+def test_kernel_is_the_default_route_where_it_fits():
+    assert ensemble(7, 8, "quadratic").backend == "native"
+    assert ensemble(7, 16, "relu", dtype=torch.float32).backend == "native"
+    assert ensemble(7, 8, "quadratic", dtype=torch.float32).backend == "torch"  # 8 % 16
+    assert ensemble(7, 8, "gelu").backend == "torch"
+    biased = MLPEnsemble.random(2, 7, 8, bias=True, dtype=torch.float64)
+    assert biased.backend == "torch"
+
+
+@needs_kernels
+def test_a_non_finite_logit_gives_a_nan_loss():
+    """A NaN logit of a class that is not the label: the max and the exp would pass over it,
+    so the kernel checks every logit (a diverged replica must not look finite)."""
+    model = ensemble(7, 16, "quadratic", dtype=torch.float32)
+    model.weight[1, 3, 0] = float("nan")  # replica 1's logit of class 3
+    pairs, _ = batch(7, 3, 4)
+    loss, _ = model.loss_and_grads(pairs, torch.zeros(3, 4, dtype=torch.long))
+    assert torch.isfinite(loss[[0, 2]]).all() and torch.isnan(loss[1])
+
+
+@needs_kernels
+def test_saturated_softmax_leaves_no_subnormal_gradients_in_the_kernel():
+    """As tests/test_mlp_ensemble.py checks for the torch route: probabilities e^-95 would be
+    subnormal in float32; the floor keeps δ normal and still pushes W down."""
+    p, width = 5, 16
+    model = MLPEnsemble.random(2, p, width)
+    assert model.backend == "native"
+    model.embed.fill_(0.5)
+    model.weight.fill_(-95 / width)
+    model.weight[:, 0] = 0.0
+    pairs = torch.randint(0, p, (2, 16, 2), generator=torch.Generator().manual_seed(4))
+    _, grads = model.loss_and_grads(pairs, torch.zeros(2, 16, dtype=torch.long))
+    tiny = torch.finfo(torch.float32).tiny
+    for grad in grads:
+        assert torch.isfinite(grad).all()
+        assert not ((grad != 0) & (grad.abs() < tiny)).any()
+    assert (grads[1][:, 1:] > 0).all()
+
+
+@needs_kernels
+def test_results_do_not_depend_on_the_thread_count():
+    model = ensemble(23, 128, "quadratic", dtype=torch.float32, replicas=7)
+    pairs, labels = batch(23, 7, 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [t.clone() for t in (model.loss_and_grads(pairs, labels)[0], *model.grads)]
+        torch.set_num_threads(2)
+        two = [model.loss_and_grads(pairs, labels)[0], *model.grads]
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adamw_kernel_takes_torch_optims_steps(dtype):
+    """Separate parameter tensors of several shapes (a transformer's layout), per-replica lr
+    and decay, one parameter undecayed: each replica as torch.optim.AdamW would step it."""
+    g = torch.Generator().manual_seed(5)
+    replicas = 3
+    shapes = [(4, 8), (5,), (2, 3, 7)]
+    params = [torch.randn(replicas, *s, generator=g, dtype=dtype) for s in shapes]
+    decay = [True, False, True]
+    ours = AdamW(params, betas=(0.9, 0.98), eps=1e-8, decay_mask=decay)
+    assert ours.backend == "native"
+    lr = torch.tensor([0.05, 0.01, 0.2], dtype=dtype)
+    wd = torch.tensor([1.0, 0.5, 0.0], dtype=dtype)
+    copies = [[torch.nn.Parameter(t[r].clone()) for t in params] for r in range(replicas)]
+    theirs = [torch.optim.AdamW([{"params": [c for c, d in zip(cs, decay, strict=True) if d],
+                                  "weight_decay": float(wd[r])},
+                                 {"params": [c for c, d in zip(cs, decay, strict=True) if not d],
+                                  "weight_decay": 0.0}],
+                                lr=float(lr[r]), betas=(0.9, 0.98), eps=1e-8)
+              for r, cs in enumerate(copies)]
+    start = [t.clone() for t in params]
+    for _ in range(6):
+        grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in params]
+        ours.step(grads, lr, wd)
+        for r, (cs, opt) in enumerate(zip(copies, theirs, strict=True)):
+            for c, grad in zip(cs, grads, strict=True):
+                c.grad = grad[r].clone()
+            opt.step()
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                          "atol": 1e-6}
+    for k, t in enumerate(params):
+        for r in range(replicas):
+            torch.testing.assert_close(t[r], copies[r][k].detach(), **tol)
+    assert max(float((t - s).abs().max()) for t, s in zip(params, start, strict=True)) > 0.1
+
+
+def test_without_the_kernels_everything_runs_on_torch(monkeypatch):
+    monkeypatch.setenv("ESCAPESTAT_NATIVE", "0")
+    native.reset()
+    try:
+        assert native.kernels() is None
+        assert "ESCAPESTAT_NATIVE" in native.why_not()
+        model = ensemble(7, 8, "quadratic")
+        assert model.backend == "torch"
+        assert AdamW(model.params).backend == "torch"
+        pairs, labels = batch(7, 3, 5)
+        loss, _ = model.loss_and_grads(pairs, labels)
+        assert torch.isfinite(loss).all()
+    finally:
+        monkeypatch.delenv("ESCAPESTAT_NATIVE")
+        native.reset()
+
+
+def test_no_compiler_is_a_fallback_with_its_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("ESCAPESTAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither cc, gcc nor clang
+    native.reset()
+    try:
+        assert native.kernels() is None
+        assert "no C compiler" in native.why_not()
+        assert ensemble(7, 8, "relu").backend == "torch"
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+def test_a_compiler_that_fails_is_a_fallback(monkeypatch, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: error: this compiler is broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("ESCAPESTAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(broken))
+    native.reset()
+    try:
+        assert native.kernels() is None
+        assert "did not compile" in native.why_not()
+        assert "broken" in native.why_not()
+        assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-built left
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+@needs_kernels
+def test_a_build_is_cached_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("ESCAPESTAT_CACHE_DIR", str(tmp_path))
+    native.reset()
+    try:
+        first = native.kernels()
+        assert first is not None and first.path.parent == tmp_path / "native"
+        stamp = first.path.stat().st_mtime_ns
+        native.reset()
+        again = native.kernels()
+        assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+        assert [p.name for p in (tmp_path / "native").iterdir()] == [first.path.name]
+    finally:
+        monkeypatch.undo()
+        native.reset()
