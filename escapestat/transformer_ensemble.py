@@ -25,11 +25,13 @@ and bmm in the backward too (no gather/scatter).
 Every parameter is a tensor [R, ...] (``params``, named by ``param_names``), laid out as
 TransformerLens's (row vectors times matrices): W_E [V, d], W_pos [3, d], W_Q/W_K/W_V
 [H, d, d_head], W_O [H, d_head, d], W_in [d, d_mlp], b_in [d_mlp], W_out [d_mlp, d],
-b_out [d], W_U [d, p]. Gradients come from one autograd backward of the summed
-per-replica losses: the replicas share no parameter, so each replica's gradient is
-exactly its own (design §5: nonlinear models use autograd). Once softmax saturates its
-outputs may underflow to denormals, which made a CPU ``bmm`` ~100× slower here (design
-§5): callers on CPU should set ``torch.set_flush_denormal(True)``.
+b_out [d], W_U [d, p]. The backward is written out (``loss_and_grads``), as for the MLP:
+one autograd pass over these batched ops spent half its time allocating and filling
+fresh megabyte gradients and took the weight gradients' matmuls at half speed (measured
+at R 32: 21.5 ms against 15.0 ms per loss and gradients). Once softmax saturates its outputs
+may underflow to denormals, which made a CPU ``bmm`` ~100× slower here (design §5): the
+backward floors the probabilities (as mlp_ensemble.py does), and callers on CPU should
+also set ``torch.set_flush_denormal(True)``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .mlp_ensemble import PROB_FLOOR_DECADES
+from .optimizers import pack
 
 PARAM_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out", "b_out",
                "W_U")
@@ -79,6 +83,10 @@ class TransformerEnsemble:
         self.param_names = list(PARAM_NAMES)
         self.decay_mask = [name.startswith("W_") for name in self.param_names]
         self.params = []
+        self._grads: list[torch.Tensor] | None = None
+        self._work: list[torch.Tensor] | None = None
+        #: log-probabilities floored here in the backward, as in mlp_ensemble.py
+        self._floor = math.log(torch.finfo(dtype).tiny) + PROB_FLOOR_DECADES * math.log(10)
         for name in self.param_names:
             shape = (replicas, *shapes[name])
             if name.startswith("b_"):
@@ -127,18 +135,104 @@ class TransformerEnsemble:
         """Logits [R, B, p] over the answers, for ``pairs`` [R, B, 2] (long, each < p)."""
         return self._logits(self.params, pairs)
 
+    def _grad_buffers(self, b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Gradients (one packed buffer, aligned with ``params``) and the two [R, b, d_mlp]
+        activations, kept from step to step: fresh tensors of megabytes cost page faults
+        every step (as in mlp_ensemble.py)."""
+        w = self.params[0]
+        if self._grads is None or self._grads[0].shape[0] != self.replicas:
+            self._grads = pack([torch.zeros_like(t) for t in self.params])
+        if self._work is None or self._work[0].shape[:2] != (self.replicas, b):
+            d_mlp = self.params[PARAM_NAMES.index("W_in")].shape[-1]
+            self._work = [w.new_empty(self.replicas, b, d_mlp) for _ in range(2)]
+        return self._grads, self._work
+
     def loss_and_grads(
         self, pairs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-replica mean cross-entropy [R] on ``pairs`` [R, B, 2], ``labels`` [R, B],
-        and its gradient per parameter (contiguous, aligned with ``params``; no decay)."""
-        leaves = [w.detach().requires_grad_() for w in self.params]  # share storage
-        with torch.enable_grad():
-            logits = self._logits(leaves, pairs)
-            nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-            loss = nll.view(labels.shape).mean(1)
-            grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), [g.contiguous() for g in grads]  # W_E, W_pos: views of a cat
+        and its gradient per parameter (aligned with ``params``; no decay).
+
+        The backward is written out (the forward's formulas, module docstring, read in
+        reverse), into buffers kept between calls: the model's own, overwritten by the next
+        call. With δ = (softmax − onehot)/B at the readout:
+
+            ∇W_U = x''ᵀ δ,   ∂x'' = δ W_Uᵀ,   ∇W_out = hᵀ ∂x'',   ∂h = ∂x'' W_outᵀ ⊙ [h > 0],
+            ∇W_in = x'ᵀ ∂h,   ∂x' = ∂x'' + ∂h W_inᵀ,
+
+        then through the attention's row tables (scores S = emb · (W_K q)ᵀ, OV rows
+        emb W_V W_O) to the embeddings, all per replica by batched matmuls.
+        """
+        W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = self.params
+        R, B, _ = pairs.shape
+        if R != W_E.shape[0]:
+            raise ValueError(f"pairs has {R} replicas, the model {W_E.shape[0]}")
+        H, p, scale = self.n_heads, self.p, 1 / math.sqrt(self.d_head)
+        grads, (hidden, d_hidden) = self._grad_buffers(B)
+        gW_E, gW_pos, gW_Q, gW_K, gW_V, gW_O, gW_in, gb_in, gW_out, gb_out, gW_U = grads
+        # forward, keeping what the backward needs
+        emb = torch.cat([W_E, W_pos], 1)  # [R, N, d], N = V + 3 rows
+        n_rows, d = emb.shape[1:]
+        x_eq = emb[:, p] + emb[:, -1]  # [R, d]
+        q = (x_eq[:, None, None] @ W_Q).squeeze(-2).mul_(scale)  # [R, H, dh]
+        kq = (W_K * q.unsqueeze(-2)).sum(-1)  # [R, H, d]: score of a row = row · kq
+        table = emb @ kq.mT  # [R, N, H]
+        v_rows = emb.unsqueeze(1) @ W_V  # [R, H, N, dh]
+        # Position s of [a, b, "="] reads its token's row and row V + s (the one-hot
+        # selection of _rows, here as gathers and scatters).
+        tokens = torch.cat([pairs, pairs.new_full((R, B, 1), p)], 2)  # [R, B, 3]
+        by_head = tokens.unsqueeze(1).expand(R, H, B, 3)
+        attn = (table.unsqueeze(1).expand(R, B, n_rows, H)
+                .gather(2, tokens.unsqueeze(-1).expand(R, B, 3, H))
+                + table[:, None, p + 1:]).softmax(2)  # [R, B, 3, H]
+        attn_h = attn.permute(0, 3, 1, 2)  # [R, H, B, 3]
+        mix = attn_h.new_zeros(R, H, B, n_rows)  # [R, H, B, N]: weight of each row
+        mix[..., p + 1:] = attn_h
+        mix.scatter_add_(3, by_head, attn_h)
+        z = (mix @ v_rows).transpose(1, 2).flatten(2)  # [R, B, H·dh]: attended values
+        w_o = W_O.flatten(1, 2)  # [R, H·dh, d]
+        resid = torch.baddbmm(x_eq.unsqueeze(1), z, w_o)  # x'
+        hidden.copy_(b_in.unsqueeze(1).expand_as(hidden)).baddbmm_(resid, W_in).relu_()
+        resid2 = torch.baddbmm(resid, hidden, W_out).add_(b_out.unsqueeze(1))  # x''
+        logp = torch.log_softmax(resid2 @ W_U, -1)  # [R, B, p]
+        target = labels.unsqueeze(-1)
+        loss = logp.gather(-1, target).squeeze(-1).mean(1).neg_()
+        # backward: the readout and the MLP
+        delta = logp.clamp_min_(self._floor).exp_().scatter_add_(
+            -1, target, torch.full_like(target, -1, dtype=logp.dtype)).div_(B)
+        torch.bmm(resid2.mT, delta, out=gW_U)
+        d_resid2 = delta @ W_U.mT  # [R, B, d]
+        torch.sum(d_resid2, 1, out=gb_out)
+        torch.bmm(hidden.mT, d_resid2, out=gW_out)
+        torch.bmm(d_resid2, W_out.mT, out=d_hidden)
+        torch.ops.aten.threshold_backward.grad_input(d_hidden, hidden, 0, grad_input=d_hidden)
+        torch.sum(d_hidden, 1, out=gb_in)
+        torch.bmm(resid.mT, d_hidden, out=gW_in)
+        d_resid = torch.baddbmm(d_resid2, d_hidden, W_in.mT)  # ∂x'
+        # backward: the attention
+        d_x_eq = d_resid.sum(1)  # [R, d]
+        torch.bmm(z.mT, d_resid, out=gW_O.view(R, -1, d))
+        d_z = (d_resid @ w_o.mT).view(R, B, H, -1).transpose(1, 2)  # [R, H, B, dh]
+        d_mix = d_z @ v_rows.mT  # [R, H, B, N]
+        d_v = mix.mT @ d_z  # [R, H, N, dh]
+        d_attn = (d_mix.gather(3, by_head) + d_mix[..., p + 1:]).permute(0, 2, 3, 1)
+        d_score = attn * (d_attn - (attn * d_attn).sum(2, keepdim=True))  # softmax over s
+        # ∂table by a matmul with the one-hot selection, not a scatter-add: on CUDA that
+        # would add in a nondeterministic order (design §7).
+        d_table = self._rows(pairs, W_E.dtype).flatten(1, 2).mT @ d_score.flatten(1, 2)
+        d_emb = d_table @ kq  # [R, N, d]
+        d_kq = d_table.mT @ emb  # [R, H, d]
+        torch.mul(d_kq.unsqueeze(-1), q.unsqueeze(-2), out=gW_K)
+        d_q = (W_K * d_kq.unsqueeze(-1)).sum(-2).mul_(scale)  # ∂q · scale, [R, H, dh]
+        torch.mul(x_eq[:, None, :, None], d_q.unsqueeze(-2), out=gW_Q)
+        d_x_eq += (W_Q * d_q.unsqueeze(-2)).sum((1, 3))
+        torch.matmul(emb.unsqueeze(1).mT, d_v, out=gW_V)
+        d_emb += (d_v @ W_V.mT).sum(1)
+        d_emb[:, p] += d_x_eq
+        d_emb[:, -1] += d_x_eq
+        gW_E.copy_(d_emb[:, :p + 1])
+        gW_pos.copy_(d_emb[:, p + 1:])
+        return loss, grads
 
     @torch.no_grad()
     def accuracy(
@@ -164,7 +258,8 @@ class TransformerEnsemble:
     def keep(self, idx: torch.Tensor) -> None:
         """Keep, in place, only the replicas at positions ``idx`` (1-D integers, in that order).
 
-        The model caches nothing between calls, so the parameters are all there is to shrink.
+        The gradient and activation buffers are dropped and made anew at the next call.
         """
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.params[0].device)
         self.params = [w[idx] for w in self.params]
+        self._grads = self._work = None
