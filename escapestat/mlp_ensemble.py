@@ -265,10 +265,14 @@ class MLPEnsemble:
                  chunk: int | None = None) -> torch.Tensor:
         """[R] fraction of each replica's ``pairs`` [R, n, 2] whose argmax logit is its label.
 
-        Evaluated in chunks of ``chunk`` pairs per replica (default: about 2²² hidden
-        activations per chunk).
+        The torch route evaluates in chunks of ``chunk`` pairs per replica (default: about
+        2²² hidden activations per chunk); the C kernel in blocks of 64 per replica.
         """
         r, n = labels.shape
+        if self.backend == "native":
+            hits = native.kernels().mlp_hits(self.activation, self.embed, self.weight,
+                                             pairs, labels)
+            return hits.to(self.weight.dtype) / n
         chunk = chunk or max(1, (1 << 22) // (r * max(self.width, self.p)))
         hits = torch.zeros(r, dtype=torch.long, device=labels.device)
         for start in range(0, n, chunk):

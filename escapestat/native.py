@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 SOURCES = ("kernels.c", "kernel_body.h")
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: Tried in turn until one compiles: the fast build, then without -march=native (a
 #: compiler that lacks it), then without OpenMP (one thread).
 FLAG_SETS = (
@@ -52,7 +52,8 @@ _why_not: str | None = None
 
 
 class NativeKernels:
-    """The compiled library: ``mlp_loss_grads`` and ``adamw`` for float32 and float64."""
+    """The compiled library: ``mlp_loss_grads``, ``mlp_hits`` and ``adamw``, float32 and
+    float64."""
 
     def __init__(self, path: Path, compiler: str, flags: Sequence[str]):
         self.path, self.compiler, self.flags = path, compiler, tuple(flags)
@@ -65,6 +66,9 @@ class NativeKernels:
             mlp = getattr(lib, f"mlp_loss_grads_{suffix}")
             mlp.restype = ctypes.c_int
             mlp.argtypes = [i64, i64, i64, i64, ctypes.c_int] + [ptr] * 7 + [real]
+            hits = getattr(lib, f"mlp_hits_{suffix}")
+            hits.restype = ctypes.c_int
+            hits.argtypes = [i64, i64, i64, i64, ctypes.c_int] + [ptr] * 5
             adam = getattr(lib, f"adamw_{suffix}")
             adam.restype = None
             adam.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
@@ -98,6 +102,27 @@ class NativeKernels:
             raise ValueError(f"the MLP kernel refused width {width} (needs a multiple of "
                              f"{LANES[embed.dtype]})")
         return loss
+
+    def mlp_hits(self, activation: str, embed: torch.Tensor, weight: torch.Tensor,
+                 pairs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """[R] int64: how many of each replica's ``pairs`` [R, N, 2] the MLP classifies as
+        ``labels`` [R, N] (argmax logit, ties to the first, as torch.argmax)."""
+        for t in (embed, weight):
+            _check_dense(t, embed.dtype)
+        pairs, labels = pairs.contiguous(), labels.contiguous()
+        if pairs.dtype != torch.long or labels.dtype != torch.long:
+            raise TypeError("pairs and labels must be int64")
+        r, n = labels.shape
+        hits = torch.zeros(r, dtype=torch.long)
+        fn = self._lib.mlp_hits_f32 if embed.dtype == torch.float32 else self._lib.mlp_hits_f64
+        code = fn(r, n, int(weight.shape[1]), int(weight.shape[2]),
+                  ACTIVATION_CODES[activation], embed.data_ptr(), weight.data_ptr(),
+                  pairs.data_ptr(), labels.data_ptr(), hits.data_ptr())
+        if code == -2:
+            raise MemoryError("the MLP kernel could not allocate its scratch memory")
+        if code != 0:
+            raise ValueError("the MLP kernel refused these shapes")
+        return hits
 
     def adamw(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
               exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor],

@@ -233,3 +233,32 @@ def test_a_build_is_cached_and_reused(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         native.reset()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", ["quadratic", "relu"])
+def test_accuracy_kernel_equals_the_torch_route(dtype, activation):
+    """150 pairs per replica: two blocks of 64 and a partial one; labels half right."""
+    model = ensemble(23, 16, activation, dtype=dtype, replicas=4)
+    pairs, labels = batch(23, 4, 150)
+    model.backend = "torch"
+    labels[:, :75] = model.logits(pairs)[:, :75].argmax(-1)
+    ref = model.accuracy(pairs, labels)
+    model.backend = "native"
+    got = model.accuracy(pairs, labels)
+    assert torch.equal(got, ref) and (got >= 0.5).all() and (got < 1).all()
+
+
+@needs_kernels
+def test_accuracy_kernel_breaks_ties_and_nans_as_torch_argmax():
+    model = ensemble(7, 16, "quadratic", dtype=torch.float32, replicas=2)
+    model.weight.zero_()  # every logit 0: argmax is class 0
+    model.weight[1, 4, 0] = float("nan")  # replica 1: a NaN logit is the argmax
+    pairs, _ = batch(7, 2, 9)
+    for label, expected in ((0, [1.0, 0.0]), (4, [0.0, 1.0])):
+        labels = torch.full((2, 9), label)
+        model.backend = "torch"
+        assert model.accuracy(pairs, labels).tolist() == expected
+        model.backend = "native"
+        assert model.accuracy(pairs, labels).tolist() == expected

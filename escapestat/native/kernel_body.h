@@ -223,6 +223,67 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
     return failed ? -2 : 0;
 }
 
+/* hits[r] = how many of replica r's pairs[r] [N, 2] have labels[r] as their argmax logit
+ * (the first of equal maxima, a NaN counting as the maximum, as torch.argmax), in
+ * blocks of 64 pairs. Returns 0, or -1 (bad shape), -2 (memory). */
+int FN(mlp_hits)(int64_t R, int64_t N, int64_t P, int64_t W, int act, const T* E,
+                 const T* Wo, const int64_t* pairs, const int64_t* labels, int64_t* hits) {
+    if (W % VL || P < 1 || R < 0 || N < 0) return -1;
+    const int64_t Pp = (P + VL - 1) / VL * VL, blk = 64;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+    {
+        unsigned int saved;
+        FP_ENTER(saved);
+        T* h = FN(scratch)(blk * W);
+        T* lg = FN(scratch)(blk * Pp);
+        T* wt = FN(scratch)(W * Pp);
+        int ok = h && lg && wt;
+        if (!ok) failed = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t r = 0; r < R; r++) {
+            if (!ok) continue;
+            const T* e = E + r * 2 * P * W;
+            const T* w = Wo + r * P * W;
+            for (int64_t j = 0; j < P; j++)
+                for (int64_t k = 0; k < W; k++) wt[k * Pp + j] = w[j * W + k];
+            int64_t count = 0;
+            for (int64_t i0 = 0; i0 < N; i0 += blk) {
+                int64_t nb = N - i0 < blk ? N - i0 : blk;
+                const int64_t* pr = pairs + (r * N + i0) * 2;
+                for (int64_t i = 0; i < nb; i++) {
+                    const T* ea = e + pr[2 * i] * W;
+                    const T* eb = e + (P + pr[2 * i + 1]) * W;
+                    for (int64_t k = 0; k < W; k += VL) {
+                        V v = FN(ld)(ea + k) + FN(ld)(eb + k);
+                        FN(st)(h + i * W + k, act == 0 ? v * v : FN(vmax)(v, (V){0}));
+                    }
+                }
+                FN(logits)(h, wt, lg, nb, W, Pp);
+                for (int64_t i = 0; i < nb; i++) {
+                    const T* li = lg + i * Pp;
+                    int64_t best = 0;
+                    T top = li[0];
+                    if (top == top)
+                        for (int64_t j = 1; j < P; j++) {
+                            if (li[j] != li[j]) { best = j; break; }
+                            if (li[j] > top) { top = li[j]; best = j; }
+                        }
+                    count += best == labels[r * N + i0 + i];
+                }
+            }
+            hits[r] = count;
+        }
+        free(h); free(lg); free(wt);
+        FP_LEAVE(saved);
+    }
+    return failed ? -2 : 0;
+}
+
 /* torch.optim.AdamW per replica (no amsgrad), lr and weight decay per replica:
  *   θ ← θ(1 − η λ);  m ← m + (1 − β₁)(g − m);  v ← β₂ v + (1 − β₂) g²;
  *   θ ← θ − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε),
@@ -240,10 +301,13 @@ void FN(adamw)(int64_t R, int64_t n_params, const int64_t* sizes, const int8_t* 
     {
         unsigned int saved;
         FP_ENTER(saved);
-#ifdef _OPENMP
-#pragma omp for collapse(2) schedule(static)
-#endif
+        /* One parameter at a time, its replicas shared out: parameters differ in size by
+         * 500× (a transformer's biases and its MLP matrices), so a split over
+         * (parameter, replica) pairs leaves one thread twice the other's work. */
         for (int64_t k = 0; k < n_params; k++)
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
             for (int64_t r = 0; r < R; r++) {
                 const int64_t n = sizes[k];
                 T* restrict pp = p[k] + r * n;

@@ -1,4 +1,5 @@
-/* escapestat's CPU kernels: the grokking MLP's loss and gradients, and AdamW, per replica.
+/* escapestat's CPU kernels: the grokking MLP's loss and gradients and its accuracy, and
+ * AdamW, per replica.
  *
  * Compiled on first use by escapestat/native.py (gcc or clang, -O3 -march=native, OpenMP
  * when the compiler has it) and called through ctypes. Each replica is independent, so the
@@ -33,7 +34,7 @@ typedef double vf64 __attribute__((vector_size(64)));
 typedef double vf64u __attribute__((vector_size(64), aligned(8)));
 typedef int64_t vi64 __attribute__((vector_size(64)));
 
-int escapestat_abi_version(void) { return 1; }
+int escapestat_abi_version(void) { return 2; }
 
 int escapestat_openmp(void) {
 #ifdef _OPENMP
