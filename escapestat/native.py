@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("kernels.c", "kernel_body.h")
-ABI_VERSION = 2
+SOURCES = ("kernels.c", "kernel_body.h", "attention_body.h")
+ABI_VERSION = 3
 #: Tried in turn until one compiles: the fast build, then without -march=native (a
 #: compiler that lacks it), then without OpenMP (one thread).
 FLAG_SETS = (
@@ -69,6 +69,12 @@ class NativeKernels:
             hits = getattr(lib, f"mlp_hits_{suffix}")
             hits.restype = ctypes.c_int
             hits.argtypes = [i64, i64, i64, i64, ctypes.c_int] + [ptr] * 5
+            fwd = getattr(lib, f"attn_forward_{suffix}")
+            fwd.restype = ctypes.c_int
+            fwd.argtypes = [i64] * 6 + [ptr] * 5 + [real] + [ptr] * 5
+            bwd = getattr(lib, f"attn_backward_{suffix}")
+            bwd.restype = ctypes.c_int
+            bwd.argtypes = [i64] * 6 + [ptr] * 5 + [real] + [ptr] * 11
             adam = getattr(lib, f"adamw_{suffix}")
             adam.restype = None
             adam.argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
@@ -124,6 +130,44 @@ class NativeKernels:
             raise ValueError("the MLP kernel refused these shapes")
         return hits
 
+    def attn_forward(self, emb: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                     w_v: torch.Tensor, tokens: torch.Tensor, scale: float
+                     ) -> tuple[torch.Tensor, ...]:
+        """The transformer's attention up to the attended values (attention_body.h):
+        (q [R, H, dh], kq [R, H, d], v [R, H, N, dh], attn [R, B, 3, H], z [R, B, H·dh])."""
+        r, n, d = emb.shape
+        h, dh = w_q.shape[1], w_q.shape[3]
+        b = tokens.shape[1]
+        for t in (emb, w_q, w_k, w_v):
+            _check_dense(t, emb.dtype)
+        tokens = _indices(tokens)
+        out = [emb.new_empty(shape) for shape in
+               ((r, h, dh), (r, h, d), (r, h, n, dh), (r, b, 3, h), (r, b, h * dh))]
+        fn = self._lib.attn_forward_f32 if emb.dtype == torch.float32 \
+            else self._lib.attn_forward_f64
+        _status(fn(r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(),
+                   w_v.data_ptr(), tokens.data_ptr(), scale, *(t.data_ptr() for t in out)))
+        return tuple(out)
+
+    def attn_backward(self, emb: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                      w_v: torch.Tensor, tokens: torch.Tensor, scale: float,
+                      saved: Sequence[torch.Tensor], d_z: torch.Tensor, d_x: torch.Tensor,
+                      grads: Sequence[torch.Tensor]) -> None:
+        """The attention's backward from ∂z and ∂x_eq into ``grads`` = (∇W_Q, ∇W_K, ∇W_V,
+        ∇W_E, ∇W_pos); ``saved`` is ``attn_forward``'s (q, kq, v, attn)."""
+        r, n, d = emb.shape
+        h, dh = w_q.shape[1], w_q.shape[3]
+        b = tokens.shape[1]
+        d_z, d_x = d_z.contiguous(), d_x.contiguous()
+        for t in (emb, w_q, w_k, w_v, *saved, d_z, d_x, *grads):
+            _check_dense(t, emb.dtype)
+        tokens = _indices(tokens)
+        fn = self._lib.attn_backward_f32 if emb.dtype == torch.float32 \
+            else self._lib.attn_backward_f64
+        _status(fn(r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(),
+                   w_v.data_ptr(), tokens.data_ptr(), scale,
+                   *(t.data_ptr() for t in (*saved, d_z, d_x, *grads))))
+
     def adamw(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
               exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor],
               lr: torch.Tensor, weight_decay: torch.Tensor, decay: Sequence[bool],
@@ -145,6 +189,19 @@ class NativeKernels:
         fn = self._lib.adamw_f32 if dtype == torch.float32 else self._lib.adamw_f64
         fn(r, n, sizes, flags, *ptrs, lr.data_ptr(), weight_decay.data_ptr(),
            float(betas[0]), float(betas[1]), float(eps), int(step))
+
+
+def _indices(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype != torch.long:
+        raise TypeError("indices must be int64")
+    return t.contiguous()
+
+
+def _status(code: int) -> None:
+    if code == -2:
+        raise MemoryError("a C kernel could not allocate its scratch memory")
+    if code != 0:
+        raise ValueError(f"a C kernel refused its input (code {code})")
 
 
 def _check_dense(t: torch.Tensor, dtype: torch.dtype) -> None:

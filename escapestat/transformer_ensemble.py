@@ -26,9 +26,13 @@ Every parameter is a tensor [R, ...] (``params``, named by ``param_names``), lai
 TransformerLens's (row vectors times matrices): W_E [V, d], W_pos [3, d], W_Q/W_K/W_V
 [H, d, d_head], W_O [H, d_head, d], W_in [d, d_mlp], b_in [d_mlp], W_out [d_mlp, d],
 b_out [d], W_U [d, p]. The backward is written out (``loss_and_grads``), as for the MLP:
-one autograd pass over these batched ops spent half its time allocating and filling
-fresh megabyte gradients and took the weight gradients' matmuls at half speed (measured
-at R 32: 21.5 ms against 15.0 ms per loss and gradients). Once softmax saturates its outputs
+one autograd pass over these batched ops spent much of its time allocating and filling
+fresh megabyte gradients and took the weight gradients' matmuls at half speed. The MLP
+block and the readout are batched matmuls in torch; on the CPU the attention (many
+small ops on 27-row tables) is a C kernel (``native.py``, ``native/attention_body.h``),
+elsewhere the same formulas in torch (``backend``). Measured at R 32, p 23, d 128, 2
+cores, per loss and gradients: autograd 21.5 ms, written-out torch 15.0 ms, with the C
+attention 14.1 ms. Once softmax saturates its outputs
 may underflow to denormals, which made a CPU ``bmm`` ~100× slower here (design §5): the
 backward floors the probabilities (as mlp_ensemble.py does), and callers on CPU should
 also set ``torch.set_flush_denormal(True)``.
@@ -40,6 +44,7 @@ import math
 
 import torch
 
+from . import native
 from .mlp_ensemble import PROB_FLOOR_DECADES
 from .optimizers import pack
 
@@ -83,6 +88,10 @@ class TransformerEnsemble:
         self.param_names = list(PARAM_NAMES)
         self.decay_mask = [name.startswith("W_") for name in self.param_names]
         self.params = []
+        #: "native" (the attention's C kernels) on the CPU where they are built, else
+        #: "torch"; either may be set by hand.
+        self.backend = "native" if native.usable(torch.empty(0, dtype=dtype, device=device)) \
+            else "torch"
         self._grads: list[torch.Tensor] | None = None
         self._work: list[torch.Tensor] | None = None
         #: log-probabilities floored here in the backward, as in mlp_ensemble.py
@@ -174,22 +183,12 @@ class TransformerEnsemble:
         emb = torch.cat([W_E, W_pos], 1)  # [R, N, d], N = V + 3 rows
         n_rows, d = emb.shape[1:]
         x_eq = emb[:, p] + emb[:, -1]  # [R, d]
-        q = (x_eq[:, None, None] @ W_Q).squeeze(-2).mul_(scale)  # [R, H, dh]
-        kq = (W_K * q.unsqueeze(-2)).sum(-1)  # [R, H, d]: score of a row = row · kq
-        table = emb @ kq.mT  # [R, N, H]
-        v_rows = emb.unsqueeze(1) @ W_V  # [R, H, N, dh]
-        # Position s of [a, b, "="] reads its token's row and row V + s (the one-hot
-        # selection of _rows, here as gathers and scatters).
         tokens = torch.cat([pairs, pairs.new_full((R, B, 1), p)], 2)  # [R, B, 3]
-        by_head = tokens.unsqueeze(1).expand(R, H, B, 3)
-        attn = (table.unsqueeze(1).expand(R, B, n_rows, H)
-                .gather(2, tokens.unsqueeze(-1).expand(R, B, 3, H))
-                + table[:, None, p + 1:]).softmax(2)  # [R, B, 3, H]
-        attn_h = attn.permute(0, 3, 1, 2)  # [R, H, B, 3]
-        mix = attn_h.new_zeros(R, H, B, n_rows)  # [R, H, B, N]: weight of each row
-        mix[..., p + 1:] = attn_h
-        mix.scatter_add_(3, by_head, attn_h)
-        z = (mix @ v_rows).transpose(1, 2).flatten(2)  # [R, B, H·dh]: attended values
+        if self.backend == "native":
+            kernels = native.kernels()
+            *saved, z = kernels.attn_forward(emb, W_Q, W_K, W_V, tokens, scale)
+        else:
+            saved, z = self._attention(emb, W_Q, W_K, W_V, tokens, scale)
         w_o = W_O.flatten(1, 2)  # [R, H·dh, d]
         resid = torch.baddbmm(x_eq.unsqueeze(1), z, w_o)  # x'
         hidden.copy_(b_in.unsqueeze(1).expand_as(hidden)).baddbmm_(resid, W_in).relu_()
@@ -212,14 +211,58 @@ class TransformerEnsemble:
         # backward: the attention
         d_x_eq = d_resid.sum(1)  # [R, d]
         torch.bmm(z.mT, d_resid, out=gW_O.view(R, -1, d))
-        d_z = (d_resid @ w_o.mT).view(R, B, H, -1).transpose(1, 2)  # [R, H, B, dh]
+        d_z = d_resid @ w_o.mT  # [R, B, H·dh]
+        attention_grads = (gW_Q, gW_K, gW_V, gW_E, gW_pos)
+        if self.backend == "native":
+            kernels.attn_backward(emb, W_Q, W_K, W_V, tokens, scale, saved, d_z, d_x_eq,
+                                  attention_grads)
+        else:
+            self._attention_backward(emb, W_Q, W_K, W_V, pairs, tokens, scale, saved,
+                                     d_z.view(R, B, H, -1).transpose(1, 2), d_x_eq,
+                                     attention_grads)
+        return loss, grads
+
+    def _attention(self, emb: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor,
+                   W_V: torch.Tensor, tokens: torch.Tensor, scale: float):
+        """The attention up to the attended values z [R, B, H·dh], by batched torch ops
+        (native/attention_body.h is the C kernel of the same): (saved for the backward, z)."""
+        R, B, _ = tokens.shape
+        H, p, n_rows = self.n_heads, self.p, emb.shape[1]
+        x_eq = emb[:, p] + emb[:, -1]  # [R, d]
+        q = (x_eq[:, None, None] @ W_Q).squeeze(-2).mul_(scale)  # [R, H, dh]
+        kq = (W_K * q.unsqueeze(-2)).sum(-1)  # [R, H, d]: score of a row = row · kq
+        table = emb @ kq.mT  # [R, N, H]
+        v_rows = emb.unsqueeze(1) @ W_V  # [R, H, N, dh]
+        # Position s of [a, b, "="] reads its token's row and row V + s (the one-hot
+        # selection of _rows, here as gathers and scatters).
+        by_head = tokens.unsqueeze(1).expand(R, H, B, 3)
+        attn = (table.unsqueeze(1).expand(R, B, n_rows, H)
+                .gather(2, tokens.unsqueeze(-1).expand(R, B, 3, H))
+                + table[:, None, p + 1:]).softmax(2)  # [R, B, 3, H]
+        attn_h = attn.permute(0, 3, 1, 2)  # [R, H, B, 3]
+        mix = attn_h.new_zeros(R, H, B, n_rows)  # [R, H, B, N]: weight of each row
+        mix[..., p + 1:] = attn_h
+        mix.scatter_add_(3, by_head, attn_h)
+        z = (mix @ v_rows).transpose(1, 2).flatten(2)  # [R, B, H·dh]: attended values
+        return (q, kq, v_rows, attn, mix), z
+
+    def _attention_backward(self, emb, W_Q, W_K, W_V, pairs, tokens, scale, saved, d_z,
+                            d_x_eq, grads) -> None:
+        """``_attention``'s backward from ∂z [R, H, B, dh] and ∂x_eq [R, d] into ``grads``
+        = (∇W_Q, ∇W_K, ∇W_V, ∇W_E, ∇W_pos)."""
+        q, kq, v_rows, attn, mix = saved
+        gW_Q, gW_K, gW_V, gW_E, gW_pos = grads
+        R, B, _ = tokens.shape
+        H, p = self.n_heads, self.p
+        x_eq = emb[:, p] + emb[:, -1]
+        by_head = tokens.unsqueeze(1).expand(R, H, B, 3)
         d_mix = d_z @ v_rows.mT  # [R, H, B, N]
         d_v = mix.mT @ d_z  # [R, H, N, dh]
         d_attn = (d_mix.gather(3, by_head) + d_mix[..., p + 1:]).permute(0, 2, 3, 1)
         d_score = attn * (d_attn - (attn * d_attn).sum(2, keepdim=True))  # softmax over s
         # ∂table by a matmul with the one-hot selection, not a scatter-add: on CUDA that
         # would add in a nondeterministic order (design §7).
-        d_table = self._rows(pairs, W_E.dtype).flatten(1, 2).mT @ d_score.flatten(1, 2)
+        d_table = self._rows(pairs, emb.dtype).flatten(1, 2).mT @ d_score.flatten(1, 2)
         d_emb = d_table @ kq  # [R, N, d]
         d_kq = d_table.mT @ emb  # [R, H, d]
         torch.mul(d_kq.unsqueeze(-1), q.unsqueeze(-2), out=gW_K)
@@ -232,7 +275,6 @@ class TransformerEnsemble:
         d_emb[:, -1] += d_x_eq
         gW_E.copy_(d_emb[:, :p + 1])
         gW_pos.copy_(d_emb[:, p + 1:])
-        return loss, grads
 
     @torch.no_grad()
     def accuracy(

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from escapestat import native
 from escapestat.transformer_ensemble import TransformerEnsemble
 
 P, D, H, D_MLP = 23, 128, 4, 512  # Nanda et al.'s sizes at a small modulus
@@ -92,8 +93,13 @@ def test_forward_matches_per_replica_module():
         torch.testing.assert_close(logits[r], ref, rtol=0, atol=1e-10)
 
 
-def test_gradients_match_per_replica_autograd():
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_gradients_match_per_replica_autograd(backend):
+    """Both routes of the attention: batched torch ops and the C kernels (native.py)."""
+    if backend == "native" and native.kernels() is None:
+        pytest.skip(f"no C kernels here: {native.why_not()}")
     ens, pairs, labels = _setup()
+    ens.backend = backend
     loss, grads = ens.loss_and_grads(pairs, labels)
     assert not any(w.requires_grad for w in ens.params)
     assert all(g.shape == w.shape and g.is_contiguous()

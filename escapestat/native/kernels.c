@@ -1,12 +1,13 @@
-/* escapestat's CPU kernels: the grokking MLP's loss and gradients and its accuracy, and
- * AdamW, per replica.
+/* escapestat's CPU kernels: the grokking MLP's loss and gradients and its accuracy, the
+ * transformer's attention (forward and backward), and AdamW, per replica.
  *
  * Compiled on first use by escapestat/native.py (gcc or clang, -O3 -march=native, OpenMP
  * when the compiler has it) and called through ctypes. Each replica is independent, so the
  * replicas are shared out over OpenMP threads; a replica's whole forward and backward runs
  * in that thread's cache (design §5: the batched-op route streams every activation through
  * memory several times per step). The formulas are those of mlp_ensemble.py and
- * optimizers.AdamW; float and double are the same source (kernel_body.h, included twice).
+ * optimizers.AdamW (and transformer_ensemble.py); float and double are the same source
+ * (kernel_body.h and attention_body.h, each included twice).
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,7 +35,7 @@ typedef double vf64 __attribute__((vector_size(64)));
 typedef double vf64u __attribute__((vector_size(64), aligned(8)));
 typedef int64_t vi64 __attribute__((vector_size(64)));
 
-int escapestat_abi_version(void) { return 2; }
+int escapestat_abi_version(void) { return 3; }
 
 int escapestat_openmp(void) {
 #ifdef _OPENMP
@@ -81,9 +82,11 @@ INLINE vf64 vexp_f64(vf64 x) {
 #define VL 16
 #define SFX f32
 #define VEXP vexp_f32
+#define EXP expf
 #define LOG logf
 #define SQRT sqrtf
 #include "kernel_body.h"
+#include "attention_body.h"
 #undef T
 #undef V
 #undef VU
@@ -91,6 +94,7 @@ INLINE vf64 vexp_f64(vf64 x) {
 #undef VL
 #undef SFX
 #undef VEXP
+#undef EXP
 #undef LOG
 #undef SQRT
 
@@ -101,6 +105,8 @@ INLINE vf64 vexp_f64(vf64 x) {
 #define VL 8
 #define SFX f64
 #define VEXP vexp_f64
+#define EXP exp
 #define LOG log
 #define SQRT sqrt
 #include "kernel_body.h"
+#include "attention_body.h"
