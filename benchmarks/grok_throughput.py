@@ -159,7 +159,12 @@ def engine_route(engine: Engine) -> str:
     """Which code the engine's step runs: the C kernels or batched torch ops."""
     kernels = native.loaded()
     model_route = getattr(engine.model, "backend", "torch")
-    parts = [f"model: {'C kernel' if model_route == 'native' else 'torch ops'}",
+    if isinstance(engine.model, TransformerEnsemble):
+        model_part = ("attention: C kernel, matmuls: torch" if model_route == "native"
+                      else "model: torch ops")
+    else:
+        model_part = f"model: {'C kernel' if model_route == 'native' else 'torch ops'}"
+    parts = [model_part,
              f"AdamW: {'C kernel' if engine.opt.backend == 'native' else 'torch ops'}"]
     if kernels is not None and "native" in (model_route, engine.opt.backend):
         parts.append(kernels.describe())
@@ -373,7 +378,8 @@ def transformer_section(device: torch.device, steps: int, repeats: int, replicas
     head = f"{'implementation':<16}{'replica-steps/s':>16}{'ms/step':>10}{'× naive':>10}"
     print(head)
     print("-" * len(head))
-    for impl, note in (("engine", ""), ("naive", f"   timed on {sub} of the {replicas} replicas")):
+    for impl, note in (("engine", f"   {engine_route(engine)}"),
+                       ("naive", f"   timed on {sub} of the {replicas} replicas")):
         print(f"{impl:<16}{rate[impl]:>16,.0f}{1e3 * seconds[impl]:>10.2f}"
               f"{rate[impl] / rate['naive']:>9,.1f}×{note}")
     vs_naive = rate["engine"] / rate["naive"]

@@ -21,7 +21,7 @@ from .survival import (
     summarize,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "ArrheniusFit",

@@ -55,8 +55,10 @@ class NativeKernels:
     """The compiled library: ``mlp_loss_grads``, ``mlp_hits`` and ``adamw``, float32 and
     float64."""
 
-    def __init__(self, path: Path, compiler: str, flags: Sequence[str]):
+    def __init__(self, path: Path, compiler: str, flags: Sequence[str], version: str = ""):
         self.path, self.compiler, self.flags = path, compiler, tuple(flags)
+        #: the compiler's own first line of ``--version``
+        self.version = version
         lib = ctypes.CDLL(str(path))
         if lib.escapestat_abi_version() != ABI_VERSION:
             raise OSError(f"{path} is not this version's kernel library")
@@ -82,7 +84,10 @@ class NativeKernels:
         self._lib = lib
 
     def describe(self) -> str:
-        return f"C kernels ({Path(self.compiler).name}{', OpenMP' if self.openmp else ''})"
+        """What runs the kernels, for run records and benchmark tables."""
+        words = self.version.split()
+        compiler = " ".join(words[:1] + words[-1:]) if words else Path(self.compiler).name
+        return f"C kernels ({compiler}{', OpenMP' if self.openmp else ', one thread'})"
 
     def mlp_loss_grads(self, activation: str, embed: torch.Tensor, weight: torch.Tensor,
                        pairs: torch.Tensor, labels: torch.Tensor, grad_embed: torch.Tensor,
@@ -303,5 +308,6 @@ def _build() -> NativeKernels:
                 errors.append(done.stderr.strip().splitlines()[-1:] or ["failed"])
                 continue
             os.replace(tmp, target)
-        return NativeKernels(target, cc, flags)
+        return NativeKernels(target, cc, flags, version.stdout.strip().splitlines()[0]
+                             if version.stdout.strip() else "")
     raise OSError(f"the C kernels did not compile with {cc}: {errors[-1][0]}")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import native
 from .errors import EscapestatError
 from .records import atomic_write, write_table
 
@@ -47,9 +48,13 @@ def versions() -> dict:
 
 
 def device_text(device: torch.device) -> str:
+    """What a run ran on: the GPU's name, or the CPU threads and, once a model has loaded
+    them, the C kernels (native.py), whose rounding differs from torch's ops."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    kernels = native.loaded()
+    extra = f", {kernels.describe()}" if kernels is not None else ""
+    return f"cpu ({torch.get_num_threads()} threads{extra})"
 
 
 def _save_npz(tmp: str, arrays: dict[str, np.ndarray]) -> None:
