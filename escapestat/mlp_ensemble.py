@@ -13,7 +13,10 @@ minibatch of B pairs is the mean cross-entropy −(1/B) Σ log softmax(logits)[y
 The gradients are written out by hand (``loss_and_grads``), without autograd:
 
     δ = (softmax − onehot(y)) / B,   ∇W = δᵀ h,   ∇d = Σ δ,
-    ∂z = (δ W) ⊙ σ'(z),   ∇c = Σ ∂z,   ∇E = ∂z rows added at a and at p + b.
+    ∂z = (δ W) ⊙ σ'(z),   ∇c = Σ ∂z,   ∇E = ∂z rows added at a and at p + b,
+
+the cross-entropy and δ by ``xent.xent_and_delta``, which keeps float32's digits once the
+label's probability nears 1 (log_softmax does not, and that moved grokking times).
 
 Parameters and gradients each live in one packed buffer (``optimizers.pack``), so the
 fused optimizers read them in place.
@@ -25,11 +28,12 @@ thread's cache (``native.py``, ``native/kernel_body.h``); elsewhere batched torc
 memory several times per step.
 
 Denormals: once the softmax saturates, the smallest probabilities underflow to subnormal
-floats, which some CPUs multiply ~100× slower (design §5). The probabilities in δ are
-floored ``PROB_FLOOR_DECADES`` decades above the smallest normal number (far below the
-float32 resolution of the loss or its gradient), so δ stays normal. Products can still
-underflow, and so can AdamW's second moments: callers on the CPU should also set
-``torch.set_flush_denormal(True)``.
+floats, which some CPUs multiply ~100× slower (design §5). The shifted logits are
+floored at ``PROB_FLOOR_DECADES`` decades above the log of the smallest normal number
+(far below the float32 resolution of the loss or its gradient), so δ stays normal.
+Products can still underflow, and so can AdamW's second moments: callers on the CPU
+should also set ``torch.set_flush_denormal(True)`` (the C kernels flush in their own
+threads).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 from . import native
 from .errors import EscapestatError
 from .optimizers import keep_packed_, pack
+from .xent import xent_and_delta
 
 #: Softmax probabilities in the gradient are floored this many decades above the dtype's
 #: smallest normal number (float32: 1.2e-30; float64: 2.2e-300).
@@ -194,15 +199,14 @@ class MLPEnsemble:
         return self._logits_t(_activate(self.activation, z)[0]).transpose(1, 2)
 
     def _workspace(self, b: int) -> list[torch.Tensor]:
-        """Buffers reused from step to step: [R, b, width] for h, then ∂z; two [R, p, b].
+        """Buffers reused from step to step: [R, b, width] for h, then ∂z; [R, p, b] logits.
 
         Fresh multi-megabyte tensors every step cost page faults (thousands per step at
         R 256, as glibc hands freed memory back to the system) that took ~20% of a step.
         """
         if self._work is None or self._work[1].shape[2] != b:
             like, r = self.weight, self.replicas
-            self._work = [like.new_empty(r, b, self.width), like.new_empty(r, self.p, b),
-                          like.new_empty(r, self.p, b)]
+            self._work = [like.new_empty(r, b, self.width), like.new_empty(r, self.p, b)]
         return self._work
 
     def loss_and_grads(self, pairs: torch.Tensor,
@@ -218,14 +222,11 @@ class MLPEnsemble:
                                                    self.grads[1], self._floor)
             return loss, self.grads
         r, b = labels.shape
-        work, logits, logp = self._workspace(b)
+        work, logits = self._workspace(b)
         rows, z = self._hidden(pairs)
         h, slope, factor = _activate(self.activation, z, out=work)
-        torch.log_softmax(self._logits_t(h, out=logits), 1, out=logp)
-        target = labels.unsqueeze(1)
-        loss = logp.gather(1, target).mean((1, 2)).neg_()
-        delta = logp.clamp_min_(self._floor).exp_().scatter_add_(  # B·δᵀ, [R, p, B]
-            1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        nll, delta = xent_and_delta(self._logits_t(h, out=logits), labels, 1, self._floor)
+        loss = nll.mean(1)  # delta: B·δᵀ, [R, p, B]
         g_weight = self.grads[1]
         torch.baddbmm(g_weight, delta, h, beta=0, alpha=1 / b, out=g_weight)
         dz = torch.bmm(delta.transpose(1, 2), self.weight, out=work).mul_(slope)  # B·∂z / c

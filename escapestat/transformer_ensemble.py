@@ -47,6 +47,7 @@ import torch
 from . import native
 from .mlp_ensemble import PROB_FLOOR_DECADES
 from .optimizers import pack
+from .xent import xent_and_delta
 
 PARAM_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out", "b_out",
                "W_U")
@@ -193,12 +194,10 @@ class TransformerEnsemble:
         resid = torch.baddbmm(x_eq.unsqueeze(1), z, w_o)  # x'
         hidden.copy_(b_in.unsqueeze(1).expand_as(hidden)).baddbmm_(resid, W_in).relu_()
         resid2 = torch.baddbmm(resid, hidden, W_out).add_(b_out.unsqueeze(1))  # x''
-        logp = torch.log_softmax(resid2 @ W_U, -1)  # [R, B, p]
-        target = labels.unsqueeze(-1)
-        loss = logp.gather(-1, target).squeeze(-1).mean(1).neg_()
+        nll, delta = xent_and_delta(resid2 @ W_U, labels, -1, self._floor)  # [R, B(, p)]
+        loss = nll.mean(1)
         # backward: the readout and the MLP
-        delta = logp.clamp_min_(self._floor).exp_().scatter_add_(
-            -1, target, torch.full_like(target, -1, dtype=logp.dtype)).div_(B)
+        delta.div_(B)
         torch.bmm(resid2.mT, delta, out=gW_U)
         d_resid2 = delta @ W_U.mT  # [R, B, d]
         torch.sum(d_resid2, 1, out=gb_out)

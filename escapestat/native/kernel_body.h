@@ -144,9 +144,9 @@ static void FN(grad_embed)(const T* dt, int64_t Bp, const T* w, const T* z, cons
 /* Per replica r of R, on its minibatch pairs[r] [B, 2] (a, b) and labels[r] [B]:
  * z = E[a] + E[P + b], h = σ(z) (act 0: z², 1: relu), logits = W h, loss[r] = mean
  * cross-entropy, and its gradients ∇E [2P, W], ∇W [P, W] (mlp_ensemble.py's formulas).
- * The softmax probabilities in δ are floored at exp(floor_logp). A NaN or +inf logit
- * reaches the log-sum-exp (the max may skip it, the sum does not), so loss[r] is NaN, as
- * in torch. Needs W a multiple of VL. Returns 0, or -1 (bad shape), -2 (memory). */
+ * The cross-entropy and δ are xent.py's (accurate when p_y is near 1; shifted logits
+ * floored at floor_logp). A NaN or +inf logit reaches the sum ρ (the max may skip it, the
+ * sum does not), so loss[r] is NaN, as in torch. Needs W a multiple of VL. Returns 0, or -1 (bad shape), -2 (memory). */
 int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
                        const T* E, const T* Wo, const int64_t* pairs, const int64_t* labels,
                        T* gE, T* gW, T* loss, T floor_logp) {
@@ -196,22 +196,29 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
             const T inv = (T)1 / (T)B;
             T total = 0;
             for (int64_t i0 = 0; i0 < Bp; i0 += VL) {
-                V m = FN(ld)(dt + i0);
+                /* xent.py's formulas: e_j = exp(max(l_j − m, floor)), ρ = Σ e_j over all
+                 * but the first class at the maximum, −log p_y = log1p(ρ) − (l_y − m),
+                 * δ = (e − [j = y](1 + ρ)) / ((1 + ρ) B). vmax(floor, x) keeps a NaN. */
+                V m = FN(ld)(dt + i0), rest = {0}, fl = FN(bc)(floor_logp);
                 for (int64_t j = 1; j < P; j++) m = FN(vmax)(m, FN(ld)(dt + j * Bp + i0));
-                V s = {0};
-                for (int64_t j = 0; j < P; j++) s += VEXP(FN(ld)(dt + j * Bp + i0) - m);
-                T lz[VL];
-                for (int q = 0; q < VL; q++) lz[q] = m[q] + LOG(s[q]);
-                V lzv = FN(ld)(lz), fl = FN(bc)(floor_logp);
+                VI used = {0};
+                for (int64_t j = 0; j < P; j++) {
+                    V x = FN(ld)(dt + j * Bp + i0) - m;
+                    VI top = (x == (T)0) & ~used;
+                    used |= top;
+                    V e = VEXP(FN(vmax)(fl, x));
+                    rest += (V)((VI)e & ~top);
+                    FN(st)(dt + j * Bp + i0, e);
+                }
                 for (int q = 0; q < VL && i0 + q < B; q++) {
                     int64_t y = lb[i0 + q];
-                    total += lz[q] - dt[y * Bp + i0 + q];
+                    total += LOG1P(rest[q]) - (lg[(i0 + q) * Pp + y] - m[q]);
+                    T* ey = dt + y * Bp + i0 + q;
+                    *ey = (*ey - (T)1) - rest[q];  /* e_y − 1 is exact; 1 + ρ would round ρ away */
                 }
-                for (int64_t j = 0; j < P; j++) {
-                    V t = FN(vmax)(FN(ld)(dt + j * Bp + i0) - lzv, fl);
-                    FN(st)(dt + j * Bp + i0, VEXP(t) * inv);
-                }
-                for (int q = 0; q < VL && i0 + q < B; q++) dt[lb[i0 + q] * Bp + i0 + q] -= inv;
+                V scale = FN(bc)(inv) / (rest + (T)1);
+                for (int64_t j = 0; j < P; j++)
+                    FN(st)(dt + j * Bp + i0, FN(ld)(dt + j * Bp + i0) * scale);
             }
             loss[r] = total * inv;
             FN(grad_weight)(dt, Bp, h, gw, B, P, W);

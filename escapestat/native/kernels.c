@@ -83,6 +83,7 @@ INLINE vf64 vexp_f64(vf64 x) {
 #define SFX f32
 #define VEXP vexp_f32
 #define EXP expf
+#define LOG1P log1pf
 #define LOG logf
 #define SQRT sqrtf
 #include "kernel_body.h"
@@ -95,6 +96,7 @@ INLINE vf64 vexp_f64(vf64 x) {
 #undef SFX
 #undef VEXP
 #undef EXP
+#undef LOG1P
 #undef LOG
 #undef SQRT
 
@@ -106,6 +108,7 @@ INLINE vf64 vexp_f64(vf64 x) {
 #define SFX f64
 #define VEXP vexp_f64
 #define EXP exp
+#define LOG1P log1p
 #define LOG log
 #define SQRT sqrt
 #include "kernel_body.h"
