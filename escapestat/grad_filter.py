@@ -70,19 +70,27 @@ class EmaFilter:
     def reset(self) -> None:
         """Forget the state (a fresh run)."""
         self._avg: list[torch.Tensor] | None = None
+        self._out: list[torch.Tensor] | None = None
 
     def __call__(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The filtered gradients, in buffers of the filter's own (overwritten next call:
+        fresh ones of megabytes each step cost more in page faults than the arithmetic)."""
         if self._avg is None:
             self._avg = [g.detach().clone() for g in grads]
         else:
             for h, g in zip(self._avg, grads, strict=True):
                 h.lerp_(g, 1.0 - self.alpha)  # α·h + (1 − α)·g in one op
-        return [torch.add(g, h, alpha=self.lamb) for g, h in zip(grads, self._avg, strict=True)]
+        if self._out is None:
+            self._out = [torch.empty_like(h) for h in self._avg]
+        for o, g, h in zip(self._out, grads, self._avg, strict=True):
+            torch.add(g, h, alpha=self.lamb, out=o)
+        return list(self._out)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep the replicas at positions ``idx`` (1-D long tensor), in that order."""
         if self._avg is not None:
             self._avg = [h[_positions(idx, h.device)] for h in self._avg]
+        self._out = None
 
     def describe(self) -> str:
         return json.dumps({"kind": self.kind, "alpha": self.alpha, "lamb": self.lamb},

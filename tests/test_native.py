@@ -291,3 +291,26 @@ def test_attention_kernels_equal_the_torch_route(dtype, p, d, heads, batch_size)
     for name, mine, theirs in zip(ens.param_names, grads, ref_grads, strict=True):
         torch.testing.assert_close(mine, theirs, **tol, msg=name)
         assert float(theirs.abs().max()) > 0, name  # every gradient is exercised
+
+
+def test_the_portable_build_gives_the_same_numbers(monkeypatch, tmp_path):
+    """The last flag set (no -march=native, no OpenMP: one thread), as a compiler without
+    either would build it, against the torch route."""
+    monkeypatch.setenv("ESCAPESTAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "FLAG_SETS", native.FLAG_SETS[-1:])
+    native.reset()
+    try:
+        kernels = native.kernels()
+        if kernels is None:
+            pytest.skip(f"no C kernels here: {native.why_not()}")
+        assert not kernels.openmp and "-march=native" not in kernels.flags
+        assert "one thread" in kernels.describe()
+        model = ensemble(23, 64, "relu")
+        pairs, labels = batch(23, 3, 40)
+        (loss, grads), (ref_loss, ref_grads) = both_routes(model, pairs, labels)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+        for mine, theirs in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-13)
+    finally:
+        monkeypatch.undo()
+        native.reset()

@@ -68,9 +68,7 @@ int FN(attn_forward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int6
                      const int64_t* tokens, T scale, T* q, T* kq, T* v, T* attn, T* z) {
     const int64_t V0 = N - 3;   /* first position row */
     int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
+    OMP(omp parallel)
     {
         unsigned int saved;
         FP_ENTER(saved);
@@ -78,9 +76,7 @@ int FN(attn_forward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int6
         T* table = FN(scratch)(N * H);
         int ok = x_eq && table;
         if (!ok) failed = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+        OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
             const T* e = emb + r * N * d;
@@ -132,9 +128,7 @@ int FN(attn_backward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int
                       T* g_tok, T* g_pos) {
     const int64_t V0 = N - 3;
     int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
+    OMP(omp parallel)
     {
         unsigned int saved;
         FP_ENTER(saved);
@@ -148,9 +142,7 @@ int FN(attn_backward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int
         T* d_emb = FN(scratch)(N * d);
         int ok = x_eq && d_x && d_table && d_v && d_kq && d_q && wvt && d_emb;
         if (!ok) failed = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+        OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
             const T* e = emb + r * N * d;

@@ -101,6 +101,27 @@ INLINE void FN(dz_tile)(const T* dt, int64_t Bp, int64_t i, const T* w, const T*
     }
 }
 
+/* z = E[a] + E[P + b] and h = σ(z) (act 0: z², 1: relu) for n pairs, rows of W; z is
+ * skipped when NULL. */
+static void FN(hidden)(const T* e, const int64_t* pr, int64_t n, int64_t P, int64_t W,
+                       int act, T* z, T* h) {
+    for (int64_t i = 0; i < n; i++) {
+        const T* ea = e + pr[2 * i] * W;
+        const T* eb = e + (P + pr[2 * i + 1]) * W;
+        for (int64_t k = 0; k < W; k += VL) {
+            V v = FN(ld)(ea + k) + FN(ld)(eb + k);
+            if (z) FN(st)(z + i * W + k, v);
+            FN(st)(h + i * W + k, act == 0 ? v * v : FN(vmax)(v, (V){0}));
+        }
+    }
+}
+
+/* wt [W, Pp] = Wᵀ (columns P … Pp − 1 are left as they are: zero from scratch). */
+static void FN(transpose)(const T* w, int64_t P, int64_t W, int64_t Pp, T* wt) {
+    for (int64_t j = 0; j < P; j++)
+        for (int64_t k = 0; k < W; k++) wt[k * Pp + j] = w[j * W + k];
+}
+
 /* ∇W [P, W] = δᵀ h, two classes at a time, in column blocks of up to 8 vectors. */
 static void FN(grad_weight)(const T* dt, int64_t Bp, const T* h, T* gw, int64_t B, int64_t P,
                             int64_t W) {
@@ -153,9 +174,7 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
     if (W % VL || B < 1 || P < 1 || R < 0) return -1;
     const int64_t Pp = (P + VL - 1) / VL * VL, Bp = (B + VL - 1) / VL * VL;
     int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
+    OMP(omp parallel)
     {
         unsigned int saved;
         FP_ENTER(saved);
@@ -166,9 +185,7 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
         T* dt = FN(scratch)(P * Bp);
         int ok = z && h && lg && wt && dt;
         if (!ok) failed = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+        OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
             const T* e = E + r * 2 * P * W;
@@ -177,17 +194,8 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
             const int64_t* lb = labels + r * B;
             T* ge = gE + r * 2 * P * W;
             T* gw = gW + r * P * W;
-            for (int64_t i = 0; i < B; i++) {
-                const T* ea = e + pr[2 * i] * W;
-                const T* eb = e + (P + pr[2 * i + 1]) * W;
-                for (int64_t k = 0; k < W; k += VL) {
-                    V v = FN(ld)(ea + k) + FN(ld)(eb + k);
-                    FN(st)(z + i * W + k, v);
-                    FN(st)(h + i * W + k, act == 0 ? v * v : FN(vmax)(v, (V){0}));
-                }
-            }
-            for (int64_t j = 0; j < P; j++)
-                for (int64_t k = 0; k < W; k++) wt[k * Pp + j] = w[j * W + k];
+            FN(hidden)(e, pr, B, P, W, act, z, h);
+            FN(transpose)(w, P, W, Pp, wt);
             FN(logits)(h, wt, lg, B, W, Pp);
             /* δ = (softmax − onehot) / B, laid out [P, Bp] so that the softmax runs down
              * the classes with VL rows at a time. */
@@ -238,9 +246,7 @@ int FN(mlp_hits)(int64_t R, int64_t N, int64_t P, int64_t W, int act, const T* E
     if (W % VL || P < 1 || R < 0 || N < 0) return -1;
     const int64_t Pp = (P + VL - 1) / VL * VL, blk = 64;
     int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
+    OMP(omp parallel)
     {
         unsigned int saved;
         FP_ENTER(saved);
@@ -249,27 +255,17 @@ int FN(mlp_hits)(int64_t R, int64_t N, int64_t P, int64_t W, int act, const T* E
         T* wt = FN(scratch)(W * Pp);
         int ok = h && lg && wt;
         if (!ok) failed = 1;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+        OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
             const T* e = E + r * 2 * P * W;
             const T* w = Wo + r * P * W;
-            for (int64_t j = 0; j < P; j++)
-                for (int64_t k = 0; k < W; k++) wt[k * Pp + j] = w[j * W + k];
+            FN(transpose)(w, P, W, Pp, wt);
             int64_t count = 0;
             for (int64_t i0 = 0; i0 < N; i0 += blk) {
                 int64_t nb = N - i0 < blk ? N - i0 : blk;
                 const int64_t* pr = pairs + (r * N + i0) * 2;
-                for (int64_t i = 0; i < nb; i++) {
-                    const T* ea = e + pr[2 * i] * W;
-                    const T* eb = e + (P + pr[2 * i + 1]) * W;
-                    for (int64_t k = 0; k < W; k += VL) {
-                        V v = FN(ld)(ea + k) + FN(ld)(eb + k);
-                        FN(st)(h + i * W + k, act == 0 ? v * v : FN(vmax)(v, (V){0}));
-                    }
-                }
+                FN(hidden)(e, pr, nb, P, W, act, NULL, h);
                 FN(logits)(h, wt, lg, nb, W, Pp);
                 for (int64_t i = 0; i < nb; i++) {
                     const T* li = lg + i * Pp;
@@ -302,19 +298,15 @@ void FN(adamw)(int64_t R, int64_t n_params, const int64_t* sizes, const int8_t* 
     const double bc1 = 1 - pow(beta1, (double)step), bc2 = sqrt(1 - pow(beta2, (double)step));
     const T keep1 = (T)(1 - beta1), b2 = (T)beta2, keep2 = (T)(1 - beta2), ep = (T)eps;
     const T root2 = (T)bc2;
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
+    OMP(omp parallel)
     {
         unsigned int saved;
         FP_ENTER(saved);
         /* One parameter at a time, its replicas shared out: parameters differ in size by
          * 500× (a transformer's biases and its MLP matrices), so a split over
          * (parameter, replica) pairs leaves one thread twice the other's work. */
-        for (int64_t k = 0; k < n_params; k++)
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+        for (int64_t k = 0; k < n_params; k++) {
+            OMP(omp for schedule(static))
             for (int64_t r = 0; r < R; r++) {
                 const int64_t n = sizes[k];
                 T* restrict pp = p[k] + r * n;
@@ -333,6 +325,7 @@ void FN(adamw)(int64_t R, int64_t n_params, const int64_t* sizes, const int8_t* 
                     pp[e] = pp[e] * shrink - step_size * (mi / denom);
                 }
             }
+        }
         FP_LEAVE(saved);
     }
 }

@@ -27,6 +27,13 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* OpenMP pragmas that vanish in a build without OpenMP (one thread). */
+#ifdef _OPENMP
+#define OMP(directive) _Pragma(#directive)
+#else
+#define OMP(directive)
+#endif
+
 /* 64-byte vectors (one AVX-512 register; two AVX2 or four NEON ones elsewhere). */
 typedef float vf32 __attribute__((vector_size(64)));
 typedef float vf32u __attribute__((vector_size(64), aligned(4)));
