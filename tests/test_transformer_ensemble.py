@@ -176,3 +176,19 @@ def test_rejects_mismatched_replicas_and_heads():
         ens.forward(pairs[:2])
     with pytest.raises(ValueError, match="n_heads"):
         TransformerEnsemble(2, P, d_model=10, n_heads=4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gradients_on_cuda_equal_the_cpu():
+    """CUDA runs the torch route (gathers, one-hot matmuls); the CPU its default route."""
+    ens, pairs, labels = _setup()
+    loss, grads = ens.loss_and_grads(pairs, labels)
+    loss, grads = loss.clone(), [g.clone() for g in grads]
+    on_gpu = TransformerEnsemble(3, P, D, H, D_MLP, dtype=torch.float64, device="cuda")
+    on_gpu.params = [w.cuda() for w in ens.params]
+    assert on_gpu.backend == "torch"
+    loss_g, grads_g = on_gpu.loss_and_grads(pairs.cuda(), labels.cuda())
+    torch.testing.assert_close(loss_g.cpu(), loss, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(ens.param_names, grads_g, grads, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-11, msg=name)
