@@ -29,7 +29,7 @@ memory several times per step.
 
 Denormals: once the softmax saturates, the smallest probabilities underflow to subnormal
 floats, which some CPUs multiply ~100× slower (design §5). The shifted logits are
-floored at ``PROB_FLOOR_DECADES`` decades above the log of the smallest normal number
+floored at ``xent.PROB_FLOOR_DECADES`` decades above the log of the smallest normal number
 (far below the float32 resolution of the loss or its gradient), so δ stays normal.
 Products can still underflow, and so can AdamW's second moments: callers on the CPU
 should also set ``torch.set_flush_denormal(True)`` (the C kernels flush in their own
@@ -46,11 +46,7 @@ import torch.nn.functional as F
 from . import native
 from .errors import EscapestatError
 from .optimizers import keep_packed_, pack
-from .xent import xent_and_delta
-
-#: Softmax probabilities in the gradient are floored this many decades above the dtype's
-#: smallest normal number (float32: 1.2e-30; float64: 2.2e-300).
-PROB_FLOOR_DECADES = 8
+from .xent import floor_logp, xent_and_delta
 
 ACTIVATIONS = ("quadratic", "relu", "gelu")
 
@@ -98,8 +94,7 @@ class MLPEnsemble:
         tensors = [embed, weight] + [b for b in (hidden_bias, out_bias) if b is not None]
         self.params = pack(tensors)
         self.grads = pack([torch.zeros_like(t) for t in self.params])
-        tiny = torch.finfo(weight.dtype).tiny
-        self._floor = math.log(tiny) + PROB_FLOOR_DECADES * math.log(10)
+        self._floor = floor_logp(weight.dtype)
         self._work: list[torch.Tensor] | None = None
         #: How ∇E is formed (see ``_embed_grad``): "index_add" on a one-thread CPU (it
         #: beat the one-hot bmm there, 3.6 against 5.4 ms), else "onehot": index_add_

@@ -45,9 +45,8 @@ import math
 import torch
 
 from . import native
-from .mlp_ensemble import PROB_FLOOR_DECADES
 from .optimizers import pack
-from .xent import xent_and_delta
+from .xent import floor_logp, xent_and_delta
 
 PARAM_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out", "b_out",
                "W_U")
@@ -96,7 +95,7 @@ class TransformerEnsemble:
         self._grads: list[torch.Tensor] | None = None
         self._work: list[torch.Tensor] | None = None
         #: log-probabilities floored here in the backward, as in mlp_ensemble.py
-        self._floor = math.log(torch.finfo(dtype).tiny) + PROB_FLOOR_DECADES * math.log(10)
+        self._floor = floor_logp(dtype)
         for name in self.param_names:
             shape = (replicas, *shapes[name])
             if name.startswith("b_"):

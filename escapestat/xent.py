@@ -21,7 +21,18 @@ The shifted logits l_j − m are floored at ``floor_logp`` before the exp, so no
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+#: Shifted logits are floored this many decades above the log of the dtype's smallest
+#: normal number (float32: 1.2e-38 → e^-69 ≈ 1e-30; float64: 2.2e-308 → 2e-300).
+PROB_FLOOR_DECADES = 8
+
+
+def floor_logp(dtype: torch.dtype) -> float:
+    """The floor of the shifted logits for ``dtype`` (``PROB_FLOOR_DECADES``)."""
+    return math.log(torch.finfo(dtype).tiny) + PROB_FLOOR_DECADES * math.log(10)
 
 
 def xent_and_delta(logits: torch.Tensor, labels: torch.Tensor, dim: int,
@@ -37,3 +48,29 @@ def xent_and_delta(logits: torch.Tensor, labels: torch.Tensor, dim: int,
     nll = (torch.log1p(rest) - shifted.gather(dim, target)).squeeze(dim)
     label_term = (e.gather(dim, target) - 1 - rest) / norm
     return nll, e.div_(norm).scatter_(dim, target, label_term)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the leading dimensions, classes last; backward by δ."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        nll, delta = xent_and_delta(logits.detach(), labels, -1, floor_logp(logits.dtype))
+        ctx.save_for_backward(delta)
+        ctx.count = nll.numel()
+        return nll.mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (delta,) = ctx.saved_tensors
+        return delta * (grad / ctx.count), None
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A drop-in for ``F.cross_entropy(logits, labels)`` (mean; classes on the last
+    dimension) whose value and gradient keep float32's digits once the labels'
+    probabilities near 1 — for a user's own training loop (see the module docstring)."""
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits "
+                         f"{tuple(logits.shape)} without their last (class) dimension")
+    return _CrossEntropy.apply(logits, labels)

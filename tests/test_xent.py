@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from escapestat import native
 from escapestat.mlp_ensemble import MLPEnsemble
-from escapestat.xent import xent_and_delta
+from escapestat.xent import cross_entropy, xent_and_delta
 
 FLOOR32 = math.log(torch.finfo(torch.float32).tiny) + 8 * math.log(10)
 FLOOR64 = math.log(torch.finfo(torch.float64).tiny) + 8 * math.log(10)
@@ -87,3 +87,32 @@ def test_mlp_gradients_of_a_fitted_model_are_accurate_in_float32(route):
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=0)
     for mine, theirs in zip(grads, ref_grads, strict=True):
         assert float((mine.double() - theirs).abs().max() / theirs.abs().max()) < 1e-4
+
+
+def test_cross_entropy_is_a_drop_in_for_f_cross_entropy():
+    logits, labels = confident_logits(margin=2.0)
+    mine = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = cross_entropy(mine, labels)
+    ref = F.cross_entropy(theirs.flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
+    (2.5 * loss).backward()
+    (2.5 * ref).backward()
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-15)
+    with pytest.raises(ValueError, match="do not match"):
+        cross_entropy(logits, labels[:, :3])
+
+
+def test_cross_entropy_keeps_float32_gradients_of_a_fitted_batch():
+    logits, labels = confident_logits()
+    low = logits.float().requires_grad_()
+    cross_entropy(low, labels).backward()
+    high = logits.clone().requires_grad_()
+    cross_entropy(high, labels).backward()
+    label = F.one_hot(labels, 23).bool()
+    err = ((low.grad.double() - high.grad)[label] / high.grad[label]).abs().max()
+    assert float(err) < 1e-5
+    usual = logits.float().requires_grad_()
+    F.cross_entropy(usual.flatten(0, 1), labels.flatten()).backward()
+    usual_err = ((usual.grad.double() - high.grad)[label] / high.grad[label]).abs().max()
+    assert float(usual_err) > 0.1  # what it replaces
