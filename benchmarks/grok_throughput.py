@@ -140,8 +140,8 @@ class VmapEnsemble:
 class Engine:
     """A replica ensemble's ``loss_and_grads`` + escapestat's fused AdamW, lr and weight
     decay as [R] tensors, decaying every parameter (as ``torch.optim.AdamW`` over
-    ``model.parameters()`` does): the MLP (explicit backward) or the transformer
-    (one batched autograd pass)."""
+    ``model.parameters()`` does): the MLP or the transformer (both with their backward
+    written out; on the CPU in C where ``backend`` is "native")."""
 
     def __init__(self, model: MLPEnsemble | TransformerEnsemble):
         self.model = model

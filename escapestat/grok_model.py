@@ -71,8 +71,7 @@ class GrokTrial:
 
     def step(self, t: int, hyper: Hyper) -> None:
         pairs, labels = self.batches.next_batch(hyper.batch_size)
-        with torch.enable_grad():  # the transformer's gradients come from autograd
-            loss, grads = self.net.loss_and_grads(pairs, labels)
+        loss, grads = self.net.loss_and_grads(pairs, labels)  # explicit backward, no autograd
         if self.grad_filter is not None:
             grads = self.grad_filter(grads)
         self.optimizer.step(grads, hyper.lr, hyper.weight_decay)
