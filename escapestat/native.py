@@ -96,11 +96,9 @@ class NativeKernels:
         (``mlp_ensemble.MLPEnsemble.loss_and_grads``' formulas, bias-free)."""
         for t in (embed, weight, grad_embed, grad_weight):
             _check_dense(t, embed.dtype)
-        pairs, labels = pairs.contiguous(), labels.contiguous()
-        if pairs.dtype != torch.long or labels.dtype != torch.long:
-            raise TypeError("pairs and labels must be int64")
         r, b = labels.shape
         p, width = int(weight.shape[1]), int(weight.shape[2])
+        pairs, labels = _indices(pairs, p, "pairs"), _indices(labels, p, "labels")
         loss = embed.new_empty(r)
         fn = self._lib.mlp_loss_grads_f32 if embed.dtype == torch.float32 \
             else self._lib.mlp_loss_grads_f64
@@ -120,13 +118,12 @@ class NativeKernels:
         ``labels`` [R, N] (argmax logit, ties to the first, as torch.argmax)."""
         for t in (embed, weight):
             _check_dense(t, embed.dtype)
-        pairs, labels = pairs.contiguous(), labels.contiguous()
-        if pairs.dtype != torch.long or labels.dtype != torch.long:
-            raise TypeError("pairs and labels must be int64")
+        p = int(weight.shape[1])
+        pairs, labels = _indices(pairs, p, "pairs"), _indices(labels, p, "labels")
         r, n = labels.shape
         hits = torch.zeros(r, dtype=torch.long)
         fn = self._lib.mlp_hits_f32 if embed.dtype == torch.float32 else self._lib.mlp_hits_f64
-        code = fn(r, n, int(weight.shape[1]), int(weight.shape[2]),
+        code = fn(r, n, p, int(weight.shape[2]),
                   ACTIVATION_CODES[activation], embed.data_ptr(), weight.data_ptr(),
                   pairs.data_ptr(), labels.data_ptr(), hits.data_ptr())
         if code == -2:
@@ -145,7 +142,7 @@ class NativeKernels:
         b = tokens.shape[1]
         for t in (emb, w_q, w_k, w_v):
             _check_dense(t, emb.dtype)
-        tokens = _indices(tokens)
+        tokens = _indices(tokens, n - 3, "tokens")
         out = [emb.new_empty(shape) for shape in
                ((r, h, dh), (r, h, d), (r, h, n, dh), (r, b, 3, h), (r, b, h * dh))]
         fn = self._lib.attn_forward_f32 if emb.dtype == torch.float32 \
@@ -166,7 +163,7 @@ class NativeKernels:
         d_z, d_x = d_z.contiguous(), d_x.contiguous()
         for t in (emb, w_q, w_k, w_v, *saved, d_z, d_x, *grads):
             _check_dense(t, emb.dtype)
-        tokens = _indices(tokens)
+        tokens = _indices(tokens, n - 3, "tokens")
         fn = self._lib.attn_backward_f32 if emb.dtype == torch.float32 \
             else self._lib.attn_backward_f64
         _status(fn(r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(),
@@ -196,9 +193,15 @@ class NativeKernels:
            float(betas[0]), float(betas[1]), float(eps), int(step))
 
 
-def _indices(t: torch.Tensor) -> torch.Tensor:
+def _indices(t: torch.Tensor, high: int, what: str = "indices") -> torch.Tensor:
+    """``t`` as contiguous int64 with every entry in [0, high): the kernels index memory
+    with them, so a bad one must be an error here, not a stray read there."""
     if t.dtype != torch.long:
-        raise TypeError("indices must be int64")
+        raise TypeError(f"{what} must be int64")
+    if t.numel():
+        low, top = torch.aminmax(t)
+        if int(low) < 0 or int(top) >= high:
+            raise IndexError(f"{what} must lie in [0, {high}), got [{int(low)}, {int(top)}]")
     return t.contiguous()
 
 

@@ -314,3 +314,15 @@ def test_the_portable_build_gives_the_same_numbers(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         native.reset()
+
+
+@needs_kernels
+def test_out_of_range_indices_are_an_error_not_a_stray_read():
+    model = ensemble(7, 8, "quadratic")
+    pairs, labels = batch(7, 3, 5)
+    bad = pairs.clone()
+    bad[1, 2, 1] = 7
+    with pytest.raises(IndexError, match=r"pairs must lie in \[0, 7\)"):
+        model.loss_and_grads(bad, labels)
+    with pytest.raises(IndexError, match="labels"):
+        model.accuracy(pairs, labels - 1)
