@@ -17,10 +17,10 @@ One layer, read out at the last position: only that position's query matters, an
 see all three positions, so the causal mask hides nothing from it; the other positions'
 queries and MLP outputs are never formed. Each x_s is the sum of two rows of the table
 [W_E; W_pos] (V + 3 rows) and x_2 is the same for every input, so the attention works on
-those rows once per call: the QK circuit gives each row's score per head, the OV circuit
-its output per head (row · W_V[h] W_O[h]), and a sample's scores and attention output are
-matmuls of its 0/1 row-selection [3, V + 3] with them: O(V d²) per replica, not O(B d²),
-and bmm in the backward too (no gather/scatter).
+those rows once per call: each row's score per head is row · (W_K[h] q_h), its value per
+head row · W_V[h]; a sample gathers its rows' scores, and its attended values z_h =
+Σ_s α_hs (v_h[t_s] + v_h[V + s]) meet W_O in one [B, d] · [d, d] matmul: O(V d²) per
+replica for the tables, not O(B d²).
 
 Every parameter is a tensor [R, ...] (``params``, named by ``param_names``), laid out as
 TransformerLens's (row vectors times matrices): W_E [V, d], W_pos [3, d], W_Q/W_K/W_V
@@ -41,12 +41,32 @@ also set ``torch.set_flush_denormal(True)``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from . import native
 from .optimizers import pack
 from .xent import floor_logp, xent_and_delta
+
+
+@dataclass
+class _Forward:
+    """One forward pass: the row table, the readout residual x_eq, the token sequences, what
+    the attention keeps for its backward, the attended values z, W_O flattened, x', h,
+    x'' and the logits."""
+
+    emb: torch.Tensor
+    x_eq: torch.Tensor
+    tokens: torch.Tensor
+    saved: tuple | list
+    z: torch.Tensor
+    w_o: torch.Tensor
+    resid: torch.Tensor
+    hidden: torch.Tensor
+    resid2: torch.Tensor
+    logits: torch.Tensor
+
 
 PARAM_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out", "b_out",
                "W_U")
@@ -118,31 +138,33 @@ class TransformerEnsemble:
         rows[..., self.p + 1:] += torch.eye(3, dtype=dtype, device=pairs.device)
         return rows
 
-    def _logits(self, params: list[torch.Tensor], pairs: torch.Tensor) -> torch.Tensor:
-        W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = params
+    def _forward(self, pairs: torch.Tensor, hidden: torch.Tensor | None = None) -> _Forward:
+        """The forward pass for ``pairs`` [R, B, 2], keeping what the backward needs; the
+        MLP's activations go into ``hidden`` [R, B, d_mlp] when given (a kept buffer)."""
+        W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = self.params
         R, B, _ = pairs.shape
         if R != W_E.shape[0]:
             raise ValueError(f"pairs has {R} replicas, the model {W_E.shape[0]}")
-        h, dh = self.n_heads, self.d_head
-        emb = torch.cat([W_E, W_pos], 1)  # [R, V + 3, d]: every token's and position's row
-        x_eq = emb[:, self.p] + emb[:, -1]  # [R, d]: the residual at the readout position
-        # Queries, keys and values of every row: bmm with K = d (forming q from x_eq instead
-        # would make its backward an outer product, slow as a bmm).
-        q_rows, k_rows, v_rows = (emb[:, None] @ w for w in (W_Q, W_K, W_V))  # [R, H, V+3, dh]
-        q = (q_rows[:, :, self.p] + q_rows[:, :, -1])[:, :, None] / math.sqrt(dh)
-        qk_rows = (k_rows * q).sum(-1)  # [R, H, V + 3]: QK circuit, per row
-        ov_rows = v_rows @ W_O  # [R, H, V + 3, d]: OV circuit, per row
-        rows = self._rows(pairs, W_E.dtype)
-        attn = (rows.flatten(1, 2) @ qk_rows.mT).view(R, B, 3, h).softmax(2)  # over positions
-        mix = torch.einsum("rbsv,rbsh->rbhv", rows, attn)  # [R, B, H, V + 3]
-        resid = x_eq[:, None] + mix.flatten(2) @ ov_rows.flatten(1, 2)  # [R, B, d]
-        hidden = torch.baddbmm(b_in[:, None], resid, W_in).relu_()
-        resid = resid + torch.baddbmm(b_out[:, None], hidden, W_out)
-        return resid @ W_U  # [R, B, p]
+        p, scale = self.p, 1 / math.sqrt(self.d_head)
+        emb = torch.cat([W_E, W_pos], 1)  # [R, N, d], N = V + 3 rows
+        x_eq = emb[:, p] + emb[:, -1]  # [R, d]: the residual at the readout position
+        tokens = torch.cat([pairs, pairs.new_full((R, B, 1), p)], 2)  # [R, B, 3]
+        if self.backend == "native":
+            *saved, z = native.kernels().attn_forward(emb, W_Q, W_K, W_V, tokens, scale)
+        else:
+            saved, z = self._attention(emb, x_eq, W_Q, W_K, W_V, tokens, scale)
+        w_o = W_O.flatten(1, 2)  # [R, H·dh, d]
+        resid = torch.baddbmm(x_eq.unsqueeze(1), z, w_o)  # x'
+        if hidden is None:
+            hidden = W_in.new_empty(R, B, W_in.shape[-1])
+        hidden.copy_(b_in.unsqueeze(1).expand_as(hidden)).baddbmm_(resid, W_in).relu_()
+        resid2 = torch.baddbmm(resid, hidden, W_out).add_(b_out.unsqueeze(1))  # x''
+        return _Forward(emb, x_eq, tokens, saved, z, w_o, resid, hidden, resid2,
+                        resid2 @ W_U)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         """Logits [R, B, p] over the answers, for ``pairs`` [R, B, 2] (long, each < p)."""
-        return self._logits(self.params, pairs)
+        return self._forward(pairs).logits
 
     def _grad_buffers(self, b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Gradients (one packed buffer, aligned with ``params``) and the two [R, b, d_mlp]
@@ -169,31 +191,18 @@ class TransformerEnsemble:
             ∇W_U = x''ᵀ δ,   ∂x'' = δ W_Uᵀ,   ∇W_out = hᵀ ∂x'',   ∂h = ∂x'' W_outᵀ ⊙ [h > 0],
             ∇W_in = x'ᵀ ∂h,   ∂x' = ∂x'' + ∂h W_inᵀ,
 
-        then through the attention's row tables (scores S = emb · (W_K q)ᵀ, OV rows
-        emb W_V W_O) to the embeddings, all per replica by batched matmuls.
+        then ∇W_O = zᵀ ∂x', ∂z = ∂x' W_Oᵀ, and through the attention's row tables (scores
+        S = emb · (W_K q)ᵀ, value rows emb W_V) to the embeddings: torch ops, or the C
+        kernel (``backend``).
         """
         W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = self.params
         R, B, _ = pairs.shape
-        if R != W_E.shape[0]:
-            raise ValueError(f"pairs has {R} replicas, the model {W_E.shape[0]}")
-        H, p, scale = self.n_heads, self.p, 1 / math.sqrt(self.d_head)
+        H, scale = self.n_heads, 1 / math.sqrt(self.d_head)
         grads, (hidden, d_hidden) = self._grad_buffers(B)
         gW_E, gW_pos, gW_Q, gW_K, gW_V, gW_O, gW_in, gb_in, gW_out, gb_out, gW_U = grads
-        # forward, keeping what the backward needs
-        emb = torch.cat([W_E, W_pos], 1)  # [R, N, d], N = V + 3 rows
-        n_rows, d = emb.shape[1:]
-        x_eq = emb[:, p] + emb[:, -1]  # [R, d]
-        tokens = torch.cat([pairs, pairs.new_full((R, B, 1), p)], 2)  # [R, B, 3]
-        if self.backend == "native":
-            kernels = native.kernels()
-            *saved, z = kernels.attn_forward(emb, W_Q, W_K, W_V, tokens, scale)
-        else:
-            saved, z = self._attention(emb, W_Q, W_K, W_V, tokens, scale)
-        w_o = W_O.flatten(1, 2)  # [R, H·dh, d]
-        resid = torch.baddbmm(x_eq.unsqueeze(1), z, w_o)  # x'
-        hidden.copy_(b_in.unsqueeze(1).expand_as(hidden)).baddbmm_(resid, W_in).relu_()
-        resid2 = torch.baddbmm(resid, hidden, W_out).add_(b_out.unsqueeze(1))  # x''
-        nll, delta = xent_and_delta(resid2 @ W_U, labels, -1, self._floor)  # [R, B(, p)]
+        f = self._forward(pairs, hidden)
+        resid, resid2, z, d = f.resid, f.resid2, f.z, W_E.shape[-1]
+        nll, delta = xent_and_delta(f.logits, labels, -1, self._floor)  # [R, B(, p)]
         loss = nll.mean(1)
         # backward: the readout and the MLP
         delta.div_(B)
@@ -209,24 +218,23 @@ class TransformerEnsemble:
         # backward: the attention
         d_x_eq = d_resid.sum(1)  # [R, d]
         torch.bmm(z.mT, d_resid, out=gW_O.view(R, -1, d))
-        d_z = d_resid @ w_o.mT  # [R, B, H·dh]
+        d_z = d_resid @ f.w_o.mT  # [R, B, H·dh]
         attention_grads = (gW_Q, gW_K, gW_V, gW_E, gW_pos)
         if self.backend == "native":
-            kernels.attn_backward(emb, W_Q, W_K, W_V, tokens, scale, saved, d_z, d_x_eq,
-                                  attention_grads)
+            native.kernels().attn_backward(f.emb, W_Q, W_K, W_V, f.tokens, scale, f.saved,
+                                           d_z, d_x_eq, attention_grads)
         else:
-            self._attention_backward(emb, W_Q, W_K, W_V, pairs, tokens, scale, saved,
-                                     d_z.view(R, B, H, -1).transpose(1, 2), d_x_eq,
+            self._attention_backward(f.emb, f.x_eq, W_Q, W_K, W_V, pairs, f.tokens, scale,
+                                     f.saved, d_z.view(R, B, H, -1).transpose(1, 2), d_x_eq,
                                      attention_grads)
         return loss, grads
 
-    def _attention(self, emb: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor,
-                   W_V: torch.Tensor, tokens: torch.Tensor, scale: float):
+    def _attention(self, emb: torch.Tensor, x_eq: torch.Tensor, W_Q: torch.Tensor,
+                   W_K: torch.Tensor, W_V: torch.Tensor, tokens: torch.Tensor, scale: float):
         """The attention up to the attended values z [R, B, H·dh], by batched torch ops
         (native/attention_body.h is the C kernel of the same): (saved for the backward, z)."""
         R, B, _ = tokens.shape
         H, p, n_rows = self.n_heads, self.p, emb.shape[1]
-        x_eq = emb[:, p] + emb[:, -1]  # [R, d]
         q = (x_eq[:, None, None] @ W_Q).squeeze(-2).mul_(scale)  # [R, H, dh]
         kq = (W_K * q.unsqueeze(-2)).sum(-1)  # [R, H, d]: score of a row = row · kq
         table = emb @ kq.mT  # [R, N, H]
@@ -244,15 +252,14 @@ class TransformerEnsemble:
         z = (mix @ v_rows).transpose(1, 2).flatten(2)  # [R, B, H·dh]: attended values
         return (q, kq, v_rows, attn, mix), z
 
-    def _attention_backward(self, emb, W_Q, W_K, W_V, pairs, tokens, scale, saved, d_z,
-                            d_x_eq, grads) -> None:
+    def _attention_backward(self, emb, x_eq, W_Q, W_K, W_V, pairs, tokens, scale, saved,
+                            d_z, d_x_eq, grads) -> None:
         """``_attention``'s backward from ∂z [R, H, B, dh] and ∂x_eq [R, d] into ``grads``
         = (∇W_Q, ∇W_K, ∇W_V, ∇W_E, ∇W_pos)."""
         q, kq, v_rows, attn, mix = saved
         gW_Q, gW_K, gW_V, gW_E, gW_pos = grads
         R, B, _ = tokens.shape
         H, p = self.n_heads, self.p
-        x_eq = emb[:, p] + emb[:, -1]
         by_head = tokens.unsqueeze(1).expand(R, H, B, 3)
         d_mix = d_z @ v_rows.mT  # [R, H, B, N]
         d_v = mix.mT @ d_z  # [R, H, N, dh]
@@ -284,7 +291,7 @@ class TransformerEnsemble:
         chunk = chunk or max(1, 32768 // self.replicas)
         right = torch.zeros(self.replicas, dtype=torch.long, device=labels.device)
         for start in range(0, labels.shape[1], chunk):
-            guess = self._logits(self.params, pairs[:, start:start + chunk]).argmax(-1)
+            guess = self.forward(pairs[:, start:start + chunk]).argmax(-1)
             right += (guess == labels[:, start:start + chunk]).sum(1)
         return right.to(self.params[0].dtype) / labels.shape[1]
 
