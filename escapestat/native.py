@@ -83,6 +83,10 @@ class NativeKernels:
                              ctypes.c_double, ctypes.c_double, ctypes.c_double, i64]
         self._lib = lib
 
+    def _fn(self, name: str, dtype: torch.dtype):
+        """The kernel ``name`` for float32 or float64 tensors."""
+        return getattr(self._lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
     def describe(self) -> str:
         """What runs the kernels, for run records and benchmark tables."""
         words = self.version.split()
@@ -96,20 +100,16 @@ class NativeKernels:
         (``mlp_ensemble.MLPEnsemble.loss_and_grads``' formulas, bias-free)."""
         for t in (embed, weight, grad_embed, grad_weight):
             _check_dense(t, embed.dtype)
+        p, width = _mlp_shapes(embed, weight, pairs, labels)
         r, b = labels.shape
-        p, width = int(weight.shape[1]), int(weight.shape[2])
+        for g, t in ((grad_embed, embed), (grad_weight, weight)):
+            _check_shape(g, tuple(t.shape), "gradient")
         pairs, labels = _indices(pairs, p, "pairs"), _indices(labels, p, "labels")
         loss = embed.new_empty(r)
-        fn = self._lib.mlp_loss_grads_f32 if embed.dtype == torch.float32 \
-            else self._lib.mlp_loss_grads_f64
-        code = fn(r, b, p, width, ACTIVATION_CODES[activation], embed.data_ptr(),
-                  weight.data_ptr(), pairs.data_ptr(), labels.data_ptr(),
-                  grad_embed.data_ptr(), grad_weight.data_ptr(), loss.data_ptr(), floor_logp)
-        if code == -2:
-            raise MemoryError("the MLP kernel could not allocate its scratch memory")
-        if code != 0:
-            raise ValueError(f"the MLP kernel refused width {width} (needs a multiple of "
-                             f"{LANES[embed.dtype]})")
+        _status(self._fn("mlp_loss_grads", embed.dtype)(
+            r, b, p, width, ACTIVATION_CODES[activation], embed.data_ptr(), weight.data_ptr(),
+            pairs.data_ptr(), labels.data_ptr(), grad_embed.data_ptr(), grad_weight.data_ptr(),
+            loss.data_ptr(), floor_logp))
         return loss
 
     def mlp_hits(self, activation: str, embed: torch.Tensor, weight: torch.Tensor,
@@ -118,18 +118,13 @@ class NativeKernels:
         ``labels`` [R, N] (argmax logit, ties to the first, as torch.argmax)."""
         for t in (embed, weight):
             _check_dense(t, embed.dtype)
-        p = int(weight.shape[1])
-        pairs, labels = _indices(pairs, p, "pairs"), _indices(labels, p, "labels")
+        p, width = _mlp_shapes(embed, weight, pairs, labels)
         r, n = labels.shape
+        pairs, labels = _indices(pairs, p, "pairs"), _indices(labels, p, "labels")
         hits = torch.zeros(r, dtype=torch.long)
-        fn = self._lib.mlp_hits_f32 if embed.dtype == torch.float32 else self._lib.mlp_hits_f64
-        code = fn(r, n, p, int(weight.shape[2]),
-                  ACTIVATION_CODES[activation], embed.data_ptr(), weight.data_ptr(),
-                  pairs.data_ptr(), labels.data_ptr(), hits.data_ptr())
-        if code == -2:
-            raise MemoryError("the MLP kernel could not allocate its scratch memory")
-        if code != 0:
-            raise ValueError("the MLP kernel refused these shapes")
+        _status(self._fn("mlp_hits", embed.dtype)(
+            r, n, p, width, ACTIVATION_CODES[activation], embed.data_ptr(), weight.data_ptr(),
+            pairs.data_ptr(), labels.data_ptr(), hits.data_ptr()))
         return hits
 
     def attn_forward(self, emb: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
@@ -140,15 +135,13 @@ class NativeKernels:
         r, n, d = emb.shape
         h, dh = w_q.shape[1], w_q.shape[3]
         b = tokens.shape[1]
-        for t in (emb, w_q, w_k, w_v):
-            _check_dense(t, emb.dtype)
+        _attention_inputs(emb, w_q, w_k, w_v, tokens)
         tokens = _indices(tokens, n - 3, "tokens")
         out = [emb.new_empty(shape) for shape in
                ((r, h, dh), (r, h, d), (r, h, n, dh), (r, b, 3, h), (r, b, h * dh))]
-        fn = self._lib.attn_forward_f32 if emb.dtype == torch.float32 \
-            else self._lib.attn_forward_f64
-        _status(fn(r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(),
-                   w_v.data_ptr(), tokens.data_ptr(), scale, *(t.data_ptr() for t in out)))
+        _status(self._fn("attn_forward", emb.dtype)(
+            r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(), w_v.data_ptr(),
+            tokens.data_ptr(), scale, *(t.data_ptr() for t in out)))
         return tuple(out)
 
     def attn_backward(self, emb: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
@@ -161,14 +154,17 @@ class NativeKernels:
         h, dh = w_q.shape[1], w_q.shape[3]
         b = tokens.shape[1]
         d_z, d_x = d_z.contiguous(), d_x.contiguous()
-        for t in (emb, w_q, w_k, w_v, *saved, d_z, d_x, *grads):
+        _attention_inputs(emb, w_q, w_k, w_v, tokens)
+        expected = [(r, h, dh), (r, h, d), (r, h, n, dh), (r, b, 3, h), (r, b, h * dh),
+                    (r, d), tuple(w_q.shape), tuple(w_k.shape), tuple(w_v.shape),
+                    (r, n - 3, d), (r, 3, d)]
+        for t, shape in zip((*saved, d_z, d_x, *grads), expected, strict=True):
             _check_dense(t, emb.dtype)
+            _check_shape(t, shape, "attention buffer")
         tokens = _indices(tokens, n - 3, "tokens")
-        fn = self._lib.attn_backward_f32 if emb.dtype == torch.float32 \
-            else self._lib.attn_backward_f64
-        _status(fn(r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(),
-                   w_v.data_ptr(), tokens.data_ptr(), scale,
-                   *(t.data_ptr() for t in (*saved, d_z, d_x, *grads))))
+        _status(self._fn("attn_backward", emb.dtype)(
+            r, b, n, d, h, dh, emb.data_ptr(), w_q.data_ptr(), w_k.data_ptr(), w_v.data_ptr(),
+            tokens.data_ptr(), scale, *(t.data_ptr() for t in (*saved, d_z, d_x, *grads))))
 
     def adamw(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
               exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor],
@@ -178,8 +174,11 @@ class NativeKernels:
         dtype, r = params[0].dtype, int(params[0].shape[0])
         groups = (params, grads, exp_avg, exp_avg_sq)
         for group in groups:
-            for t in group:
+            if len(group) != len(params):
+                raise ValueError(f"{len(group)} tensors for {len(params)} parameters")
+            for t, param in zip(group, params, strict=True):
                 _check_dense(t, dtype)
+                _check_shape(t, tuple(param.shape), "optimizer tensor")
         for t in (lr, weight_decay):
             _check_dense(t, dtype)
             if t.shape != (r,):
@@ -188,9 +187,9 @@ class NativeKernels:
         sizes = (ctypes.c_int64 * n)(*(t.numel() // max(r, 1) for t in params))
         flags = (ctypes.c_int8 * n)(*(1 if d else 0 for d in decay))
         ptrs = [(ctypes.c_void_p * n)(*(t.data_ptr() for t in group)) for group in groups]
-        fn = self._lib.adamw_f32 if dtype == torch.float32 else self._lib.adamw_f64
-        fn(r, n, sizes, flags, *ptrs, lr.data_ptr(), weight_decay.data_ptr(),
-           float(betas[0]), float(betas[1]), float(eps), int(step))
+        self._fn("adamw", dtype)(r, n, sizes, flags, *ptrs, lr.data_ptr(),
+                                 weight_decay.data_ptr(), float(betas[0]), float(betas[1]),
+                                 float(eps), int(step))
 
 
 def _indices(t: torch.Tensor, high: int, what: str = "indices") -> torch.Tensor:
@@ -203,6 +202,41 @@ def _indices(t: torch.Tensor, high: int, what: str = "indices") -> torch.Tensor:
         if int(low) < 0 or int(top) >= high:
             raise IndexError(f"{what} must lie in [0, {high}), got [{int(low)}, {int(top)}]")
     return t.contiguous()
+
+
+def _check_shape(t: torch.Tensor, shape: tuple, what: str) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{what} of shape {tuple(t.shape)} where the kernel needs {shape}")
+
+
+def _mlp_shapes(embed: torch.Tensor, weight: torch.Tensor, pairs: torch.Tensor,
+                labels: torch.Tensor) -> tuple[int, int]:
+    """(p, width), after checking that E [R, 2p, width], W [R, p, width], pairs [R, B, 2]
+    and labels [R, B] agree: the kernel reads memory by these shapes."""
+    r, p, width = (int(x) for x in weight.shape)
+    _check_shape(embed, (r, 2 * p, width), "E")
+    if width % LANES[weight.dtype]:
+        raise ValueError(f"the MLP kernel needs a width that is a multiple of "
+                         f"{LANES[weight.dtype]}, got {width}")
+    if labels.dim() != 2 or labels.shape[0] != r:
+        raise ValueError(f"labels of shape {tuple(labels.shape)}; the kernel needs [{r}, B]")
+    _check_shape(pairs, (r, labels.shape[1], 2), "pairs")
+    return p, width
+
+
+def _attention_inputs(emb: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                      w_v: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Dense, and shaped as the attention kernels read them: emb [R, N, d], W_Q/K/V
+    [R, H, d, dh], tokens [R, B, 3]."""
+    r, _, d = emb.shape
+    for t in (emb, w_q, w_k, w_v):
+        _check_dense(t, emb.dtype)
+    for t in (w_k, w_v):
+        _check_shape(t, tuple(w_q.shape), "W_K/W_V")
+    if w_q.dim() != 4 or w_q.shape[0] != r or w_q.shape[2] != d:
+        raise ValueError(f"W_Q of shape {tuple(w_q.shape)} for rows of shape {tuple(emb.shape)}")
+    if tokens.dim() != 3 or tokens.shape[0] != r or tokens.shape[2] != 3:
+        raise ValueError(f"tokens of shape {tuple(tokens.shape)}; the kernel needs [{r}, B, 3]")
 
 
 def _status(code: int) -> None:

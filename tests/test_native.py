@@ -326,3 +326,9 @@ def test_out_of_range_indices_are_an_error_not_a_stray_read():
         model.loss_and_grads(bad, labels)
     with pytest.raises(IndexError, match="labels"):
         model.accuracy(pairs, labels - 1)
+    with pytest.raises(ValueError, match="pairs of shape"):  # shapes the kernel reads by
+        model.loss_and_grads(pairs[:, :4], labels)
+    ens = TransformerEnsemble(2, 5, 8, 1, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="tokens of shape"):
+        native.kernels().attn_forward(torch.cat(ens.params[:2], 1), *ens.params[2:5],
+                                      torch.zeros(2, 4, 2, dtype=torch.long), 1.0)
