@@ -75,7 +75,10 @@ int FN(attn_forward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int6
         T* x_eq = FN(scratch)(d);
         T* table = FN(scratch)(N * H);
         int ok = x_eq && table;
-        if (!ok) failed = 1;
+        if (!ok) {
+            OMP(omp atomic write)
+            failed = 1;
+        }
         OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
@@ -141,7 +144,10 @@ int FN(attn_backward)(int64_t R, int64_t B, int64_t N, int64_t d, int64_t H, int
         T* wvt = FN(scratch)(H * dh * d);
         T* d_emb = FN(scratch)(N * d);
         int ok = x_eq && d_x && d_table && d_v && d_kq && d_q && wvt && d_emb;
-        if (!ok) failed = 1;
+        if (!ok) {
+            OMP(omp atomic write)
+            failed = 1;
+        }
         OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;

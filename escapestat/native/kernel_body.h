@@ -184,7 +184,10 @@ int FN(mlp_loss_grads)(int64_t R, int64_t B, int64_t P, int64_t W, int act,
         T* wt = FN(scratch)(W * Pp);
         T* dt = FN(scratch)(P * Bp);
         int ok = z && h && lg && wt && dt;
-        if (!ok) failed = 1;
+        if (!ok) {
+            OMP(omp atomic write)
+            failed = 1;
+        }
         OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
@@ -254,7 +257,10 @@ int FN(mlp_hits)(int64_t R, int64_t N, int64_t P, int64_t W, int act, const T* E
         T* lg = FN(scratch)(blk * Pp);
         T* wt = FN(scratch)(W * Pp);
         int ok = h && lg && wt;
-        if (!ok) failed = 1;
+        if (!ok) {
+            OMP(omp atomic write)
+            failed = 1;
+        }
         OMP(omp for schedule(static))
         for (int64_t r = 0; r < R; r++) {
             if (!ok) continue;
