@@ -44,9 +44,13 @@ class _TrialLine:
               and feasible(t)]
         best = min(ok, key=lambda t: t.value) if ok else None
         a = trial.user_attrs
+        diverged = f", {a['diverged']} diverged" if a.get("diverged") else ""
         what = (f"median {_fmt(a.get('median'))} ({a.get('events', 0)}/{a.get('n', 0)} "
-                f"escaped), value {_fmt(trial.value, 4)}" if trial.state.name == "COMPLETE"
+                f"escaped{diverged}), value {_fmt(trial.value, 4)}"
+                if trial.state.name == "COMPLETE"
                 else f"pruned at step {a.get('pruned_at')}" if trial.state.name == "PRUNED"
+                else "interrupted" if a.get("interrupted")
+                else f"failed: {a['fail_reason']}" if a.get("fail_reason")
                 else trial.state.name.lower())
         best_text = (f"best #{best.number} {_fmt(best.value, 4)} (median "
                      f"{_fmt(best.user_attrs.get('median'))})" if best else "no feasible yet")
@@ -55,10 +59,11 @@ class _TrialLine:
 
 
 def _arm_line(arm, run) -> None:
-    s = run.summary()
+    s = run.summary(n_bootstrap=1)
+    diverged = f", {s['diverged']} diverged" if s["diverged"] else ""
     err_console.print(escape(f"compare {arm.name}: median {_fmt(s['median'])}, "
-                             f"{s['events']}/{s['n']} escaped, {run.seconds:.0f} s"),
-                      highlight=False)
+                             f"{s['events']}/{s['n']} escaped{diverged}, "
+                             f"{run.seconds:.0f} s"), highlight=False)
 
 
 def _ratio(r: dict, key: str) -> str:
@@ -69,29 +74,49 @@ def _ratio(r: dict, key: str) -> str:
     return f"{_fmt(v)} [{'0' if lo is None else _fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]"
 
 
+def _table(title: str, caption: str, cols: tuple[str, ...]) -> Table:
+    table = Table(title=title, caption=caption)
+    for col in cols:
+        table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+    return table
+
+
 def _print_compare(rows: list[dict]) -> None:
     loss = any(r.get("final_loss") is not None for r in rows)
     end_col, end_key = ("final loss", "final_loss") if loss else ("test error",
                                                                   "final_test_error")
-    times = Table(title="Arms on fresh seeds: time to escape (steps)",
-                  caption=f"KM median with 95% CI; escaped by the budget; mean {end_col}")
-    ratios = Table(title="Against the references (ratio of medians; < 1 is sooner)",
-                   caption="bootstrap 95% CIs; p: log-rank against the best constant (else "
-                           "the default)")
-    for table, cols in ((times, ("arm", "median [95% CI]", "escaped", end_col)),
-                        (ratios, ("arm", "× default [CI]", "× best constant [CI]", "p"))):
-        for col in cols:
-            table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+    times = _table("Arms on fresh seeds: time to escape (steps)",
+                   f"median: where the incidence of escape reaches ½ (a diverged replica "
+                   f"never escapes), 95% CI; outcomes by the budget; mean {end_col} at the "
+                   f"budget (* over the search's limit)",
+                   ("arm", "median [95% CI]", "escaped", "diverged", end_col))
+    ratios = _table("Against the references (ratio of medians; < 1 is sooner)",
+                    "bootstrap 95% CIs; p: log-rank against the best constant (else the "
+                    "default)", ("arm", "× default [CI]", "× best constant [CI]", "p"))
     for r in rows:
         lo, hi = r["median_ci"]
         median = ("not reached" if r["median"] is None
                   else f"{_fmt(r['median'])} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
         times.add_row(r["arm"], median, f"{100 * r['escaped_fraction']:.0f}%",
-                      _fmt(r[end_key], 3))
+                      f"{100 * r['diverged_fraction']:.0f}%",
+                      _fmt(r[end_key], 3) + ("" if r["feasible"] else "*"))
+        if r["source"].startswith("ablation"):
+            continue
         ratios.add_row(r["arm"], _ratio(r, "default"), _ratio(r, "best_constant"),
                        _fmt(r["logrank_p"], 2))
     out_console.print(times)
     out_console.print(ratios)
+    scheduled = [r for r in rows if r["ablations"]]
+    if scheduled:
+        ablated = _table("Does the schedule matter? Against its own ablations",
+                         "each scheduled quantity held constant at its start, end and mean; "
+                         "the best feasible of them; bootstrap 95% CI",
+                         ("arm", "best ablation", "× ablation [CI]", "p", "verdict"))
+        for r in scheduled:
+            ablated.add_row(r["arm"], (r["ablation_best"] or "—").removeprefix(r["arm"] + ":"),
+                            _ratio(r, "ablation"), _fmt(r["logrank_p_vs_ablation"], 2),
+                            r["schedule_verdict"])
+        out_console.print(ablated)
     for r in rows:
         walls = [f"× {name} {_fmt(r[f'wall_ratio_vs_{key}'])}"
                  for key, name in (("default", "default"), ("best_constant", "best const"))
@@ -128,11 +153,14 @@ def _report(result, json_out: bool) -> None:
             "value": result.constant.best.value,
             "median": result.constant.best.user_attrs.get("median")},
         "compare": result.compare,
+        "notes": result.notes,
         "out": str(result.out_dir),
     }
     if json_out:
         print_json(payload)
         return
+    for note in result.notes:
+        err_console.print(escape(f"note: {note}"), highlight=False)
     err_console.print(escape(f"wrote {result.out_dir / TRIALS}"
                              + (f" and {result.out_dir / COMPARE_CSV}" if result.compare else "")))
     line = (f"{result.study_name}: {payload['n_complete']} complete, {payload['n_pruned']} "
@@ -174,7 +202,9 @@ def optimize_cmd(
 
     Example: escapestat optimize studies/grok-search-quick.toml
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    # Our own line per trial instead; a failed trial's line says why (Optuna would print
+    # a traceback for each, and one for a trial cut short by Ctrl-C).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = optimize(study_file, out_dir, storage, study_name, trials, device.value,
                       compare=not no_compare, heartbeat=heartbeat,
@@ -201,7 +231,7 @@ def compare_cmd(
 
     Example: escapestat compare studies/grok-search-quick.toml
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = compare_searches(study_file, out_dir, storage, study_name, device.value,
                               _arm_line)

@@ -1,12 +1,23 @@
-"""Validation of a search: the best schedules and the baselines re-run on fresh seeds.
+"""Validation of a search: the best schedules, their ablations and the baselines, re-run.
 
 A search picks its best trial from many noisy ones, so its best value is biased low (the
 winner's curse). Here each arm — the best few trials, the best constant setting (from
 the constant-only search with the same trial budget) and the study file's baselines —
 is trained again on ``compare_seed``, never used in the search, at the same step budget,
-and set against the literature default and the best constant: the ratio of median times
-with a bootstrap CI, and a log-rank p-value; also per wall-clock second, since a filter
-or schedule may cost time per step.
+every replica to the budget where its final error is measured (``search.needs_hold``).
+
+A diverged replica is a failure (it never escapes): each arm's median is where the
+Aalen–Johansen incidence of escape reaches ½, and arms are set against the literature
+default and the best constant by the ratio of those medians with a bootstrap CI, in steps
+and per wall-clock second (a filter or schedule may cost time per step), and by a
+log-rank test on the escape times with diverged replicas kept at risk to the budget.
+
+A schedule's edge over "the best constant" can be an artefact of a constant-only search
+that explored too little. So each best trial that schedules something is also run with
+each scheduled quantity held constant — at its start, its end and its time average over
+the budget (its *ablations*) — and set against the best of them that meets the search's
+constraint. The schedule matters only when that ratio's CI excludes 1. Choosing the best
+ablation on the same data favours the ablation, so the test leans against the schedule.
 """
 
 from __future__ import annotations
@@ -16,40 +27,96 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .arm_contrast import logrank_p, median_ratio, scaled
-from .search import ArmRun, SearchOutcome, run_arm
-from .search_space import SearchSpec, build_study
+import numpy as np
+
+from .arm_contrast import incidence_median_ratio, logrank_p, scaled
+from .incidence import DIVERGE, ESCAPE
+from .schedules import parse_schedule
+from .search import ArmRun, SearchOutcome, needs_hold, run_arm
+from .search_space import SearchSpec, apply_overrides, build_study
 
 DEFAULT, BEST_CONSTANT = "default", "best-constant"
+#: The values an ablation holds a schedule at.
+HELD_AT = ("start", "end", "mean")
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
     overrides: dict[str, Any]
-    source: str  # "search", "constant search" or "baseline"
+    source: str  # "search trial N", "constant search", "baseline" or "ablation of ARM"
 
 
 def pick_arms(spec: SearchSpec, search: SearchOutcome,
               constant: SearchOutcome | None) -> list[Arm]:
-    """The best ``spec.top`` distinct trials, the best constant, then the baselines."""
-    arms: list[Arm] = []
-    seen: set[str] = set()
-
-    def add(name: str, overrides: dict, source: str) -> None:
-        key = json.dumps(overrides, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            arms.append(Arm(name, dict(overrides), source))
-
+    """The best constant, the best ``spec.top`` distinct trials, then the baselines."""
+    arms = _Arms()
     constant_best = constant.best if constant is not None else None
     if constant_best is not None:
-        add(BEST_CONSTANT, constant_best.user_attrs["overrides"], "constant search")
+        arms.add(BEST_CONSTANT, constant_best.user_attrs["overrides"], "constant search")
     for i, trial in enumerate(search.ranked()[:spec.top], start=1):
-        add(f"best-{i}", trial.user_attrs["overrides"], f"search trial {trial.number}")
+        arms.add(f"best-{i}", trial.user_attrs["overrides"], f"search trial {trial.number}")
     for name, overrides in spec.baselines.items():
-        add(name, overrides, "baseline")
-    return arms
+        arms.add(name, overrides, "baseline")
+    return arms.arms
+
+
+class _Arms:
+    """Arms in order, one per distinct setting: a setting met again keeps its first name."""
+
+    def __init__(self, arms: list[Arm] = ()):
+        self.arms: list[Arm] = []
+        self._names: dict[str, str] = {}
+        for arm in arms:
+            self.add(arm.name, arm.overrides, arm.source)
+
+    def add(self, name: str, overrides: dict[str, Any], source: str) -> str:
+        """The name the setting runs under (``name``, or the arm that has it already)."""
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in self._names:
+            self._names[key] = name
+            self.arms.append(Arm(name, dict(overrides), source))
+        return self._names[key]
+
+
+def held_values(raw: dict, overrides: dict[str, Any], source: str) -> dict[str, dict]:
+    """Each non-constant schedule of the arm's ``[dynamics]``, by key, with the constants
+    an ablation holds it at: its value at the first and the last step and its mean over
+    the budget (a batch size rounded to a whole number)."""
+    study = build_study(raw, overrides, source)
+    steps = np.arange(study.run.max_steps)
+    dynamics = apply_overrides(raw, overrides).get("dynamics", {})
+    out = {}
+    for key, value in dynamics.items():
+        if not (isinstance(value, dict) and "shape" in value):
+            continue
+        schedule = parse_schedule(value, f"{source}: [dynamics] {key}")
+        if schedule.is_constant:
+            continue
+        held = {"start": schedule.value(0), "end": schedule.value(int(steps[-1])),
+                "mean": float(np.mean([schedule.value(int(t)) for t in steps]))}
+        if key == "batch_size":
+            held = {k: max(1, int(round(v))) for k, v in held.items()}
+        out[key] = held
+    return out
+
+
+def with_ablations(raw: dict, source: str, arms: list[Arm]) -> tuple[list[Arm],
+                                                                      dict[str, list[str]]]:
+    """The arms plus, for each best trial that schedules something, one arm per scheduled
+    quantity and ``HELD_AT`` value; and, per such trial, the names of its ablations."""
+    out = _Arms(arms)
+    ablations: dict[str, list[str]] = {}
+    for arm in [a for a in arms if a.source.startswith("search trial")]:
+        for key, held in held_values(raw, arm.overrides, source).items():
+            path = f"dynamics.{key}"
+            kept = {k: v for k, v in arm.overrides.items()
+                    if k != path and not k.startswith(path + ".")}
+            for at in HELD_AT:
+                name = out.add(f"{arm.name}:{key}@{at}", {**kept, path: held[at]},
+                               f"ablation of {arm.name}")
+                ablations.setdefault(arm.name, []).append(name)
+    return out.arms, ablations
 
 
 def run_arms(raw: dict, spec: SearchSpec, source: str, arms: list[Arm], device: str = "auto",
@@ -60,46 +127,105 @@ def run_arms(raw: dict, spec: SearchSpec, source: str, arms: list[Arm], device: 
         study = build_study(raw, arm.overrides, source, f"compare {arm.name}")
         seed = spec.compare_seed if spec.compare_seed is not None else study.run.seed + 1
         study = study.with_overrides(seed=seed, replicas=spec.compare_replicas)
-        out[arm.name] = run_arm(study, device, hold=spec.max_final_loss is not None)
+        out[arm.name] = run_arm(study, device, hold=needs_hold(study, spec))
         if on_arm is not None:
             on_arm(arm, out[arm.name])
     return out
 
 
-def _ci(value) -> list[float | None]:
-    return [value.ci[0], value.ci[1]]
+def meets_constraints(spec: SearchSpec, summary: dict[str, Any]) -> bool:
+    """Whether an arm's final test error or loss is within the search's constraint."""
+    for limit, value in ((spec.max_final_test_error, summary["final_test_error"]),
+                         (spec.max_final_loss, summary["final_loss"])):
+        if limit is not None and (value is None or value > limit):
+            return False
+    return True
 
 
-def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], n_bootstrap: int = 2000,
+def _at_risk_to_budget(run: ArmRun) -> tuple[np.ndarray, np.ndarray]:
+    """Escape times with each diverged replica at risk to the budget (never escaping)."""
+    c = run.causes
+    return np.where(c == DIVERGE, float(run.budget), run.durations), (c == ESCAPE).astype(int)
+
+
+@dataclass(frozen=True)
+class _Contrast:
+    ratio: float | None
+    ci: list[float | None]
+    wall: float | None
+    logrank_p: float
+
+
+def _contrast(run: ArmRun, ref: ArmRun, n_bootstrap: int, seed: int) -> _Contrast:
+    r = incidence_median_ratio(run.durations, run.causes, ref.durations, ref.causes,
+                               n_bootstrap=n_bootstrap, seed=seed)
+    wall = scaled(r, run.seconds_per_step / ref.seconds_per_step)
+    return _Contrast(r.ratio, [r.ci[0], r.ci[1]], wall.ratio,
+                     logrank_p(*_at_risk_to_budget(run), *_at_risk_to_budget(ref)))
+
+
+def _verdict(c: _Contrast) -> str:
+    lo, hi = c.ci
+    if hi is not None and hi < 1:
+        return "faster"
+    if lo is not None and lo > 1:
+        return "slower"
+    return "no difference shown"
+
+
+def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
+                  ablations: dict[str, list[str]] | None = None, n_bootstrap: int = 2000,
                   seed: int = 0) -> list[dict[str, Any]]:
-    """Per arm: its median with CI, escaped fraction, final test error, and its ratio of
-    medians (in steps and in wall-clock seconds) against the default and the best constant."""
+    """Per arm: outcome fractions, incidence median with CI, final errors, feasibility; its
+    ratio of medians against the default, the best constant and (a scheduled best trial)
+    the best feasible of its own ablations, each with a bootstrap CI."""
+    ablations = ablations or {}
+    summaries = {arm.name: runs[arm.name].summary(seed=seed) for arm in arms}
+    feasible = {name: meets_constraints(spec, s) for name, s in summaries.items()}
     rows = []
     for arm in arms:
-        run = runs[arm.name]
-        s = run.summary()
+        run, s = runs[arm.name], summaries[arm.name]
         row = {"arm": arm.name, "source": arm.source, "params": arm.overrides,
-               "n": s["n"], "events": s["events"], "median": s["median"],
-               "median_ci": s["median_ci"], "escaped_fraction": s["escaped_fraction"],
-               "final_test_error": s["final_test_error"], "final_loss": s["final_loss"],
-               "rmst": s["rmst"],
-               "seconds_per_step": s["seconds_per_step"]}
+               **{k: s[k] for k in ("n", "events", "diverged", "median", "median_ci",
+                                    "escaped_fraction", "diverged_fraction",
+                                    "censored_fraction", "final_test_error",
+                                    "final_train_error", "final_loss", "rmst",
+                                    "seconds_per_step")},
+               "feasible": feasible[arm.name]}
         for ref_name, key in ((DEFAULT, "default"), (BEST_CONSTANT, "best_constant")):
             ref = runs.get(ref_name)
-            row[f"ratio_vs_{key}"] = row[f"ratio_vs_{key}_ci"] = None
-            row[f"wall_ratio_vs_{key}"] = None
-            row[f"logrank_p_vs_{key}"] = None
-            if ref is None or ref_name == arm.name:
-                continue
-            r = median_ratio(run.durations, run.events, ref.durations, ref.events,
-                             n_bootstrap=n_bootstrap, seed=seed)
-            wall = scaled(r, run.seconds_per_step / ref.seconds_per_step)
-            row[f"ratio_vs_{key}"], row[f"ratio_vs_{key}_ci"] = r.ratio, _ci(r)
-            row[f"wall_ratio_vs_{key}"] = wall.ratio
-            row[f"logrank_p_vs_{key}"] = logrank_p(run.durations, run.events,
-                                                   ref.durations, ref.events)
+            c = (None if ref is None or ref_name == arm.name
+                 else _contrast(run, ref, n_bootstrap, seed))
+            row[f"ratio_vs_{key}"] = None if c is None else c.ratio
+            row[f"ratio_vs_{key}_ci"] = None if c is None else c.ci
+            row[f"wall_ratio_vs_{key}"] = None if c is None else c.wall
+            row[f"logrank_p_vs_{key}"] = None if c is None else c.logrank_p
         # Against the best constant, the bar a schedule must clear; else the default.
         row["logrank_p"] = (row["logrank_p_vs_best_constant"]
                             if BEST_CONSTANT in runs else row["logrank_p_vs_default"])
+        row.update(_ablation_columns(arm, runs, summaries, feasible,
+                                     ablations.get(arm.name, []), n_bootstrap, seed))
         rows.append(row)
     return rows
+
+
+def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, dict],
+                      feasible: dict[str, bool], names: list[str], n_bootstrap: int,
+                      seed: int) -> dict[str, Any]:
+    """The best feasible ablation (shortest median, then restricted mean) and the arm's
+    ratio against it; ``schedule_verdict`` says whether the CI excludes 1 and which way."""
+    out = {"ablations": names or None, "ablation_best": None, "ratio_vs_ablation": None,
+           "ratio_vs_ablation_ci": None, "wall_ratio_vs_ablation": None,
+           "logrank_p_vs_ablation": None, "schedule_verdict": None}
+    if not names:
+        return out
+    ok = [n for n in dict.fromkeys(names) if n != arm.name and feasible[n]]
+    if not ok:
+        out["schedule_verdict"] = "no ablation is feasible"
+        return out
+    best = min(ok, key=lambda n: (summaries[n]["median"] or np.inf, summaries[n]["rmst"]))
+    c = _contrast(runs[arm.name], runs[best], n_bootstrap, seed)
+    out.update(ablation_best=best, ratio_vs_ablation=c.ratio, ratio_vs_ablation_ci=c.ci,
+               wall_ratio_vs_ablation=c.wall, logrank_p_vs_ablation=c.logrank_p,
+               schedule_verdict=_verdict(c))
+    return out

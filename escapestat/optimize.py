@@ -21,18 +21,20 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from .compare import Arm, contrast_rows, pick_arms, run_arms
+from .compare import Arm, contrast_rows, pick_arms, run_arms, with_ablations
 from .errors import EscapestatError
 from .search import (
     CONSTANT_SUFFIX,
     ArmRun,
     Objective,
     SearchOutcome,
+    edge_notes,
     open_search,
     outcome,
     run_search,
     trials_frame,
 )
+from .search_identity import check_identity, search_identity
 from .search_space import SearchSpec, build_study, load_search
 from .search_storage import HEARTBEAT_SECONDS, embedded_url, open_storage, redact
 
@@ -49,6 +51,7 @@ class OptimizeResult:
     search: SearchOutcome
     constant: SearchOutcome | None
     compare: list[dict[str, Any]] | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. best values at a range's edge
 
 
 @dataclass
@@ -60,6 +63,7 @@ class _Setup:
     storage_url: str
     storage: Any
     budget: int
+    identity: dict[str, Any]
 
 
 def _setup(study_file: str | Path, out_dir: Path, storage_url: str | None,
@@ -74,7 +78,7 @@ def _setup(study_file: str | Path, out_dir: Path, storage_url: str | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url or embedded_url(out_dir)
     return _Setup(raw, spec, str(path), study_name or base.name, url,
-                  open_storage(url, heartbeat), base.run.max_steps)
+                  open_storage(url, heartbeat), base.run.max_steps, search_identity(base, spec))
 
 
 def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | None = None,
@@ -89,22 +93,41 @@ def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | Non
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [] if on_trial is None else [
         lambda study, trial: on_trial(study.study_name, study, trial)]
-    main = open_search(s.storage, s.name, s.spec, s.budget)
-    search = run_search(main, Objective(s.raw, s.spec, s.source, device, False, worker),
-                        s.spec.trials, callbacks)
-    constant = None
+    where = f" in {redact(s.storage_url)}"
+    main = open_search(s.storage, s.name, s.spec, s.budget, s.identity, where)
+    run_search(main, Objective(s.raw, s.spec, s.source, device, False, worker), s.spec.trials,
+               callbacks)
+    cst = None
     if s.spec.constant_search and s.spec.shape_params:
-        cst = open_search(s.storage, s.name + CONSTANT_SUFFIX, s.spec, s.budget)
-        constant = run_search(cst, Objective(s.raw, s.spec, s.source, device, True, worker),
-                              s.spec.trials, callbacks)
-    elif s.spec.constant_search:
-        constant = search  # nothing scheduled is searched: the search is constant-only
-    frames = [search] + ([constant] if constant is not None and constant is not search else [])
-    trials_frame(*frames).to_csv(out_dir / TRIALS, index=False)
+        cst = open_search(s.storage, s.name + CONSTANT_SUFFIX, s.spec, s.budget, s.identity,
+                          where)
+        run_search(cst, Objective(s.raw, s.spec, s.source, device, True, worker),
+                   s.spec.trials, callbacks)
+    # Other workers may have finished trials meanwhile: report the storage's state now.
+    # Nothing scheduled searched: the search itself is the constant-only one.
+    search = outcome(main)
+    constant = outcome(cst) if cst is not None else search if s.spec.constant_search else None
+    _write_trials(out_dir, search, constant)
+    notes = _edge_notes(s.spec, search, constant)
     rows = None
     if compare:
         rows = _compare(s, search, constant, device, out_dir, on_arm)
-    return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows)
+    return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows,
+                          notes)
+
+
+def _edge_notes(spec: SearchSpec, search: SearchOutcome,
+                constant: SearchOutcome | None) -> list[str]:
+    return edge_notes(spec, search) + (edge_notes(spec, constant)
+                                       if constant is not search else [])
+
+
+def _write_trials(out_dir: Path, search: SearchOutcome, constant: SearchOutcome | None) -> None:
+    """``trials.csv`` from the storage's state, replaced atomically (workers share a folder)."""
+    frames = [search] + ([constant] if constant is not None and constant is not search else [])
+    tmp = out_dir / f".{TRIALS}.{os.getpid()}.tmp"
+    trials_frame(*frames).to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / TRIALS)
 
 
 def compare_searches(study_file: str | Path, out_dir: str | Path, storage_url: str | None = None,
@@ -113,22 +136,25 @@ def compare_searches(study_file: str | Path, out_dir: str | Path, storage_url: s
     """Re-run the arms of finished searches (e.g. after many workers) on fresh seeds."""
     out_dir = Path(out_dir)
     s = _setup(study_file, out_dir, storage_url, study_name, None, HEARTBEAT_SECONDS)
-    search = outcome(_load(s.storage, s.name, s.storage_url))
+    search = outcome(_load(s, s.name))
     constant = None
     if s.spec.constant_search and s.spec.shape_params:
-        constant = outcome(_load(s.storage, s.name + CONSTANT_SUFFIX, s.storage_url))
+        constant = outcome(_load(s, s.name + CONSTANT_SUFFIX))
     elif s.spec.constant_search:
         constant = search
     rows = _compare(s, search, constant, device, out_dir, on_arm)
-    return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows)
+    return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows,
+                          _edge_notes(s.spec, search, constant))
 
 
-def _load(storage, name: str, url: str) -> optuna.Study:
+def _load(s: _Setup, name: str) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=s.storage)
     except KeyError:
-        raise EscapestatError(f"no search named {name!r} in {redact(url)}: run "
+        raise EscapestatError(f"no search named {name!r} in {redact(s.storage_url)}: run "
                               f"'escapestat optimize' first") from None
+    check_identity(study, s.identity, f" in {redact(s.storage_url)}")
+    return study
 
 
 def _compare(s: _Setup, search: SearchOutcome, constant: SearchOutcome | None, device: str,
@@ -136,8 +162,9 @@ def _compare(s: _Setup, search: SearchOutcome, constant: SearchOutcome | None, d
     arms = pick_arms(s.spec, search, constant)
     if not arms:
         raise EscapestatError("nothing to compare: no complete feasible trial and no baselines")
+    arms, ablations = with_ablations(s.raw, s.source, arms)
     runs = run_arms(s.raw, s.spec, s.source, arms, device, on_arm)
-    rows = contrast_rows(arms, runs, seed=s.spec.seed)
+    rows = contrast_rows(arms, runs, s.spec, ablations, seed=s.spec.seed)
     flat = pd.DataFrame([{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
                           for k, v in r.items()} for r in rows])
     flat.to_csv(out_dir / COMPARE_CSV, index=False)

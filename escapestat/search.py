@@ -1,22 +1,26 @@
-"""Optuna search over a study's schedules, with a censoring-aware objective and pruning.
+"""Optuna search over a study's schedules, with a competing-risk objective and pruning.
 
 Each trial trains the study's replicas (one condition: the trial's parameters) for the
 study's step budget on the study's own seed — the same seed for every trial, so that
 trials differ by their parameters, not their luck — and is scored by
 
-    rmst:     log RMST(budget) = log ∫₀^budget S(t) dt   (S: Kaplan–Meier of the escape times)
-    log_tau:  log(exposure / max(escapes, ½))             (exposure: Σ durations)
+    rmst:     log ∫₀^budget (1 − F(t)) dt    (F: Aalen–Johansen incidence of escape)
+    log_tau:  log(exposure / max(escapes, ½))  (a diverged replica exposed to the budget)
 
-Censored replicas enter as censored, never as escapes at the budget. At ``checkpoints``
-steps t the fraction of the time so far spent trapped, log((1/t) ∫₀^t S), is reported
-so that a pruner can stop a hopeless trial. It never rises with t (S falls), so Optuna's
-median pruner, which compares a trial's best value so far with the others' at that
-step, compares like with like; at the budget it is the objective minus log(budget).
-``max_final_test_error`` (grokking) or ``max_final_loss`` (the linear trap: every replica
-then trains to the budget, escaped or not, and its loss there is measured) is a
-constraint (``Trial.set_constraint``): a schedule that escapes fast but ends worse — by
-staying hot, say — does not win. Each trial keeps its overrides, events, n,
-median and CI, RMST and final test error as user attributes.
+A diverged replica is a failure here, never missing data: it can no longer escape, so it
+counts as not escaped to the budget (the competing-risk reading), while a replica still
+trapped at the budget is censored there. (Estimation — ``fit``, ``run`` — censors a
+divergence where it happened instead: there the question is the rate of escape.) At
+``checkpoints`` steps t the fraction of the time so far spent not yet escaped,
+log((1/t) ∫₀^t (1 − F)), is reported so that a pruner can stop a hopeless trial. It never
+rises with t (1 − F falls), so Optuna's median pruner, which compares a trial's best value
+so far with the others' at that step, compares like with like; at the budget it is the
+objective minus log(budget).
+``max_final_test_error`` (grokking) or ``max_final_loss`` (the linear trap) is a
+constraint (``Trial.set_constraint``), measured with every replica trained on to the
+budget (``hold``): a setting that escapes fast but ends worse — by staying hot, or by
+forgetting what it learned — does not win. Each trial keeps its overrides, outcome
+counts, median and CI, RMST and final errors as user attributes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,15 +38,30 @@ import pandas as pd
 
 from .detector import CENSORED, DIVERGED, ESCAPED
 from .errors import EscapestatError
+from .incidence import DIVERGE, ESCAPE, EscapeIncidence, incidence_median_ci
+from .search_identity import check_identity
+from .search_sampling import make_pruner, make_sampler, trial_seed
 from .search_space import SearchSpec, build_study, suggest
-from .study import Study, conditions
-from .survival import KaplanMeierMedian, kaplan_meier, restricted_mean
+from .search_storage import retried_from
+from .study import GROKKING_MODELS, Study, conditions
 from .trials import plan_chunks, resolve_device, run_chunk_output
 
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 #: The constraint's name in Optuna (``Trial.set_constraint``): mean final test error − limit.
 CONSTRAINT = "final_test_error"
 CONSTANT_SUFFIX = "-constant"
+
+
+def causes(status: np.ndarray) -> np.ndarray:
+    """Competing-risk codes of replica statuses: 1 escaped, 2 diverged, 0 censored."""
+    return np.where(status == ESCAPED, ESCAPE, np.where(status == DIVERGED, DIVERGE, 0))
+
+
+def needs_hold(study: Study, spec: SearchSpec) -> bool:
+    """Whether search trials and compare arms train every replica to the budget: always
+    for the grokking models (their final errors are measured there), and for the linear
+    trap under ``max_final_loss``."""
+    return study.model.kind in GROKKING_MODELS or spec.max_final_loss is not None
 
 
 # ---------------------------------------------------------------- one arm, run and summarised
@@ -69,18 +87,30 @@ class ArmRun:
         return self.survival["event"].to_numpy(dtype=int)
 
     @property
+    def causes(self) -> np.ndarray:
+        """1 escaped, 2 diverged (a competing event), 0 censored."""
+        return causes(self.survival["status"].to_numpy())
+
+    @property
     def seconds_per_step(self) -> float:
         """Wall seconds per step of the whole ensemble (replicas retire as they escape, so
         late steps are cheaper: an average, not a constant)."""
         return self.seconds / max(self.steps, 1)
 
-    def final_test_error(self) -> float | None:
-        """Mean of 1 − final test accuracy over the replicas (a diverged one counts as 1);
-        None for models that do not measure test accuracy."""
-        if "final_test_accuracy" not in self.replicas:
+    def _final_error(self, column: str) -> float | None:
+        """Mean of 1 − ``column`` over the replicas; a diverged one counts as 1."""
+        if column not in self.replicas:
             return None
-        acc = self.survival["final_test_accuracy"].to_numpy(dtype=float)
+        acc = self.survival[column].to_numpy(dtype=float)
         return float(np.mean(np.where(np.isfinite(acc), 1 - acc, 1.0))) if acc.size else None
+
+    def final_test_error(self) -> float | None:
+        """Mean final test error — at the budget when the run held its replicas, else where
+        each left; None for models that do not measure test accuracy."""
+        return self._final_error("final_test_accuracy")
+
+    def final_train_error(self) -> float | None:
+        return self._final_error("final_train_accuracy")
 
     def final_loss(self) -> float | None:
         """Mean final loss at the budget (runs that hold escaped replicas); a diverged
@@ -90,16 +120,28 @@ class ArmRun:
         loss = self.survival["final_loss"].to_numpy(dtype=float)
         return float(np.mean(np.where(np.isfinite(loss), loss, np.inf))) if loss.size else None
 
-    def summary(self) -> dict[str, Any]:
-        d, e = self.durations, self.events
-        if d.size == 0:
+    def incidence(self) -> EscapeIncidence:
+        """The Aalen–Johansen incidence of escape, divergence competing."""
+        if self.durations.size == 0:
             raise EscapestatError("no replica gave survival data (all untrapped or unfit)")
-        km = KaplanMeierMedian().fit(d, e)
-        times, surv = kaplan_meier(d, e)
-        return {"n": int(d.size), "events": int(e.sum()), "escaped_fraction": float(e.mean()),
-                "median": km.median_, "median_ci": list(km.median_ci_),
-                "rmst": restricted_mean(times, surv, self.budget),
-                "exposure": float(d.sum()), "final_test_error": self.final_test_error(),
+        return EscapeIncidence().fit(self.durations, self.causes)
+
+    def summary(self, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """Outcome counts and fractions, the incidence median with a bootstrap CI, the
+        restricted mean time not yet escaped (``rmst``), exposure and final errors."""
+        inc = self.incidence()
+        d, c = self.durations, self.causes
+        frac = inc.fractions()
+        return {"n": int(d.size), "events": int((c == ESCAPE).sum()),
+                "diverged": int((c == DIVERGE).sum()),
+                "escaped_fraction": frac["escaped"], "diverged_fraction": frac["diverged"],
+                "censored_fraction": frac["censored"],
+                "median": inc.median_,
+                "median_ci": list(incidence_median_ci(d, c, n_bootstrap, seed=seed)),
+                "rmst": inc.restricted_mean(self.budget),
+                "exposure": float(np.where(c == DIVERGE, self.budget, d).sum()),
+                "final_test_error": self.final_test_error(),
+                "final_train_error": self.final_train_error(),
                 "final_loss": self.final_loss(),
                 "seconds": round(self.seconds, 3),
                 "seconds_per_step": self.seconds_per_step}
@@ -109,7 +151,7 @@ def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | Non
             hold: bool = False) -> ArmRun:
     """Run ``study`` (one condition) in memory, on one chunk; nothing is written.
 
-    ``hold`` trains escaped replicas on to the budget to measure their final loss."""
+    ``hold`` trains escaped replicas on to the budget to measure their final values there."""
     dev = resolve_device(device)
     study = study.with_overrides(chunk_replicas=max(study.run.replicas, study.run.chunk_replicas))
     conds = conditions(study)
@@ -136,15 +178,15 @@ def objective_value(kind: str, summary: dict[str, Any]) -> float:
 
 def censored_rmst(t: int, status: np.ndarray, duration: np.ndarray,
                   active: np.ndarray) -> float:
-    """RMST to horizon t of the replicas so far: undecided ones censored at t."""
+    """∫₀^t (1 − F) of the replicas so far: undecided ones censored at t, diverged ones
+    never escaping."""
     d = np.minimum(duration.astype(float), t)
     d[active] = t
     keep = np.isin(status, SURVIVAL_STATUSES)
     keep[active] = True
-    e = (status == ESCAPED) & keep
-    e[active] = False
-    times, surv = kaplan_meier(d[keep], e[keep].astype(int))
-    return restricted_mean(times, surv, t)
+    c = causes(status)
+    c[active] = 0
+    return EscapeIncidence().fit(d[keep], c[keep]).restricted_mean(t)
 
 
 # ---------------------------------------------------------------- the objective
@@ -167,9 +209,22 @@ class Objective:
                        for i in range(1, k + 1)})
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """The trial's score; a trial that fails says why (``fail_reason``), and one cut
+        short by Ctrl-C (marked FAIL by Optuna) is flagged ``interrupted``."""
+        try:
+            return self._score(trial)
+        except EscapestatError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _score(self, trial: optuna.Trial) -> float:
         overrides = suggest(self.spec, trial, self.constant_only)
         study = build_study(self.raw, overrides, self.source)
         trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("sampler_seed", trial_seed(self.spec.seed, trial.number))
         if self.worker:
             trial.set_user_attr("worker", self.worker)
         marks = self.checkpoints(study.run.max_steps, study.escape.check_every)
@@ -187,11 +242,11 @@ class Objective:
                 if limit is not None and "test_accuracy" in last:
                     err = float(np.nanmean(1 - last["test_accuracy"]))
                     trial.set_user_attr("final_test_error", err)
-                    trial.set_constraint(CONSTRAINT, err - limit)
+                    _constrain(trial, CONSTRAINT, err - limit)
                 trial.set_user_attr("pruned_at", int(t))
                 raise optuna.TrialPruned()
 
-        arm = run_arm(study, self.device, watch, hold=self.spec.max_final_loss is not None)
+        arm = run_arm(study, self.device, watch, hold=needs_hold(study, self.spec))
         # A trial whose replicas were all decided before the last checkpoints still has a
         # value there (its survival curve is known to the budget): report it, so that the
         # pruner compares later trials with the fast ones too, not only with the slow.
@@ -202,11 +257,21 @@ class Objective:
             trial.set_user_attr(key, value)
         if limit is not None:
             err = summary["final_test_error"]
-            trial.set_constraint(CONSTRAINT, (1.0 if err is None else err) - limit)
+            _constrain(trial, CONSTRAINT, (1.0 if err is None else err) - limit)
         if self.spec.max_final_loss is not None:
             loss = summary["final_loss"]
-            trial.set_constraint("final_loss", min(loss, 1e300) - self.spec.max_final_loss)
+            _constrain(trial, "final_loss", min(loss, 1e300) - self.spec.max_final_loss)
         return objective_value(self.spec.objective, summary)
+
+
+def _constrain(trial: optuna.Trial, name: str, value: float) -> None:
+    """``Trial.set_constraint``, and the same as user attributes ``constraints`` and
+    ``feasible``: optuna-dashboard (0.21) reads constraints where optuna 4 kept them, not
+    where optuna 5 writes them, so without these it shows every trial's as empty."""
+    trial.set_constraint(name, value)
+    shown = {**trial.user_attrs.get("constraints", {}), name: value}
+    trial.set_user_attr("constraints", shown)
+    trial.set_user_attr("feasible", all(v <= 0 for v in shown.values()))
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
@@ -214,36 +279,20 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, grouped: spaces that change with a searched shape), GP, CMA-ES or
-    random, seeded; TPE and GP read the trials' constraints while sampling, the others
-    meet them only when the best trial is chosen."""
-    startup = min(10, max(2, spec.trials // 4))
-    if spec.sampler == "tpe":
-        with warnings.catch_warnings():  # ``group`` is flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
-                                              n_startup_trials=startup)
-    if spec.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=startup)
-    if spec.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
-
-
-def make_pruner(spec: SearchSpec, budget: int) -> optuna.pruners.BasePruner:
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=max(3, spec.trials // 8),
-                                           n_warmup_steps=budget // spec.checkpoints)
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=budget // spec.checkpoints,
-                                              max_resource=budget)
-    return optuna.pruners.NopPruner()
-
-
 # ---------------------------------------------------------------- running a search
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
+
+
+def spent(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that use up the budget: complete, pruned, and failed ones that failed on
+    their own (a bad override, no usable replicas). A trial whose worker died is failed
+    and re-queued with the same parameters: the failed copy does not count, its retry
+    does. A trial interrupted by Ctrl-C does not count either (the search resumes)."""
+    retried = {retried_from(t) for t in trials} - {None}
+    fail = optuna.trial.TrialState.FAIL
+    return sum(t.state in FINISHED and not (t.state == fail and (
+        t.number in retried or t.user_attrs.get("interrupted"))) for t in trials)
 
 
 @dataclass
@@ -271,25 +320,61 @@ def outcome(study: optuna.Study) -> SearchOutcome:
     return result
 
 
-def open_search(storage, name: str, spec: SearchSpec, budget: int) -> optuna.Study:
-    """Create the study once (any worker), or load it: workers share it by name."""
-    return optuna.create_study(storage=storage, study_name=name, direction="minimize",
-                               sampler=make_sampler(spec), pruner=make_pruner(spec, budget),
-                               load_if_exists=True)
+#: How close to an end of its range a best value must be for ``edge_notes`` to speak.
+EDGE = 0.05
+
+
+def edge_notes(spec: SearchSpec, out: SearchOutcome | None) -> list[str]:
+    """A note per searched range whose best value lies in the outer ``EDGE`` of it (on a
+    log scale for a log range): the optimum may lie beyond, so the range should widen."""
+    best = out.best if out is not None else None
+    if best is None:
+        return []
+    notes = []
+    for p in spec.space:
+        v = best.params.get(p.path)
+        if p.choices is not None or v is None:
+            continue
+        scale = math.log if p.log else float
+        pos = (scale(v) - scale(p.low)) / (scale(p.high) - scale(p.low))
+        if EDGE < pos < 1 - EDGE:
+            continue
+        side, bound = ("top", p.high) if pos >= 1 - EDGE else ("bottom", p.low)
+        notes.append(f"{out.name}: the best trial (#{best.number}) has {p.path} = {v:.3g}, "
+                     f"in the {side} {EDGE:.0%} of its range [{p.low:g}, {p.high:g}]"
+                     f"{' (log scale)' if p.log else ''}: the best may lie beyond "
+                     f"{bound:g}; widen the range")
+    return notes
+
+
+def open_search(storage, name: str, spec: SearchSpec, budget: int,
+                identity: dict[str, Any] | None = None, where: str = "") -> optuna.Study:
+    """Create the study once (any worker), or load it: workers share it by name. With
+    ``identity``, a study made from a different study file is refused (``check_identity``)."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                                sampler=make_sampler(spec), pruner=make_pruner(spec, budget),
+                                load_if_exists=True)
+    if identity is not None:
+        check_identity(study, identity, where)
+    return study
 
 
 def run_search(study: optuna.Study, objective: Objective, n_trials: int,
                callbacks: list[Callable] = ()) -> SearchOutcome:
-    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers).
+    """Run trials until the study has spent ``n_trials`` (shared by all workers; see
+    ``spent``).
 
     Worker errors of the escapestat kind (a bad override, a run with no usable replicas)
     fail that trial and the search goes on; anything else stops this worker.
     """
-    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    if done < n_trials:
+
+    def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if spent(study.get_trials(deepcopy=False)) >= n_trials:
+            study.stop()
+
+    if spent(study.get_trials(deepcopy=False)) < n_trials:
         study.optimize(objective, n_trials=None, catch=(EscapestatError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-                                  *callbacks], gc_after_trial=False)
+                       callbacks=[enough, *callbacks], gc_after_trial=False)
     return outcome(study)
 
 
@@ -299,13 +384,17 @@ def trials_frame(*outcomes: SearchOutcome) -> pd.DataFrame:
     for out in outcomes:
         for t in out.trials:
             a = t.user_attrs
-            row = {"search": out.name, "trial": t.number, "state": t.state.name.lower(),
-                   "value": t.value, "feasible": feasible(t),
-                   "median": a.get("median"), "median_lo": (a.get("median_ci") or [None])[0],
-                   "median_hi": (a.get("median_ci") or [None, None])[1],
-                   "events": a.get("events"), "n": a.get("n"), "rmst": a.get("rmst"),
-                   "final_test_error": a.get("final_test_error"),
-                   "pruned_at": a.get("pruned_at"), "seconds": a.get("seconds"),
-                   "overrides": json.dumps(a.get("overrides", {}), sort_keys=True)}
-            rows.append(row)
+            ci = a.get("median_ci") or [None, None]
+            rows.append({"search": out.name, "trial": t.number,
+                         "state": t.state.name.lower(), "value": t.value,
+                         "feasible": feasible(t), "median": a.get("median"),
+                         "median_lo": ci[0], "median_hi": ci[1],
+                         "events": a.get("events"), "diverged": a.get("diverged"),
+                         "n": a.get("n"), "rmst": a.get("rmst"),
+                         "final_test_error": a.get("final_test_error"),
+                         "final_train_error": a.get("final_train_error"),
+                         "final_loss": a.get("final_loss"),
+                         "pruned_at": a.get("pruned_at"), "seconds": a.get("seconds"),
+                         "worker": a.get("worker"), "sampler_seed": a.get("sampler_seed"),
+                         "overrides": json.dumps(a.get("overrides", {}), sort_keys=True)})
     return pd.DataFrame(rows)

@@ -148,6 +148,9 @@ def _parse_param(path: str, spec, source: str) -> Param:
         raise _fail(source, f"{where}: a log range needs low > 0, got {low}")
     if log and step:
         raise _fail(source, f"{where}: log and step cannot be used together")
+    if step is not None and not 0 < step <= high - low:
+        raise _fail(source, f"{where}: step ({step}) must be > 0 and at most the range "
+                            f"high − low ({high - low:g})")
     return Param(path, low, high, log, step)
 
 
@@ -289,6 +292,7 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
                                     f"({', '.join(SHAPES)}), got {bad or 'a range'}")
     for case in _shape_cases(spec):
         build_study(raw, case, source, "search.space")
+        _check_whole_numbers(spec, raw, case, source)
     for name, overrides in spec.baselines.items():
         for path in overrides:
             if path.split(".", 1)[0] not in SEARCHABLE:
@@ -305,6 +309,43 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
         raise _fail(source, "max_final_loss needs the linear trap (model kind deep_linear); "
                             "grokking models use max_final_test_error")
     return spec
+
+
+def _fractional(p: Param) -> float | None:
+    """A value a float range can sample that is not a whole number, if it has one."""
+    if p.step is None:
+        v = p.low + 0.4937 * (p.high - p.low)
+        return v if not float(v).is_integer() else v + (p.high - p.low) / 10
+    for k in range(1, int((p.high - p.low) / p.step) + 1):
+        v = p.low + k * p.step
+        if not float(v).is_integer():
+            return v
+    return None
+
+
+def _check_whole_numbers(spec: SearchSpec, raw: dict, case: dict[str, Any],
+                         source: str) -> None:
+    """A float range on a key that takes whole numbers (a batch size, a schedule's
+    ``steps``) would sample 147.9 and fail every such trial: refuse it at load."""
+    for p in spec.space:
+        is_float = not (isinstance(p.low, int) and isinstance(p.high, int)
+                        and not isinstance(p.step, float))
+        shape = case.get(f"{p.parent}.shape")
+        shadowed = p.only_for is None and shape is not None and any(  # ``@shape`` wins
+            q.target == p.target and q.only_for == shape for q in spec.space)
+        if p.choices is not None or p.target not in case or not is_float or shadowed:
+            continue
+        v = _fractional(p)
+        if v is None:
+            continue
+        try:
+            build_study(raw, {**case, p.target: v}, source, "search.space")
+        except EscapestatError as exc:
+            if "integer" in str(exc) or "whole" in str(exc):
+                raise _fail(source, f"space {p.path!r} is a float range, but the key takes "
+                                    f"whole numbers (it would sample {v:g}); give low, high "
+                                    f"and step as integers") from None
+            raise
 
 
 def _check_scalars(kwargs: dict, source: str) -> None:

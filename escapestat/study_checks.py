@@ -122,6 +122,8 @@ def check_grokking(study, bad) -> None:
         bad("[dynamics] weight_decay", "is required, ≥ 0")
     if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
         bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
+    if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
+        bad("[dynamics] batch_size", "must be whole numbers")
     if e.measure not in ("generalize", "delay"):
         bad("[escape] measure", f"must be 'generalize' or 'delay', got {e.measure!r}")
     if not 0 < e.fit_fallback < e.fit_threshold <= 1:

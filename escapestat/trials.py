@@ -208,9 +208,11 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
 
     ``hold``: replicas that escape keep training to the budget (their escape time is
     recorded when it commits, as always), and the model's ``final_values()`` (e.g. the
-    linear trap's ``final_loss``) are measured at the budget for every replica that did
-    not diverge. A search uses it to hold schedules to an equal final loss; it costs the
-    full budget for every replica.
+    linear trap's ``final_loss``) and its curves' last values (``final_test_accuracy``)
+    are measured at the budget; a replica that diverges while held keeps its escape, has
+    NaN final values and ``diverged_after_escape`` set. A search uses it to hold
+    schedules to an equal final loss or test error; it costs the full budget for every
+    replica.
 
     Deep linear nets whose step is tiny (``threads.small_work``) run on one CPU thread.
     The grokking models run with denormals flushed to zero on the CPU: saturated softmax
@@ -257,6 +259,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
     active = np.arange(n)
     open_ = np.ones(n, dtype=bool)  # undecided, per position in ``active``
     finals: dict[str, np.ndarray] = {}  # with ``hold``: final values (NaN if diverged)
+    late = np.zeros(n, dtype=bool)  # with ``hold``: decided, then diverged while held
 
     def retire(done: np.ndarray) -> None:
         nonlocal active, open_
@@ -303,6 +306,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                     status[active[m]], duration[active[m]] = label, times[m]
                 if marks is not None:
                     marks.settle((code > 0) & (code < 4), active)
+                late[active[code == 4]] = True
                 open_ &= code == 0
                 gone = code >= 3 if hold else code > 0  # held: only the diverged leave
                 retire(gone)
@@ -320,6 +324,9 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         table[name] = col
     if marks is not None:
         table = _milestone_columns(table, study, marks, last)
+    if hold:  # a replica that diverged after its escape has no final value at the budget
+        table["diverged_after_escape"] = late
+        table.loc[late, [c for c in table if c.startswith("final_")]] = np.nan
     out = None if not curves else {"step": np.asarray(steps),
                                    **{k: np.stack(v) for k, v in curves.items()}}
     return ChunkOutput(table, out)

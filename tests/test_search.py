@@ -14,6 +14,7 @@ import pytest
 from escapestat.detector import CENSORED, DIVERGED, ESCAPED
 from escapestat.search import ArmRun, Objective, censored_rmst, objective_value, outcome
 from escapestat.search_space import load_search
+from escapestat.survival import KaplanMeierMedian
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -70,16 +71,40 @@ def _arm(durations, statuses, budget=100):
 
 
 def test_the_objective_never_fills_censored_replicas_in_as_the_budget():
-    # Two escapes at 10, two diverged (censored) at 5; budget 100. Filling the diverged in
-    # as the budget would give a mean of 55; the KM survival after t = 10 is 0 (both
-    # replicas at risk then escaped), so the RMST is 10.
-    arm = _arm([10.0, 10.0, 5.0, 5.0], [ESCAPED, ESCAPED, DIVERGED, DIVERGED])
+    # Two escapes at 10, two censored at 5 (still trapped when seen last); budget 100.
+    # Filling the censored in as the budget would give a mean of 55; the incidence after
+    # t = 10 is 1 (both replicas at risk then escaped), so the RMST is 10.
+    arm = _arm([10.0, 10.0, 5.0, 5.0], [ESCAPED, ESCAPED, CENSORED, CENSORED])
     s = arm.summary()
     assert s["rmst"] == pytest.approx(10.0)
     assert objective_value("rmst", s) == pytest.approx(math.log(10.0))
     assert objective_value("log_tau", s) == pytest.approx(math.log(30.0 / 2))
     none = _arm([100.0, 100.0], [CENSORED, CENSORED]).summary()
     assert objective_value("log_tau", none) == pytest.approx(math.log(200.0 / 0.5))
+
+
+def test_a_diverged_replica_never_escapes_in_the_objective():
+    # The issue's example: 8 escapes at 100 and 8 divergences at 50 must score worse than
+    # 16 clean escapes at 100. Censoring the divergences (KM) scores them the same: 100.
+    budget = 1000
+    clean = _arm([100.0] * 16, [ESCAPED] * 16, budget).summary()
+    mixed = _arm([100.0] * 8 + [50.0] * 8, [ESCAPED] * 8 + [DIVERGED] * 8, budget).summary()
+    assert clean["rmst"] == pytest.approx(100.0)
+    # Half never escape: 100 + ½ · (1000 − 100).
+    assert mixed["rmst"] == pytest.approx(100.0 + 0.5 * 900.0)
+    for kind in ("rmst", "log_tau"):
+        assert objective_value(kind, mixed) > objective_value(kind, clean)
+    assert (mixed["events"], mixed["diverged"], mixed["diverged_fraction"]) == (8, 8, 0.5)
+    # The median is where the incidence of escape reaches ½: at 100 for the mixed arm too
+    # (8 of 16 escaped), but an arm with 30% diverged and the clean arm's times cannot win.
+    times = list(np.linspace(100, 400, 20))
+    worse = _arm(times[:14] + [30.0] * 6, [ESCAPED] * 14 + [DIVERGED] * 6, budget).summary()
+    base = _arm(times, [ESCAPED] * 20, budget).summary()
+    assert worse["rmst"] > base["rmst"] and worse["median"] >= base["median"]
+    assert objective_value("rmst", worse) > objective_value("rmst", base)
+    # Kaplan–Meier, censoring the divergences at 30, would have made it the faster arm.
+    km = KaplanMeierMedian().fit(np.array(times[:14] + [30.0] * 6), np.r_[np.ones(14), np.zeros(6)])
+    assert km.median_ < base["median"]
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +306,122 @@ def test_loss_and_test_error_constraints_belong_to_their_models():
         load_search(STUDY.replace("max_final_test_error = 0.5", "max_final_loss = 0.5"), "s")
     with pytest.raises(Exception, match="max_final_test_error needs a grokking model"):
         load_search(LINEAR.replace("max_final_loss = 0.3", "max_final_test_error = 0.3"), "s")
+
+
+def test_final_test_error_is_measured_at_the_budget(raw_spec):
+    """Grokking trials train every replica to the budget: lr 0.5 at B 256 escapes (and
+    looked feasible when measured at escape) but forgets again by the budget."""
+    import copy
+
+    from escapestat.search import run_arm
+    from escapestat.search_space import build_study
+    raw, spec = copy.deepcopy(raw_spec[0]), raw_spec[1]
+    raw["dynamics"]["batch_size"], raw["model"]["width"] = 256, 128
+    raw["run"].update(replicas=8, max_steps=1000)
+    study = build_study(raw, {"dynamics.lr": 0.5}, "tiny.toml")
+    at_escape, at_budget = run_arm(study, "cpu"), run_arm(study, "cpu", hold=True)
+    # (Escape times may differ a little: replicas that stay draw from the shared stream.)
+    assert (at_budget.events == 1).all() and (at_escape.events == 1).all()
+    assert at_budget.steps == 1000 > at_escape.steps
+    assert at_budget.final_test_error() > at_escape.final_test_error()
+    # The objective's constraint uses the value at the budget.
+    trial_study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    trial_study.enqueue_trial({"dynamics.lr": 0.5, "dynamics.weight_decay.shape": "constant",
+                               "dynamics.weight_decay.value": 1.0})
+    trial_study.optimize(Objective(raw, spec, "tiny.toml", "cpu"), n_trials=1)
+    a = trial_study.trials[0].user_attrs
+    held = run_arm(build_study(raw, a["overrides"], "tiny.toml"), "cpu", hold=True)
+    assert a["final_test_error"] == pytest.approx(held.final_test_error())
+    assert a["feasible"] == (held.final_test_error() <= 0.5)
+    assert a["constraints"] == {"final_test_error": pytest.approx(
+        held.final_test_error() - 0.5)}
+
+
+def test_a_replica_that_diverges_after_its_escape_has_no_final_accuracy(raw_spec):
+    raw, _ = raw_spec
+    from escapestat.search import run_arm
+    from escapestat.search_space import build_study
+    blow_up = {"shape": "steps", "values": [0.03, 1e30], "at": [400]}
+    study = build_study(raw, {"dynamics.lr": blow_up}, "tiny.toml")
+    held = run_arm(study, "cpu", hold=True)
+    rows = held.survival
+    assert (rows["status"] == ESCAPED).all() and rows["diverged_after_escape"].all()
+    assert rows["final_test_accuracy"].isna().all() and held.final_test_error() == 1.0
+
+
+class _Trial:
+    """The parts of a FrozenTrial that ``spent`` reads."""
+
+    def __init__(self, number, state, attrs):
+        self.number, self.state, self.user_attrs, self.system_attrs = number, state, attrs, {}
+
+
+def test_failed_trials_that_are_retried_or_interrupted_do_not_spend_the_budget(monkeypatch):
+    from escapestat import search
+    S = optuna.trial.TrialState
+    trials = [_Trial(0, S.COMPLETE, {}), _Trial(1, S.PRUNED, {}),
+              _Trial(2, S.FAIL, {}),                    # a worker died: retried as 4
+              _Trial(3, S.FAIL, {"interrupted": True}),  # Ctrl-C
+              _Trial(4, S.COMPLETE, {}), _Trial(5, S.FAIL, {"fail_reason": "bad"}),
+              _Trial(6, S.RUNNING, {})]
+    monkeypatch.setattr(search, "retried_from", lambda t: 2 if t.number == 4 else None)
+    assert search.spent(trials) == 4  # 0, 1, 4 and 5
+
+
+def test_a_best_value_at_the_edge_of_its_range_gets_a_note(raw_spec):
+    _, spec = raw_spec
+    from escapestat.search import SearchOutcome, edge_notes
+    study = optuna.create_study()
+    for lr, wd in ((0.0299, 1.0), (0.02, 1.0)):
+        study.enqueue_trial({"dynamics.lr": lr, "dynamics.weight_decay.shape": "constant",
+                             "dynamics.weight_decay.value": wd})
+    study.optimize(lambda t: 0.0 if t.suggest_float("dynamics.lr", 1e-2, 3e-2, log=True)
+                   > 0.025 else 1.0, n_trials=2)
+    best = study.best_trial
+    notes = edge_notes(spec, SearchOutcome("s", study.trials, best))
+    assert len(notes) == 1 and "'dynamics.lr'" not in notes[0]
+    assert "dynamics.lr = 0.0299" in notes[0] and "top 5%" in notes[0]
+    assert "(log scale)" in notes[0] and "widen the range" in notes[0]
+    inner = SearchOutcome("s", study.trials, study.trials[1])
+    assert edge_notes(spec, inner) == []  # 0.02 is well inside [0.01, 0.03] on a log scale
+    assert edge_notes(spec, SearchOutcome("s", [], None)) == []
+
+
+def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
+    """SIGINT mid-trial: exit 1 with one `error:` line (no Optuna traceback), the trial in
+    flight FAIL and flagged ``interrupted``, so that it does not spend the budget."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from escapestat.search import spent
+
+    path, out = tmp_path / "tiny.toml", tmp_path / "out"
+    path.write_text(STUDY.replace("max_steps = 600", "max_steps = 200000"), encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "escapestat_cli", "optimize", str(path),
+                             "--out", str(out), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"sqlite:///{out / 'optuna.db'}"
+    try:
+        deadline = time.monotonic() + 120
+        running = []
+        while not running and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                trials = optuna.load_study(study_name="tiny-search", storage=url).trials
+            except Exception:  # the database or the study is not there yet
+                continue
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        assert running, "no trial started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+    trials = optuna.load_study(study_name="tiny-search", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
+    assert trials[0].user_attrs["interrupted"] is True and spent(trials) == 0

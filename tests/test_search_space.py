@@ -112,6 +112,15 @@ def test_overrides_turn_a_constant_into_a_schedule_with_only_its_keys():
     ('"dynamics.lr" = {choices = []}', "non-empty list"),
     ('"dynamics.weight_decay.shape" = {choices = ["cosine", "cosin"]}', "cosin"),
     ('"dynamics.weight_decay@pulse.start" = {low = 1, high = 9}', "needs a known shape"),
+    ('"dynamics.lr" = {low = 1e-3, high = 1e-2, step = 0.5}', "step (0.5) must be > 0 and at"),
+    ('"dynamics.batch_size" = {low = 16, high = 64, step = 64}', "at most the range"),
+    ('"dynamics.batch_size" = {low = 16.0, high = 256.0}', "'dynamics.batch_size' is a float"),
+    ('"dynamics.batch_size" = {low = 16, high = 256, step = 0.5}', "takes whole numbers"),
+    ('"dynamics.weight_decay.shape" = {choices = ["cosine"]}\n'
+     '"dynamics.weight_decay.start" = {low = 1.0, high = 2.0}\n'
+     '"dynamics.weight_decay.end" = {low = 0.1, high = 0.5}\n'
+     '"dynamics.weight_decay.steps" = {low = 100.0, high = 900.0}',
+     "'dynamics.weight_decay.steps' is a float range, but the key takes whole numbers"),
 ])
 def test_bad_space_entries_name_the_path(edit, message):
     text = BASE + "[search]\n[search.space]\n" + edit + "\n"
@@ -152,3 +161,16 @@ def test_cli_optimize_bad_study_is_one_line(cli, tmp_path):
     code, out, err = cli("optimize", path, "--out", tmp_path / "o")
     assert code == 1 and out == ""
     assert err.strip().startswith("error:") and "lrr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_whole_number_ranges_and_float_ranges_still_load():
+    space = ('"dynamics.batch_size" = {low = 16, high = 256, step = 16}\n'
+             '"dynamics.lr" = {low = 1e-3, high = 1e-2, step = 1e-3}\n'
+             '"dynamics.weight_decay" = {low = 0.5, high = 2.0}\n')
+    _, spec = load(BASE + "[search]\n[search.space]\n" + space)
+    assert [p.path for p in spec.space] == ["dynamics.batch_size", "dynamics.lr",
+                                            "dynamics.weight_decay"]
+    # A float range whose grid holds only whole numbers samples nothing fractional.
+    _, spec = load(BASE + "[search]\n[search.space]\n"
+                   '"dynamics.batch_size" = {low = 16.0, high = 64.0, step = 16.0}\n')
+    assert spec.space[0].step == 16.0
