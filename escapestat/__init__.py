@@ -5,9 +5,10 @@ over it. The statistics are re-exported here (without importing torch); the engi
 ``escapestat.trials.run_study`` with ``escapestat.study.load_study``.
 """
 
-from .arm_contrast import MedianRatio, logrank_p, median_ratio
+from .arm_contrast import MedianRatio, incidence_median_ratio, logrank_p, median_ratio
 from .arrhenius import ArrheniusFit, fit_arrhenius
 from .errors import EscapestatError
+from .incidence import EscapeIncidence, incidence_median_ci
 from .monitor import EscapeMonitor
 from .records import Columns, load, read_table, validate, write_table
 from .strata import Stratum, arrhenius_strata, fit_strata
@@ -21,11 +22,12 @@ from .survival import (
     summarize,
 )
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "ArrheniusFit",
     "Columns",
+    "EscapeIncidence",
     "EscapeMonitor",
     "EscapestatError",
     "ExponentialRate",
@@ -39,6 +41,8 @@ __all__ = [
     "describe",
     "fit_arrhenius",
     "fit_strata",
+    "incidence_median_ci",
+    "incidence_median_ratio",
     "load",
     "logrank_p",
     "median_ratio",

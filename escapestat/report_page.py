@@ -696,9 +696,12 @@ def _compare_section(path: Path) -> Section:
     except (OSError, ValueError) as exc:
         raise EscapestatError(f"{path / COMPARE_JSON}: unreadable ({exc})") from None
     sec = Section("Validation on fresh seeds (compare)", [
-        "Each arm re-run on fresh seeds with the same step budget: median escape or "
-        "generalisation time (KM, 95% CI), its ratio to the default arm (bootstrap CI) and "
-        "the log-rank p value."])
+        "Each arm re-run on fresh seeds with the same step budget, every replica trained "
+        "to the budget: median escape or generalisation time (where the incidence of "
+        "escape reaches ½, a diverged replica never escaping; bootstrap 95% CI), final "
+        "errors at the budget (* over the search's limit), the ratio to the default arm "
+        "(bootstrap CI) and the log-rank p value; a scheduled best trial against the best "
+        "of its ablations (the schedule held at its start, end and mean)."])
     rows = []
     for a in arms:
         rows.append({
@@ -706,14 +709,19 @@ def _compare_section(path: Path) -> Section:
             "parameters": ", ".join(f"{k.removeprefix('dynamics.')} = {_short(v)}"
                                     for k, v in (a.get("params") or {}).items()),
             "escaped": f"{a.get('events')}/{a.get('n')}",
+            "diverged": a.get("diverged", 0),
             "median [CI]": _est(a.get("median"), a.get("median_ci")),
-            "final test error": fmt3(a.get("final_test_error")),
+            "final test error": fmt3(a.get("final_test_error"))
+            + ("" if a.get("feasible", True) else "*"),
             "final loss": fmt3(a.get("final_loss")),
             "× default [CI]": _est(a.get("ratio_vs_default"), a.get("ratio_vs_default_ci")),
             "log-rank p": fmt3(a.get("logrank_p_vs_default")),
             "× best constant [CI]": _est(a.get("ratio_vs_best_constant"),
                                          a.get("ratio_vs_best_constant_ci")),
             "wall × default": fmt3(a.get("wall_ratio_vs_default")),
+            "× best ablation [CI]": _est(a.get("ratio_vs_ablation"),
+                                         a.get("ratio_vs_ablation_ci")),
+            "schedule": a.get("schedule_verdict") or "",
         })
     sec.blocks.append(Table(pd.DataFrame(rows), "compare.json"))
     replicas = path / COMPARE_ARMS
