@@ -15,10 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import EscapestatError
-from .incidence import EscapeIncidence, check_causes, resampled_medians
+from .incidence import EscapeIncidence, bounded, check_causes, resampled, resampled_medians
 from .survival import HALF_TOL, LEVEL, KaplanMeierMedian
-
-_BLOCK = 1 << 22  # resamples × replicas held at once (int64 counts: 32 MiB)
 
 
 @dataclass(frozen=True)
@@ -83,19 +81,15 @@ def _resampled_medians(
     durations: np.ndarray, events: np.ndarray, n_bootstrap: int, rng: np.random.Generator
 ) -> np.ndarray:
     """KM medians of ``n_bootstrap`` resamples (n draws with replacement) of one arm."""
-    n = durations.size
-    out = np.empty(n_bootstrap)
-    rows = max(1, _BLOCK // n)
-    for start in range(0, n_bootstrap, rows):  # a few blocks, only to bound memory
-        b = min(rows, n_bootstrap - start)
-        draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        out[start : start + b] = _weighted_km_medians(durations, events, counts)
-    return out
+    return resampled(durations.size, n_bootstrap, rng,
+                     lambda counts: _weighted_km_medians(durations, events, counts))
 
 
-def _finite_positive(x: float) -> float | None:
-    return float(x) if 0 < x < math.inf else None
+def _check_bootstrap(n_bootstrap, level: float) -> None:
+    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
+        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
+    if not 0 < level < 1:
+        raise EscapestatError(f"level must be in (0, 1), got {level}")
 
 
 def median_ratio(
@@ -145,10 +139,7 @@ def median_ratio(
     """
     d, e = _arm(durations, events, "arm")
     d_ref, e_ref = _arm(ref_durations, ref_events, "reference")
-    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
-        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
-    if not 0 < level < 1:
-        raise EscapestatError(f"level must be in (0, 1), got {level}")
+    _check_bootstrap(n_bootstrap, level)
     n_bootstrap = int(n_bootstrap)
     m = KaplanMeierMedian().fit(d, e).median_
     m_ref = KaplanMeierMedian().fit(d_ref, e_ref).median_
@@ -180,10 +171,7 @@ def incidence_median_ratio(
     """
     d, c = check_causes(durations, cause, "arm")
     d_ref, c_ref = check_causes(ref_durations, ref_cause, "reference")
-    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
-        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
-    if not 0 < level < 1:
-        raise EscapestatError(f"level must be in (0, 1), got {level}")
+    _check_bootstrap(n_bootstrap, level)
     m = EscapeIncidence().fit(d, c).median_
     m_ref = EscapeIncidence().fit(d_ref, c_ref).median_
     ratio = None if m is None or m_ref is None else m / m_ref
@@ -200,7 +188,7 @@ def _ratio_ci(boot: np.ndarray, boot_ref: np.ndarray, level: float):
     alpha = 1.0 - level
     lo = np.quantile(np.where(np.isnan(r), 0.0, r), alpha / 2, method="lower")
     hi = np.quantile(np.where(np.isnan(r), np.inf, r), 1 - alpha / 2, method="higher")
-    return (_finite_positive(lo), _finite_positive(hi))
+    return (bounded(lo), bounded(hi))
 
 
 def scaled(ratio: MedianRatio, factor: float) -> MedianRatio:

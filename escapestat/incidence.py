@@ -112,20 +112,25 @@ class EscapeIncidence:
                 "censored": self.censored_ / self.n_}
 
 
-def resampled_medians(durations: np.ndarray, cause: np.ndarray, n_bootstrap: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Incidence medians of ``n_bootstrap`` resamples (n draws with replacement), +inf
-    where a resample's F stays below ½."""
-    n = durations.size
+def resampled(n: int, n_bootstrap: int, rng: np.random.Generator, medians) -> np.ndarray:
+    """``medians(counts)`` of ``n_bootstrap`` resamples of n replicas (n draws with
+    replacement), where row w of ``counts`` holds replica i w_i times; in blocks, only to
+    bound memory."""
     out = np.empty(n_bootstrap)
     rows = max(1, _BLOCK // n)
-    for start in range(0, n_bootstrap, rows):  # blocks only to bound memory
+    for start in range(0, n_bootstrap, rows):
         b = min(rows, n_bootstrap - start)
         draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
         counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        times, cif, _ = _weighted_cif(durations, cause, counts)
-        out[start : start + b] = _medians(times, cif)
+        out[start : start + b] = medians(counts)
     return out
+
+
+def resampled_medians(durations: np.ndarray, cause: np.ndarray, n_bootstrap: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Incidence medians of ``n_bootstrap`` resamples, +inf where F stays below ½."""
+    return resampled(durations.size, n_bootstrap, rng,
+                     lambda counts: _medians(*_weighted_cif(durations, cause, counts)[:2]))
 
 
 def bounded(x: float) -> float | None:
