@@ -172,8 +172,17 @@ def test_optimize_and_compare_end_to_end(cli, tmp_path):
     for r in payload["compare"]:
         assert {"arm", "params", "median", "median_ci", "escaped_fraction", "final_test_error",
                 "ratio_vs_default", "ratio_vs_default_ci", "ratio_vs_best_constant",
-                "ratio_vs_best_constant_ci", "logrank_p"} <= set(r)
+                "ratio_vs_best_constant_ci", "logrank_p", "diverged", "diverged_fraction",
+                "censored_fraction", "final_train_error", "feasible", "ablations",
+                "ablation_best", "ratio_vs_ablation", "ratio_vs_ablation_ci",
+                "logrank_p_vs_ablation", "schedule_verdict"} <= set(r)
         assert r["params"] is not None
+        # A scheduled best trial brings its ablations; anything else has none.
+        scheduled = r["source"].startswith("search trial") and any(
+            v not in ("constant",) for k, v in r["params"].items() if k.endswith(".shape"))
+        assert (r["ablations"] is not None) == scheduled, r
+        for name in r["ablations"] or ():
+            assert name in arms, name
     assert arms["default"]["ratio_vs_default"] is None  # the reference itself
     assert (out / "compare.csv").is_file() and (out / "compare.json").is_file()
     replicas = pd.read_csv(out / "compare_arms.csv")  # every arm's replicas, for KM curves
@@ -231,6 +240,9 @@ def test_optimize_workers_share_a_postgres_search(postgres_url, tmp_path):
                    for t in trials), (seen, outs)
         assert {t.user_attrs["worker"] for t in trials} <= {
             f"{socket.gethostname()}:{w.pid}" for w in workers}
+        # Seeded per trial: the two workers never drew the same parameters.
+        drawn = [json.dumps(t.params, sort_keys=True) for t in trials]
+        assert len(set(drawn)) == len(drawn), drawn
     from typer.testing import CliRunner
 
     from escapestat_cli.app import app
