@@ -320,6 +320,7 @@ def test_loss_and_test_error_constraints_belong_to_their_models():
         load_search(LINEAR.replace("max_final_loss = 0.3", "max_final_test_error = 0.3"), "s")
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter dynamics.lr:UserWarning")  # lr 0.5 on purpose
 def test_final_test_error_is_measured_at_the_budget(raw_spec):
     """Grokking trials train every replica to the budget: lr 0.5 at B 256 escapes (and
     looked feasible when measured at escape) but forgets again by the budget."""
