@@ -340,7 +340,8 @@ def edge_notes(spec: SearchSpec, out: SearchOutcome | None) -> list[str]:
         if EDGE < pos < 1 - EDGE:
             continue
         side, bound = ("top", p.high) if pos >= 1 - EDGE else ("bottom", p.low)
-        notes.append(f"{out.name}: the best trial (#{best.number}) has {p.path} = {v:.3g}, "
+        shown = v if isinstance(v, int) else f"{v:.3g}"
+        notes.append(f"{out.name}: the best trial (#{best.number}) has {p.path} = {shown}, "
                      f"in the {side} {EDGE:.0%} of its range [{p.low:g}, {p.high:g}]"
                      f"{' (log scale)' if p.log else ''}: the best may lie beyond "
                      f"{bound:g}; widen the range")
