@@ -15,7 +15,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import EscapestatError
-from .incidence import EscapeIncidence, bounded, check_causes, resampled, resampled_medians
+from .incidence import (
+    EscapeIncidence,
+    bounded,
+    check_bootstrap,
+    check_causes,
+    resampled,
+    resampled_medians,
+)
 from .survival import HALF_TOL, LEVEL, KaplanMeierMedian
 
 
@@ -85,13 +92,6 @@ def _resampled_medians(
                      lambda counts: _weighted_km_medians(durations, events, counts))
 
 
-def _check_bootstrap(n_bootstrap, level: float) -> None:
-    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
-        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
-    if not 0 < level < 1:
-        raise EscapestatError(f"level must be in (0, 1), got {level}")
-
-
 def median_ratio(
     durations,
     events,
@@ -139,7 +139,7 @@ def median_ratio(
     """
     d, e = _arm(durations, events, "arm")
     d_ref, e_ref = _arm(ref_durations, ref_events, "reference")
-    _check_bootstrap(n_bootstrap, level)
+    check_bootstrap(n_bootstrap, level)
     n_bootstrap = int(n_bootstrap)
     m = KaplanMeierMedian().fit(d, e).median_
     m_ref = KaplanMeierMedian().fit(d_ref, e_ref).median_
@@ -171,7 +171,7 @@ def incidence_median_ratio(
     """
     d, c = check_causes(durations, cause, "arm")
     d_ref, c_ref = check_causes(ref_durations, ref_cause, "reference")
-    _check_bootstrap(n_bootstrap, level)
+    check_bootstrap(n_bootstrap, level)
     m = EscapeIncidence().fit(d, c).median_
     m_ref = EscapeIncidence().fit(d_ref, c_ref).median_
     ratio = None if m is None or m_ref is None else m / m_ref

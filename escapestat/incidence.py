@@ -36,6 +36,14 @@ def check_causes(durations, cause, name: str = "arm") -> tuple[np.ndarray, np.nd
     return d, c.astype(int)
 
 
+def check_bootstrap(n_bootstrap, level: float) -> None:
+    """A positive whole number of resamples and a coverage level in (0, 1)."""
+    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
+        raise EscapestatError(f"n_bootstrap must be a positive integer, got {n_bootstrap}")
+    if not 0 < level < 1:
+        raise EscapestatError(f"level must be in (0, 1), got {level}")
+
+
 def _weighted_cif(durations: np.ndarray, cause: np.ndarray, counts: np.ndarray):
     """Distinct times t_j and the escape incidence F at them under each row of integer
     ``counts`` (b, n): row w holds replica i w_i times (w = 1: the data as they are).
@@ -78,6 +86,11 @@ class EscapeIncidence:
     below ½ — which it does whenever half the replicas or more diverge. The restricted
     mean time not yet escaped ∫₀^h (1 − F) counts a diverged replica as trapped to h.
 
+    Parameters
+    ----------
+    durations : steps (> 0) at which each replica escaped, diverged or was censored.
+    cause : 0 censored, 1 escaped, 2 diverged.
+
     Attributes
     ----------
     times_ : distinct times t_j.
@@ -101,6 +114,8 @@ class EscapeIncidence:
 
     def restricted_mean(self, horizon: float) -> float:
         """∫₀^horizon (1 − F̂(t)) dt; equals the Kaplan–Meier RMST when none diverged."""
+        if not 0 < horizon < np.inf:
+            raise EscapestatError(f"horizon must be finite and > 0, got {horizon}")
         keep = self.times_ < horizon
         knots = np.concatenate(([0.0], self.times_[keep], [horizon]))
         heights = np.concatenate(([1.0], 1.0 - self.cif_[keep]))
@@ -143,6 +158,7 @@ def incidence_median_ci(durations, cause, n_bootstrap: int = 2000, level: float 
     """Percentile-bootstrap CI of the incidence median (replicas resampled); a side is
     None when not bounded (a resample whose F stays below ½ has median +∞)."""
     d, c = check_causes(durations, cause)
+    check_bootstrap(n_bootstrap, level)
     boot = resampled_medians(d, c, int(n_bootstrap), np.random.default_rng(seed))
     alpha = 1.0 - level
     return (bounded(np.quantile(boot, alpha / 2, method="lower")),
