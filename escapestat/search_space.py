@@ -291,8 +291,8 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
                 raise _fail(source, f"space {p.path!r}: choices must be schedule shapes "
                                     f"({', '.join(SHAPES)}), got {bad or 'a range'}")
     for case in _shape_cases(spec):
+        _check_whole_numbers(spec, raw, case, source)  # first: a fractional end is named too
         build_study(raw, case, source, "search.space")
-        _check_whole_numbers(spec, raw, case, source)
     for name, overrides in spec.baselines.items():
         for path in overrides:
             if path.split(".", 1)[0] not in SEARCHABLE:
@@ -312,21 +312,36 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
 
 
 def _fractional(p: Param) -> float | None:
-    """A value a float range can sample that is not a whole number, if it has one."""
+    """A value a float range can sample that is not a whole number, if it has one.
+
+    On a grid ``low + k·step`` two neighbours are both whole only if ``low`` and ``step``
+    are, and then every point is: so ``low`` and the next point decide, and a long grid
+    (``{low = 1, high = 1e9, step = 1.0}``) is never walked. ``step ≤ high − low`` (checked
+    when the range was read) puts the next point inside the range.
+    """
     if p.step is None:
         v = p.low + 0.4937 * (p.high - p.low)
         return v if not float(v).is_integer() else v + (p.high - p.low) / 10
-    for k in range(1, int((p.high - p.low) / p.step) + 1):
-        v = p.low + k * p.step
-        if not float(v).is_integer():
-            return v
-    return None
+    return next((v for v in (p.low, p.low + p.step) if not float(v).is_integer()), None)
+
+
+def _whole_near(v: float, p: Param) -> int:
+    """A whole number next to ``v``, inside ``p``'s range where the range holds one."""
+    up = math.ceil(v)
+    return up if up <= p.high else math.floor(v)
 
 
 def _check_whole_numbers(spec: SearchSpec, raw: dict, case: dict[str, Any],
                          source: str) -> None:
     """A float range on a key that takes whole numbers (a batch size, a schedule's
-    ``steps``) would sample 147.9 and fail every such trial: refuse it at load."""
+    ``steps``, a pulse's ``start``, a model's ``width``) would sample 147.9 and fail every
+    such trial: refuse it at load, naming the path.
+
+    Which keys take whole numbers is the study's own typing, asked by example: the study
+    is built with a fraction from the range and with a whole number next to it, the rest
+    of the case alike. Only when the fraction is refused as not an integer / not whole
+    and the whole number builds is the range to blame (another key's error is its own).
+    """
     for p in spec.space:
         is_float = not (isinstance(p.low, int) and isinstance(p.high, int)
                         and not isinstance(p.step, float))
@@ -341,11 +356,15 @@ def _check_whole_numbers(spec: SearchSpec, raw: dict, case: dict[str, Any],
         try:
             build_study(raw, {**case, p.target: v}, source, "search.space")
         except EscapestatError as exc:
-            if "integer" in str(exc) or "whole" in str(exc):
-                raise _fail(source, f"space {p.path!r} is a float range, but the key takes "
-                                    f"whole numbers (it would sample {v:g}); give low, high "
-                                    f"and step as integers") from None
-            raise
+            if "integer" not in str(exc) and "whole" not in str(exc):
+                raise
+            try:
+                build_study(raw, {**case, p.target: _whole_near(v, p)}, source, "search.space")
+            except EscapestatError:
+                continue  # another key's error: its own check or the case's build names it
+            raise _fail(source, f"space {p.path!r} is a float range, but the key takes "
+                                f"whole numbers (it would sample {v:g}); give low, high "
+                                f"and step as integers") from None
 
 
 def _check_scalars(kwargs: dict, source: str) -> None:

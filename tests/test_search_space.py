@@ -121,6 +121,31 @@ def test_overrides_turn_a_constant_into_a_schedule_with_only_its_keys():
      '"dynamics.weight_decay.end" = {low = 0.1, high = 0.5}\n'
      '"dynamics.weight_decay.steps" = {low = 100.0, high = 900.0}',
      "'dynamics.weight_decay.steps' is a float range, but the key takes whole numbers"),
+    ('"dynamics.batch_size" = {low = 64.0, high = 256.0}', "takes whole numbers"),
+    ('"dynamics.batch_size" = {low = 64, high = 256, step = 0.5}',
+     "'dynamics.batch_size' is a float range"),
+    ('"model.width" = {low = 8.0, high = 32.0, log = true}', "'model.width' is a float range"),
+    # Fractional ends are named as the range, not as the study key they would set.
+    ('"dynamics.batch_size" = {low = 16.5, high = 16.9}', "'dynamics.batch_size' is a float"),
+    # Two ranges: each is blamed for its own fractions only.
+    ('"dynamics.batch_size" = {low = 16.0, high = 64.0}\n"model.width" = {low = 8.5, high = 16.0}',
+     "'model.width' is a float range"),
+    ('"dynamics.weight_decay.shape" = {choices = ["constant", "pulse"]}\n'
+     '"dynamics.weight_decay.value" = {low = 0.5, high = 2.0}\n'
+     '"dynamics.weight_decay@pulse.base" = {low = 0.1, high = 2.0}\n'
+     '"dynamics.weight_decay@pulse.factor" = {low = 0.5, high = 5.0}\n'
+     '"dynamics.weight_decay@pulse.start" = {low = 50.0, high = 300.0}\n'
+     '"dynamics.weight_decay@pulse.length" = {low = 50, high = 300}',
+     "'dynamics.weight_decay@pulse.start' is a float range"),
+    ('"dynamics.grad_filter.kind" = {choices = ["ma"]}\n'
+     '"dynamics.grad_filter.lamb" = {low = 1.0, high = 2.0}\n'
+     '"dynamics.grad_filter.window" = {low = 10, high = 20, step = 2.5}',
+     "'dynamics.grad_filter.window' is a float range"),
+    ('"dynamics.weight_decay.shape" = {choices = ["cosine"]}\n'
+     '"dynamics.weight_decay.start" = {low = 1.0, high = 2.0}\n'
+     '"dynamics.weight_decay.end" = {low = 0.1, high = 0.5}\n'
+     '"dynamics.weight_decay.steps" = {low = 100, high = 200, step = 101}',
+     "'dynamics.weight_decay.steps': step (101) must be > 0 and at most the range high − low"),
 ])
 def test_bad_space_entries_name_the_path(edit, message):
     text = BASE + "[search]\n[search.space]\n" + edit + "\n"
@@ -174,3 +199,40 @@ def test_whole_number_ranges_and_float_ranges_still_load():
     _, spec = load(BASE + "[search]\n[search.space]\n"
                    '"dynamics.batch_size" = {low = 16.0, high = 64.0, step = 16.0}\n')
     assert spec.space[0].step == 16.0
+
+
+def test_ranges_sample_the_type_their_key_takes():
+    space = ('"dynamics.batch_size" = {low = 16, high = 64, step = 16}\n'
+             '"model.width" = {low = 8, high = 64, log = true}\n'
+             '"dynamics.lr" = {low = 1e-3, high = 1e-2, log = true}\n'
+             '"dynamics.weight_decay" = {low = 0.5, high = 2.0}\n')
+    raw, spec = load(BASE + "[search]\n[search.space]\n" + space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        over = suggest(spec, study.ask())
+        assert type(over["dynamics.batch_size"]) is int and over["dynamics.batch_size"] % 16 == 0
+        assert type(over["model.width"]) is int and 8 <= over["model.width"] <= 64
+        assert type(over["dynamics.lr"]) is float and type(over["dynamics.weight_decay"]) is float
+        assert build_study(raw, over, "s").model.width == over["model.width"]
+
+
+def test_a_long_whole_grid_is_not_walked():
+    # A float step over whole numbers samples only whole numbers; deciding that looks at
+    # low and low + step only, never at each of a grid's 10⁸ points (0.6's first check did).
+    from escapestat import search_space
+
+    seen = []
+    real = search_space.Param
+
+    class Counting(real):
+        def __getattribute__(self, name):
+            if name == "step":
+                seen.append(1)
+                assert len(seen) < 10, "the check walks the grid"
+            return real.__getattribute__(self, name)
+
+    grid = Counting("model.width", 1, 100000000, False, 1.0)
+    assert search_space._fractional(grid) is None
+    _, spec = load(BASE + "[search]\n[search.space]\n"
+                   '"model.width" = {low = 1, high = 100000000, step = 1.0}\n')
+    assert spec.space[0].step == 1.0
