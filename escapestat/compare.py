@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from .arm_contrast import incidence_median_ratio, logrank_p, scaled
-from .incidence import DIVERGE, ESCAPE
 from .schedules import parse_schedule
-from .search import ArmRun, SearchOutcome, needs_hold, run_arm
+from .search import ArmRun, SearchOutcome, constraint_values, needs_hold, run_arm
 from .search_space import SearchSpec, apply_overrides, build_study
 
 DEFAULT, BEST_CONSTANT = "default", "best-constant"
@@ -135,17 +134,7 @@ def run_arms(raw: dict, spec: SearchSpec, source: str, arms: list[Arm], device: 
 
 def meets_constraints(spec: SearchSpec, summary: dict[str, Any]) -> bool:
     """Whether an arm's final test error or loss is within the search's constraint."""
-    for limit, value in ((spec.max_final_test_error, summary["final_test_error"]),
-                         (spec.max_final_loss, summary["final_loss"])):
-        if limit is not None and (value is None or value > limit):
-            return False
-    return True
-
-
-def _at_risk_to_budget(run: ArmRun) -> tuple[np.ndarray, np.ndarray]:
-    """Escape times with each diverged replica at risk to the budget (never escaping)."""
-    c = run.causes
-    return np.where(c == DIVERGE, float(run.budget), run.durations), (c == ESCAPE).astype(int)
+    return all(v <= 0 for v in constraint_values(spec, summary).values())
 
 
 @dataclass(frozen=True)
@@ -161,7 +150,7 @@ def _contrast(run: ArmRun, ref: ArmRun, n_bootstrap: int, seed: int) -> _Contras
                                n_bootstrap=n_bootstrap, seed=seed)
     wall = scaled(r, run.seconds_per_step / ref.seconds_per_step)
     return _Contrast(r.ratio, [r.ci[0], r.ci[1]], wall.ratio,
-                     logrank_p(*_at_risk_to_budget(run), *_at_risk_to_budget(ref)))
+                     logrank_p(*run.at_risk_to_budget(), *ref.at_risk_to_budget()))
 
 
 def _verdict(c: _Contrast) -> str:

@@ -120,6 +120,13 @@ class ArmRun:
         loss = self.survival["final_loss"].to_numpy(dtype=float)
         return float(np.mean(np.where(np.isfinite(loss), loss, np.inf))) if loss.size else None
 
+    def at_risk_to_budget(self) -> tuple[np.ndarray, np.ndarray]:
+        """Durations and escape events with each diverged replica at risk to the budget
+        (it never escapes): the risk set of the incidence of escape."""
+        c = self.causes
+        return np.where(c == DIVERGE, float(self.budget), self.durations), (c == ESCAPE
+                                                                            ).astype(int)
+
     def incidence(self) -> EscapeIncidence:
         """The Aalen–Johansen incidence of escape, divergence competing."""
         if self.durations.size == 0:
@@ -139,7 +146,7 @@ class ArmRun:
                 "median": inc.median_,
                 "median_ci": list(incidence_median_ci(d, c, n_bootstrap, seed=seed)),
                 "rmst": inc.restricted_mean(self.budget),
-                "exposure": float(np.where(c == DIVERGE, self.budget, d).sum()),
+                "exposure": float(self.at_risk_to_budget()[0].sum()),
                 "final_test_error": self.final_test_error(),
                 "final_train_error": self.final_train_error(),
                 "final_loss": self.final_loss(),
@@ -255,13 +262,23 @@ class Objective:
         summary = arm.summary()
         for key, value in summary.items():
             trial.set_user_attr(key, value)
-        if limit is not None:
-            err = summary["final_test_error"]
-            _constrain(trial, CONSTRAINT, (1.0 if err is None else err) - limit)
-        if self.spec.max_final_loss is not None:
-            loss = summary["final_loss"]
-            _constrain(trial, "final_loss", min(loss, 1e300) - self.spec.max_final_loss)
+        for name, value in constraint_values(self.spec, summary).items():
+            _constrain(trial, name, value)
         return objective_value(self.spec.objective, summary)
+
+
+def constraint_values(spec: SearchSpec, summary: dict[str, Any]) -> dict[str, float]:
+    """The search's constraints on an arm's summary, each ≤ 0 where met: mean final test
+    error − limit (an arm that measured none counts as error 1), final loss − limit
+    (capped at 1e300: a diverged replica makes the loss infinite)."""
+    out = {}
+    if spec.max_final_test_error is not None:
+        err = summary["final_test_error"]
+        out[CONSTRAINT] = (1.0 if err is None else err) - spec.max_final_test_error
+    if spec.max_final_loss is not None:
+        loss = summary["final_loss"]
+        out["final_loss"] = min(1e300 if loss is None else loss, 1e300) - spec.max_final_loss
+    return out
 
 
 def _constrain(trial: optuna.Trial, name: str, value: float) -> None:
