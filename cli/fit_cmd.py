@@ -15,6 +15,7 @@ from escapestat.strata import fit_strata
 from .app import app
 from .common import domain_errors, err_console, note_pooled, out_console, print_json
 from .options import (
+    Bootstrap,
     BootstrapSeed,
     ByCols,
     DurationCol,
@@ -86,9 +87,7 @@ def fit(
     ] = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test.")
-    ] = 499,
+    bootstrap: Bootstrap = survival.KS_BOOTSTRAP,
     seed: BootstrapSeed = 0,
     unit: Unit = "steps",
 ) -> None:
@@ -106,11 +105,13 @@ def fit(
     if plot is not None:
         check_plot_path(plot)
     grid = records.resolve_grid(grid, table)
+    threshold = records.run_meta_value(table, "threshold")
     columns = records.Columns(duration=duration_col, event=event_col, group=group_col)
     df = records.load(table, columns)
     strata = fit_strata(df, group_col, by or (), pool)
     results = [
-        (s, survival.summarize(s.rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid))
+        (s, survival.summarize(s.rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid,
+                               threshold=threshold))
         for s in strata
     ]
     for s in strata:

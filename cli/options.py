@@ -46,5 +46,8 @@ class Device(str, Enum):
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA if present), cpu or "
                                                             "cuda.")]
+Bootstrap = Annotated[int, typer.Option(
+    "--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test (every command "
+    "uses the same default, so one table gets one verdict).")]
 BootstrapSeed = Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the bootstraps "
                                                                      "(KS p-values).")]

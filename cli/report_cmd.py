@@ -9,9 +9,11 @@ import typer
 from rich.markup import escape
 
 from escapestat.report_page import write_report
+from escapestat.survival import KS_BOOTSTRAP
 
 from .app import app
 from .common import domain_errors, err_console
+from .options import Bootstrap
 
 
 @app.command("report")
@@ -25,8 +27,7 @@ def report(
         "--out", help="HTML file to write (default: PATH/report.html for a folder, "
         "TABLE-report.html beside a table); NAME.md and NAME_files/ are written beside it.",
         show_default=False)] = None,
-    bootstrap: Annotated[int, typer.Option(
-        "--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test.")] = 199,
+    bootstrap: Bootstrap = KS_BOOTSTRAP,
 ) -> None:
     """Write a report: metadata, per-condition statistics with the mechanism verdict,
     Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,

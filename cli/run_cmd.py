@@ -14,11 +14,12 @@ from rich.table import Table
 
 from escapestat.study import load_study
 from escapestat.summary import run_summary
+from escapestat.survival import KS_BOOTSTRAP
 from escapestat.trials import ESCAPES, REPLICAS, ChunkProgress, ChunkStarted, run_study
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
-from .options import BootstrapSeed, Device, DeviceOpt, JsonOut
+from .options import Bootstrap, BootstrapSeed, Device, DeviceOpt, JsonOut
 
 
 class _Bar:
@@ -196,8 +197,7 @@ def run(
                          help="Override \\[run] max_steps (the censoring budget).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override \\[run] seed (the "
                     "study's training seed).")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=49,
-                         help="Parametric-bootstrap draws of the KS tests.")] = 199,
+    bootstrap: Bootstrap = KS_BOOTSTRAP,
     bootstrap_seed: BootstrapSeed = 0,
     json_out: JsonOut = False,
 ) -> None:
@@ -226,7 +226,8 @@ def run(
                            progress=_Bar(bar))
     summary = run_summary(result.replicas, n_bootstrap=bootstrap, seed=bootstrap_seed,
                           grid=result.meta.get("check_every"),
-                          budget=result.meta.get("max_steps"))
+                          budget=result.meta.get("max_steps"),
+                          threshold=result.meta.get("threshold"))
     counts = result.counts
     for note in result.notes:
         err_console.print(escape(f"note: {note}"))

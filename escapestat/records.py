@@ -358,6 +358,19 @@ def grid_from_run(table: str | os.PathLike) -> float | None:
     return values.pop() if values else None
 
 
+def run_meta_value(table: str | os.PathLike, key: str) -> float | None:
+    """A number the run that wrote ``table`` recorded in the run.json beside it (e.g. its
+    escape ``threshold``); None when there is none, or it is not a finite number."""
+    meta_path = Path(table).with_name(RUN_JSON)
+    try:
+        value = json.loads(meta_path.read_text(encoding="utf-8")).get(key)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def resolve_grid(grid: float | None, table: str | os.PathLike) -> float | None:
     """The KS null's duration grid: ``grid`` if given (> 0), else the run's check_every."""
     if grid is not None:

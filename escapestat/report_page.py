@@ -40,6 +40,7 @@ from .report import (
     survival_figure,
     theory_barrier_of,
 )
+from .survival import KS_BOOTSTRAP
 
 OPTUNA_DB, TRIALS_CSV, COMPARE_JSON = "optuna.db", "trials.csv", "compare.json"
 COMPARE_ARMS = "compare_arms.csv"  # written by escapestat.optimize
@@ -217,7 +218,7 @@ def default_out(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}-report.html")
 
 
-def build_report(path: str | os.PathLike, n_bootstrap: int = 199, seed: int = 0) -> Report:
+def build_report(path: str | os.PathLike, n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0) -> Report:
     """Read ``path`` (run directory, optimisation folder or escape table) into a Report."""
     path = Path(path)
     kind = kind_of(path)
@@ -233,7 +234,7 @@ def build_report(path: str | os.PathLike, n_bootstrap: int = 199, seed: int = 0)
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike | None = None,
-                 n_bootstrap: int = 199, seed: int = 0) -> tuple[Path, Path]:
+                 n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0) -> tuple[Path, Path]:
     """Build the report of ``path`` and write ``out`` (HTML) and its Markdown twin."""
     out = Path(out) if out is not None else default_out(path)
     if out.is_dir():
@@ -483,7 +484,8 @@ def _run_report(path: Path, n_bootstrap: int, seed: int) -> Report:
                               f"{', '.join(sorted(missing))}")
     unit = meta.get("units", "steps")
     summary = run_summary(replicas, n_bootstrap=n_bootstrap, seed=seed,
-                          grid=meta.get("check_every"), budget=meta.get("max_steps"))
+                          grid=meta.get("check_every"), budget=meta.get("max_steps"),
+                          threshold=meta.get("threshold"))
     grokking = is_grokking(replicas)
     labels = condition_labels(replicas)
     sections = [Section("Run", [_meta_table(meta)] if meta else ["no run.json"])]
@@ -538,7 +540,8 @@ def _table_report(path: Path, n_bootstrap: int, seed: int) -> Report:
                                                                      strict=True))
                      for values in df[varying].itertuples(index=False)]
     columns = records.Columns(group=group)
-    summaries = summarize(df, columns, n_bootstrap=n_bootstrap, seed=seed, grid=grid)
+    summaries = summarize(df, columns, n_bootstrap=n_bootstrap, seed=seed, grid=grid,
+                          threshold=records.run_meta_value(path, "threshold"))
     labels = ({int(k): v for k, v in condition_labels(df).items()}
               if group == "condition" and {"temperature", "lr"} <= set(df.columns) else
               {k: k for k in df[group].unique()} if group == "conditions" else

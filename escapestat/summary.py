@@ -89,17 +89,21 @@ def grokking_times(part: pd.DataFrame, budget: float) -> dict:
     return out
 
 
-def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
-                grid: float | None = None, budget: float | None = None) -> dict:
+def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: int = 0,
+                grid: float | None = None, budget: float | None = None,
+                threshold: float | None = None) -> dict:
     """Per-condition rates and, per stratum of equal β (and lr for Langevin), Arrhenius.
 
     ``replicas`` is a run's replica table (``replicas.csv``: every replica with its
-    status); ``grid`` is the run's ``check_every`` (the KS null is drawn on it).
+    status); ``grid`` is the run's ``check_every`` (the KS null is drawn on it);
+    ``threshold`` its escape threshold (whether a condition with no escapes was still
+    moving, ``stability``).
     """
     from .arrhenius import fit_arrhenius
     from .errors import EscapestatError
+    from .stability import trend
     from .strata import arrhenius_strata
-    from .survival import describe
+    from .survival import KS_BOOTSTRAP, describe
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
     grokking = "fit_time" in replicas.columns
@@ -133,7 +137,9 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int = 199, seed: int = 0,
             full = (bool(part["full_batch"].astype(bool).all()) if "full_batch" in part
                     else None)
             s = describe(usable["duration"], usable["event"], group=int(key),
-                         n_bootstrap=n_bootstrap, seed=seed, grid=grid, noiseless=bool(full))
+                         n_bootstrap=KS_BOOTSTRAP if n_bootstrap is None else n_bootstrap,
+                         seed=seed, grid=grid, noiseless=bool(full),
+                         trend=trend(usable, threshold, budget))
             row.update(n=s.n, events=s.events, rate=s.rate, rate_ci=s.rate_ci, tau=s.tau,
                        tau_ci=s.tau_ci, median=s.median, weibull_shape=s.weibull_shape,
                        weibull_shape_ci=s.weibull_shape_ci, poisson_pvalue=s.poisson_pvalue,

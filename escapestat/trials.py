@@ -29,6 +29,7 @@ from .errors import EscapestatError
 from .linear_model import DeepLinearTrial
 from .replica_model import Hyper, ReplicaModel
 from .schedules import ReplicaSchedules
+from .stability import Q_END, Q_MID, Q_MID_STEP
 from .storage import CURVES, ESCAPES, REPLICAS, RunStore, device_text, versions
 from .study import GROKKING_MODELS, Condition, Study, conditions
 from .threads import cpu_threads, small_work
@@ -259,6 +260,9 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
     active = np.arange(n)
     open_ = np.ones(n, dtype=bool)  # undecided, per position in ``active``
     finals: dict[str, np.ndarray] = {}  # with ``hold``: final values (NaN if diverged)
+    # The order parameter at the first check past half the budget and where each replica
+    # was decided: whether a trap that held to the budget was still moving (``stability``).
+    trend = {name: np.full(n, np.nan) for name in (Q_MID, Q_MID_STEP, Q_END)}
     late = np.zeros(n, dtype=bool)  # with ``hold``: decided, then diverged while held
 
     def retire(done: np.ndarray) -> None:
@@ -285,7 +289,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         record(0)
         status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
         retire(untrapped)
-        t = 0
+        t, mid_seen = 0, False
         while open_.any() or (hold and active.size and t < budget):
             for _ in range(min(every, budget - t) if t < budget else every):
                 model.step(t, hyper.at(t))
@@ -294,6 +298,9 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
             if marks is not None:
                 marks.check(t, q, model.milestones(), finite, active)
             record(t)
+            if t >= budget / 2 and not mid_seen:
+                trend[Q_MID][active], trend[Q_MID_STEP][active] = q.cpu().numpy(), t
+                mid_seen = True
             d = detector.check(t, q, finite)
             code = (d.escaped.to(torch.int8) + 2 * d.censored.to(torch.int8)
                     + 3 * d.diverged.to(torch.int8)).cpu().numpy()  # host sync, once per check
@@ -301,6 +308,8 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                 code = np.where(open_, code, np.where(code == 3, 4, 0))
             if code.any():
                 times = d.time.cpu().numpy()
+                first = (code > 0) & (code < 4)
+                trend[Q_END][active[first]] = q.cpu().numpy()[first]
                 for value, label in ((1, ESCAPED), (2, CENSORED), (3, DIVERGED)):
                     m = code == value
                     status[active[m]], duration[active[m]] = label, times[m]
@@ -320,7 +329,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
             col[active] = values.cpu().numpy()
     table = _chunk_table(study, cs, chunk, status, duration)
     table["full_batch"] = full_batch
-    for name, col in {**switch, **finals}.items():
+    for name, col in {**switch, **finals, **trend}.items():
         table[name] = col
     if marks is not None:
         table = _milestone_columns(table, study, marks, last)
@@ -482,6 +491,7 @@ def run_study(
         "units": "steps",
         "check_every": study.escape.check_every,
         "max_steps": study.run.max_steps,
+        "threshold": study.escape.threshold,
         "temperature": "exact Langevin T" if study.dynamics.noise == "langevin"
         else "T = lr / batch_size (SGD)",
         "conditions": [c.as_dict() for c in conds],

@@ -10,11 +10,12 @@ from escapestat import ensemble as ens
 from escapestat import tasks
 from escapestat.errors import EscapestatError
 from escapestat.linear_model import rounding_floor, seed_mode, trapped_component
+from escapestat.stability import Trend
 from escapestat.study import conditions, parse_study
 from escapestat.summary import run_summary
 from escapestat.theory import stationary_points
 from escapestat.trials import run_study
-from escapestat.verdict import ABSORBING, ACTIVATED, DETERMINISTIC, mechanism
+from escapestat.verdict import ABSORBING, ACTIVATED, DETERMINISTIC, NOT_REACHED, mechanism
 
 
 def _aligned(strengths=(1.5, 1.0), amps=(1.1, 0.0), widths=(2, 4, 4, 2), r=6):
@@ -103,7 +104,8 @@ def test_seeded_amplitude_escapes_iff_past_the_saddle_with_or_without_noise(tmp_
     q = df.groupby("seed_over_saddle")["switch_order_parameter"].median()
     assert q.loc[0.5] == pytest.approx((0.5 * saddle) ** 3 / learned**3, rel=0.1)
     rows = {(c["seed_over_saddle"], c["batch_size"]): c
-            for c in run_summary(df, n_bootstrap=49)["conditions"]}
+            for c in run_summary(df, n_bootstrap=49,
+                                 threshold=study.escape.threshold)["conditions"]}
     assert rows[(1.6, 512)]["verdict"] == DETERMINISTIC
     assert "no noise" in rows[(1.6, 512)]["verdict_reason"]
     assert rows[(0.5, 512)]["verdict"] == ABSORBING
@@ -137,7 +139,7 @@ def test_a_twin_that_stays_trapped_leaves_the_minibatch_verdict_alone():
     rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
     assert rows[0]["twin_events"] == 0 and rows[0]["twin_logrank_p"] < 1e-6
     assert rows[0]["verdict"] == ACTIVATED
-    assert rows[1]["verdict"] == ABSORBING
+    assert rows[1]["verdict"] == NOT_REACHED  # a table without the order parameter's record
     # The same escapes in the twin too: now the delay needs no noise.
     twin = _table(np.minimum(t, 3000)[::-1], (t <= 3000).astype(int)[::-1], 1, 512, True)
     rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
@@ -148,7 +150,9 @@ def test_noiseless_runs_are_never_called_activated():
     assert mechanism(50, 40, (0.8, 1.2), 0.6).mechanism == ACTIVATED
     v = mechanism(50, 40, (0.8, 1.2), 0.6, noiseless=True)
     assert v.mechanism == DETERMINISTIC and "no noise" in v.reason
-    assert mechanism(50, 0, None, None, 0.01, noiseless=True).mechanism == ABSORBING
+    flat = Trend(50, 0.02, 0.0, 2000.0, 0.6, 0.5, 4000.0)
+    assert mechanism(50, 0, None, None, 0.01, noiseless=True,
+                     trend=flat).mechanism == ABSORBING
 
 
 SPARSE = """
