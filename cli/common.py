@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -56,10 +57,27 @@ def print_strata_json(results: list, by: bool) -> None:
         print_json(results[0][2])
 
 
-def fail(message: str) -> typer.Exit:
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear error line on stderr and return the exit to raise (status 1)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
+    return typer.Exit(code=code)
+
+
+#: Exit status after Ctrl-C: 128 + SIGINT, the shells' convention.
+INTERRUPTED = 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming the path and what to do (disk full, read-only)."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or type(exc).__name__
+    line = f"{where}: {what}"
+    if exc.errno == errno.ENOSPC:
+        line += ("; what finished is kept — free some space and rerun with --resume "
+                 "(run, compare, sweep) to go on")
+    elif exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR):
+        line += "; choose a writable --out"
+    return line
 
 
 def usage_error(message: str) -> typer.Exit:
@@ -70,7 +88,8 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def domain_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn EscapestatError (and unreadable files) into one line on stderr and exit 1."""
+    """Turn EscapestatError and OSError (a read-only --out, a full disk) into one line on
+    stderr and exit 1; Ctrl-C exits 130, keeping what was written."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,7 +97,9 @@ def domain_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except EscapestatError as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(os_error_line(exc)) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; data already written is kept") from None
+            raise fail("interrupted; data already written is kept", INTERRUPTED) from None
 
     return wrapper

@@ -314,6 +314,35 @@ def _cpu_id() -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_digest(built: Path, target: Path) -> None:
+    """The built library's SHA-256 beside where it will lie, written atomically first."""
+    fd, tmp = tempfile.mkstemp(suffix=".sha256", dir=target.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_sha256(built))
+    os.replace(tmp, _digest_path(target))
+
+
+def _intact(target: Path) -> bool:
+    """Whether a cached library is the one built (a truncated copy, loaded, killed every
+    later run with SIGBUS and was never rebuilt)."""
+    try:
+        return _digest_path(target).read_text().strip() == _sha256(target)
+    except OSError:
+        return False
+
+
 def _build() -> NativeKernels:
     if os.environ.get("ESCAPESTAT_NATIVE", "1").strip().lower() in ("0", "no", "off", "false"):
         raise OSError("turned off by ESCAPESTAT_NATIVE")
@@ -327,6 +356,8 @@ def _build() -> NativeKernels:
                                          " ".join(flags).encode(), platform.machine().encode(),
                                          _cpu_id().encode()])).hexdigest()[:16]
         target = cache_dir() / "native" / f"kernels-{key}.so"
+        if target.exists() and not _intact(target):
+            target.unlink(missing_ok=True)  # truncated or unverified: loading it can SIGBUS
         if not target.exists():
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +375,7 @@ def _build() -> NativeKernels:
                 os.unlink(tmp)
                 errors.append(done.stderr.strip().splitlines()[-1:] or ["failed"])
                 continue
+            _write_digest(Path(tmp), target)
             os.replace(tmp, target)
         return NativeKernels(target, cc, flags, version.stdout.strip().splitlines()[0]
                              if version.stdout.strip() else "")

@@ -71,6 +71,26 @@ def _duplicates(names) -> list[str]:
     return sorted({n for n in names if n in seen or seen.add(n)})
 
 
+_DELIMITERS = (",", "\t", ";", "|")
+
+
+def delimiter(path: Path, fmt: str) -> str:
+    """The text table's delimiter: the extension's (``,`` for .csv, tab for .tsv) when its
+    header holds it, else whichever of , tab ; | splits the header most — a tab- or
+    ``;``-separated file named ``.csv`` is common, and read whole it is one column."""
+    default = "\t" if fmt == "tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return default
+    if default in header:
+        return default
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else default
+
+
 def _check_header(path: Path, fmt: str) -> None:
     """Refuse duplicate column names, which pandas would silently rename to ``name.1``."""
     try:
@@ -80,7 +100,7 @@ def _check_header(path: Path, fmt: str) -> None:
             names = pq.read_schema(path).names
         else:
             with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-                names = next(csv.reader(fh, delimiter="\t" if fmt == "tsv" else ","), [])
+                names = next(csv.reader(fh, delimiter=delimiter(path, fmt)), [])
     except Exception:  # unreadable here: pandas below gives the clear error
         return
     dups = _duplicates(str(n).strip() for n in names)
@@ -114,7 +134,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         if fmt == "parquet":
             df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
         else:
-            df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", skipinitialspace=True)
+            df = pd.read_csv(path, sep=delimiter(path, fmt), skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise EscapestatError(f"{path}: the table is empty") from None
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:

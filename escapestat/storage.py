@@ -3,20 +3,25 @@
 The contract (like an optuna storage's): a finished chunk is written once, atomically,
 with a sidecar saying where and with what it ran, and is never rewritten; reading back a
 complete run writes nothing; a directory holding a different study (config hash) is
-refused whatever the flags; an unfinished run continues only with ``resume``.
+refused whatever the flags; an unfinished run continues only with ``resume`` (one that
+finished no chunk — a failed start — is simply started again); one process at a time
+writes a directory (``locked``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 
 from . import native
 from .errors import EscapestatError
@@ -28,6 +33,8 @@ REPLICAS = "replicas.csv"
 RUN_JSON = "run.json"
 CURVES = "curves.csv"
 STUDY_TOML = "study.toml"
+#: Held while a process writes the directory; the holder's pid beside it.
+LOCK, LOCK_PID = ".escapestat.lock", ".escapestat.pid"
 #: What `escapestat sweep` writes into its folder (beside STUDY_TOML).
 SWEEP_CSV, SWEEP_JSON, SWEEP_PNG = "sweep.csv", "sweep.json", "sweep.png"
 
@@ -80,6 +87,31 @@ class RunStore:
     def chunk_path(self, index: int) -> Path:
         return self.out / CHUNK_DIR / f"chunk-{index:05d}.csv"
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory for this process (an OS file lock, released if it dies): a
+        second run on the same --out is refused with the holder's pid, not run twice."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.out / LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                pid = (self.out / LOCK_PID).read_text(encoding="utf-8").strip() or "?"
+            except OSError:
+                pid = "?"
+            raise EscapestatError(f"{self.out} is being written by another escapestat process "
+                                  f"(pid {pid}); wait for it to end or choose another --out"
+                                  ) from None
+        try:
+            (self.out / LOCK_PID).write_text(str(os.getpid()), encoding="utf-8")
+            yield
+        finally:
+            lock.release()
+
+    def _chunks_on_disk(self) -> int:
+        return sum(1 for _ in (self.out / CHUNK_DIR).glob("chunk-*.csv"))
+
     def open(self, config_hash: str, resume: bool) -> bool:
         """Check the directory for this study; True when it holds its complete run."""
         if self.meta_path.exists():
@@ -87,6 +119,8 @@ class RunStore:
                 meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise EscapestatError(f"{self.meta_path}: unreadable ({exc})") from None
+            if meta.get("status") != "complete" and not self._chunks_on_disk():
+                return False  # a start that finished nothing (it failed): begin again
             if meta.get("config_hash") != config_hash:
                 raise EscapestatError(
                     f"{self.out} holds a run of a different study (config hash "
@@ -100,7 +134,8 @@ class RunStore:
                     f"({meta.get('chunks_done', '?')}/{meta.get('chunks_total', '?')} chunks); "
                     "pass --resume to continue it or choose another --out")
             self.meta = meta
-        elif resume and self.out.exists() and any(self.out.iterdir()):
+        elif resume and self.out.exists() and any(
+                p.name not in (LOCK, LOCK_PID) for p in self.out.iterdir()):
             raise EscapestatError(f"{self.out} has no {RUN_JSON} to resume from")
         return False
 

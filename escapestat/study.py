@@ -379,6 +379,8 @@ def _check_semantics(study: Study, source: str) -> None:
         bad("[escape] check_every", "must be ≥ 1 (and commit_steps ≥ 0)")
     if r.replicas < 1 or r.max_steps < 1 or r.chunk_replicas < 1:
         bad("[run]", "replicas, max_steps and chunk_replicas must be ≥ 1")
+    if not 0 <= r.seed < 2**63:
+        bad("[run] seed", f"must be a whole number in [0, 2⁶³), got {r.seed}")
     if r.dtype not in ("float32", "float64"):
         bad("[run] dtype", f"must be 'float32' or 'float64', got {r.dtype!r}")
 

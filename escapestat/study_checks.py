@@ -75,6 +75,9 @@ def check_linear(study, bad) -> None:
             bad("[data] kind", "must be 'fixed' or 'fresh' for SGD (minibatches need samples)")
         if d.kind == "fixed" and max(_max(b) for b in y.batch_size) > d.n_train:
             bad("[dynamics] batch_size", f"cannot exceed [data] n_train = {d.n_train}")
+    if not 0 < e.threshold < 1:
+        bad("[escape] threshold", f"is a fraction of the way to the learned state, in (0, 1); "
+            f"got {e.threshold:g}")
     if e.order_parameter not in ("mode", "test_error"):
         bad("[escape] order_parameter", f"must be 'mode' or 'test_error', got "
             f"{e.order_parameter!r}")
@@ -89,7 +92,7 @@ def check_linear(study, bad) -> None:
 
 def check_grokking(study, bad) -> None:
     """MLP and transformer studies: task, optimizer, minibatch SGD noise, accuracy escape."""
-    from .modular import OPERATIONS
+    from .modular import OPERATIONS, table_size, train_size
 
     m, t, o, y, e = study.model, study.task, study.optimizer, study.dynamics, study.escape
     if t is None:
@@ -104,6 +107,15 @@ def check_grokking(study, bad) -> None:
         bad("[task] label_noise", f"must be in [0, 1), got {t.label_noise}")
     if o is not None and o.kind not in ("adamw", "sgd"):
         bad("[optimizer] kind", f"must be 'adamw' or 'sgd', got {o.kind!r}")
+    if o is not None:
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(o, key) < 1:
+                bad(f"[optimizer] {key}", f"must be in [0, 1), got {getattr(o, key):g} (at 1 "
+                    f"the moment never forgets its start and every replica diverges)")
+        if not o.eps > 0:
+            bad("[optimizer] eps", f"must be positive, got {o.eps:g}")
+        if not 0 <= o.momentum < 1:
+            bad("[optimizer] momentum", f"must be in [0, 1), got {o.momentum:g}")
     if m.activation not in ("quadratic", "relu", "gelu"):
         bad("[model] activation", f"must be 'quadratic', 'relu' or 'gelu', got {m.activation!r}")
     if min(m.width, m.d_model, m.n_heads, m.d_mlp) < 1 or m.d_model % m.n_heads:
@@ -124,6 +136,10 @@ def check_grokking(study, bad) -> None:
         bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
     if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
         bad("[dynamics] batch_size", "must be whole numbers")
+    n_train = train_size(table_size(t.operation, t.p), t.train_fraction)
+    if any(_max(b) > n_train for b in y.batch_size):
+        bad("[dynamics] batch_size", f"cannot exceed the {n_train} training pairs of "
+            f"p = {t.p} at train_fraction {t.train_fraction:g}; \"full\" trains on all of them")
     if e.measure not in ("generalize", "delay"):
         bad("[escape] measure", f"must be 'generalize' or 'delay', got {e.measure!r}")
     if not 0 < e.fit_fallback < e.fit_threshold <= 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq
+from scipy import optimize
 
 from .errors import EscapestatError
 
@@ -54,6 +54,18 @@ def spinodal(depth: int, strength: float) -> float:
     return float(_g(a_star, depth, strength)) if depth > 2 else float(strength)
 
 
+def _root(f, lo: float, hi: float, depth: int, strength: float) -> float:
+    """Brent's root of f on [lo, hi]; a bracket lost to overflow is an error naming the
+    strength (strengths = [1e300, 1] overflowed the mode loss)."""
+    try:
+        return optimize.brentq(f, lo, hi, xtol=_XTOL)
+    except (ValueError, RuntimeError, OverflowError, ZeroDivisionError):
+        raise EscapestatError(
+            f"strength {strength:g} at depth {depth}: the mode's stationary points cannot be "
+            f"located in floating point; give [model] strengths of order 1 (the teacher's "
+            f"scale sets only the units)") from None
+
+
 def stationary_points(
     depth: int, strength: float, beta: float
 ) -> tuple[float | None, float | None]:
@@ -75,8 +87,8 @@ def stationary_points(
     def f(a: float) -> float:
         return _g(a, depth, strength) - beta
 
-    saddle = brentq(f, 0.0, a_star, xtol=_XTOL)
-    learned = brentq(f, a_star, top, xtol=_XTOL)
+    saddle = _root(f, 0.0, a_star, depth, strength)
+    learned = _root(f, a_star, top, depth, strength)
     return float(saddle), float(learned)
 
 
@@ -101,7 +113,7 @@ def critical_beta(depth: int, strength: float) -> float:
 
     beta_sp = spinodal(depth, strength)
     # gap < 0 at β → 0 (learned loss → 0) and > 0 at the spinodal (learned is the inflection).
-    return float(brentq(gap, 1e-12 * beta_sp, beta_sp * (1 - 1e-12), xtol=_XTOL))
+    return float(_root(gap, 1e-12 * beta_sp, beta_sp * (1 - 1e-12), depth, strength))
 
 
 @dataclass(frozen=True)

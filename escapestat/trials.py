@@ -473,13 +473,28 @@ def run_study(
     conds = conditions(study)
     chunks = plan_chunks(study, conds)
     store = RunStore(out_dir)
+    if store.open(study.config_hash(), resume):  # complete: read back, writing nothing
+        return _read_back(store, chunks, conds)
+    with store.locked():
+        return _run_locked(study, store, conds, chunks, dev, resume, study_text, progress)
+
+
+def _read_back(store: RunStore, chunks: list[Chunk], conds: list[Condition]) -> RunResult:
+    frames = [store.finished_chunk(c.index) for c in chunks]
+    if any(f is None for f in frames):
+        raise EscapestatError(f"{store.out} is marked complete but chunks are missing")
+    replicas, escapes = _tables(frames)
+    return RunResult(store.out, escapes, replicas, store.meta, conds,
+                     list(store.meta.get("notes", [])), _read_curves(store))
+
+
+def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: list[Chunk],
+                dev: torch.device, resume: bool, study_text: str | None,
+                progress: Progress | None) -> RunResult:
+    """``run_study`` while this process holds the run directory (checked again under the
+    lock: another process may have finished it meanwhile)."""
     if store.open(study.config_hash(), resume):
-        frames = [store.finished_chunk(c.index) for c in chunks]
-        if any(f is None for f in frames):
-            raise EscapestatError(f"{store.out} is marked complete but chunks are missing")
-        replicas, escapes = _tables(frames)
-        return RunResult(store.out, escapes, replicas, store.meta, conds,
-                         list(store.meta.get("notes", [])), _read_curves(store))
+        return _read_back(store, chunks, conds)
     store.start({
         "study": study.name,
         "config_hash": study.config_hash(),

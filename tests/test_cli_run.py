@@ -116,3 +116,68 @@ def test_all_diverged_is_one_line_error_and_keeps_tables(cli, tmp_path):
 def test_help_names_study_sections(cli):
     code, stdout, _ = cli("run", "--help")
     assert code == 0 and "Override [run] replicas" in stdout
+
+
+def test_an_unwritable_out_is_one_line(cli, study_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, stdout, stderr = cli("run", study_file, "--out", blocker / "run", "--device", "cpu")
+    assert code == 1 and stdout == ""
+    assert stderr.strip().startswith("error: ") and len(stderr.strip().splitlines()) == 1
+    assert str(blocker) in stderr and "Not a directory" in stderr and "writable --out" in stderr
+
+
+def test_a_full_disk_keeps_finished_chunks_and_resume_finishes_identically(
+        cli, study_file, tmp_path, monkeypatch):
+    """ENOSPC at the second of three chunks: one error line, the first chunk kept, and
+    --resume (space freed) gives the bytes of an uninterrupted run."""
+    import errno
+
+    from escapestat.storage import RunStore
+
+    args = ("--device", "cpu", "--max-steps", 300)
+    assert cli("run", study_file, "--out", tmp_path / "whole", *args)[0] == 0
+    real = RunStore.write_chunk
+
+    def full(self, index, *a, **k):
+        if index == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.chunk_path(index)))
+        return real(self, index, *a, **k)
+
+    monkeypatch.setattr(RunStore, "write_chunk", full)
+    out = tmp_path / "r"
+    code, _, stderr = cli("run", study_file, "--out", out, *args)
+    assert code == 1 and len(stderr.strip().splitlines()) == 2  # the bar's line, the error
+    assert "No space left on device" in stderr and "--resume" in stderr
+    assert sorted(p.name for p in (out / "chunks").glob("chunk-*.csv")) == ["chunk-00000.csv"]
+    monkeypatch.setattr(RunStore, "write_chunk", real)
+    assert cli("run", study_file, "--out", out, *args, "--resume")[0] == 0
+    for name in ("escapes.csv", "replicas.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_a_second_run_on_the_same_out_is_refused_with_the_holders_pid(cli, study_file,
+                                                                         tmp_path):
+    import os
+
+    from escapestat.storage import RunStore
+
+    out = tmp_path / "r"
+    with RunStore(out).locked():  # as a first `run` holds it while it trains
+        code, _, stderr = cli("run", study_file, "--out", out, "--device", "cpu")
+    assert code == 1 and f"pid {os.getpid()}" in stderr and "another escapestat" in stderr
+    assert not (out / "run.json").exists()
+    assert cli("run", study_file, "--out", out, "--device", "cpu", "--max-steps", 200)[0] == 0
+
+
+def test_a_start_that_failed_does_not_block_a_rerun(cli, study_file, tmp_path):
+    """A study that fails before its first chunk is written (a teacher strength that
+    overflows the theory) leaves run.json, but no finished chunk: the corrected study
+    then runs into the same --out without --resume."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(FAST.replace("strengths = [1.5, 1.0]", "strengths = [1e300, 1.0]"))
+    out = tmp_path / "r"
+    code, _, stderr = cli("run", bad, "--out", out, "--device", "cpu")
+    assert code == 1 and "strength 1e+300" in stderr and "Traceback" not in stderr
+    code, _, stderr = cli("run", study_file, "--out", out, "--device", "cpu", "--max-steps", 200)
+    assert code == 0, stderr

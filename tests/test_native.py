@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,10 +233,34 @@ def test_a_build_is_cached_and_reused(monkeypatch, tmp_path):
         native.reset()
         again = native.kernels()
         assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
-        assert [p.name for p in (tmp_path / "native").iterdir()] == [first.path.name]
+        assert sorted(p.name for p in (tmp_path / "native").iterdir()) == [
+            first.path.name, first.path.name + ".sha256"]
     finally:
         monkeypatch.undo()
         native.reset()
+
+
+@needs_kernels
+def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, size=45_000):
+    """A cache cut to 4,096 or 45,000 bytes killed every later run with SIGBUS (exit 135):
+    its checksum no longer matches, so it is rebuilt. In a subprocess: a regression would
+    kill the process that loads it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ESCAPESTAT_CACHE_DIR": str(tmp_path)}
+    code = ("from escapestat import native; k = native.kernels(); "
+            "print(k.path if k else native.why_not())")
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=600)
+    path = Path(first.stdout.strip())
+    assert first.returncode == 0 and path.is_file(), first.stderr
+    whole = path.read_bytes()
+    path.write_bytes(whole[:size])
+    again = subprocess.run([sys.executable, "-c", code],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.returncode, again.stderr)
+    assert path.read_bytes() == whole
 
 
 @needs_kernels

@@ -177,3 +177,15 @@ def test_bad_run_json_is_an_error(tmp_path, meta, message):
 def test_bad_grid_option(tmp_path, grid):
     with pytest.raises(EscapestatError, match="--grid must be a positive number"):
         resolve_grid(grid, tmp_path / "escapes.csv")
+
+
+@pytest.mark.parametrize("name, sep", [("t.csv", "\t"), ("s.csv", ";"), ("p.csv", "|"),
+                                       ("c.tsv", ","), ("plain.csv", ",")])
+def test_the_delimiter_is_sniffed_from_the_header(tmp_path, name, sep):
+    """A tab- or ;-separated file named .csv was refused as "missing duration column
+    'duration' (columns: duration\\tevent…)"; the header now says how it is split."""
+    path = tmp_path / name
+    path.write_text(sep.join(["duration", "event", "temperature"]) + "\n"
+                    + sep.join(["12.5", "1", "0.1"]) + "\n" + sep.join(["30", "0", "0.1"]) + "\n")
+    df = load(path, Columns())
+    assert list(df["duration"]) == [12.5, 30.0] and list(df["event"]) == [1, 0]

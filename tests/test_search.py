@@ -401,8 +401,9 @@ def test_a_best_value_at_the_edge_of_its_range_gets_a_note(raw_spec):
 
 
 def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
-    """SIGINT mid-trial: exit 1 with one `error:` line (no Optuna traceback), the trial in
-    flight FAIL and flagged ``interrupted``, so that it does not spend the budget."""
+    """SIGINT mid-trial: exit 130 (128 + SIGINT) with one `error:` line (no Optuna
+    traceback), the trial in flight FAIL and flagged ``interrupted``, so that it does not
+    spend the budget."""
     import signal
     import subprocess
     import sys
@@ -432,7 +433,7 @@ def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 1, err
+    assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
     trials = optuna.load_study(study_name="tiny-search", storage=url).trials

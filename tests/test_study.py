@@ -30,6 +30,10 @@ def test_defaults_and_overrides():
     assert described.dynamics.temperature == (Constant(0.01),)
 
 
+GROK = ("[task]\noperation = 'add'\np = 23\ntrain_fraction = 0.7\n[model]\nkind = 'mlp'\n"
+        "[dynamics]\nnoise = 'sgd'\nlr = 1e-3\nweight_decay = 1.0\nbatch_size = 64\n")
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -54,6 +58,16 @@ def test_defaults_and_overrides():
         ("[escape]\nfallback = 0.7\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
          "[escape] fallback must be between"),
         ("[run\nreplicas = 3\n", "not valid TOML"),
+        # Accepted nonsense that then failed or allocated (the third outside review):
+        ("[run]\nseed = -1\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[run] seed must be a whole number in [0, 2⁶³)"),
+        ("[escape]\nthreshold = 5.0\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
+         "[escape] threshold is a fraction of the way to the learned state, in (0, 1)"),
+        (GROK + "[optimizer]\nbeta1 = 1.0\n", "[optimizer] beta1 must be in [0, 1)"),
+        (GROK + "[optimizer]\nbeta2 = 1.5\n", "[optimizer] beta2 must be in [0, 1)"),
+        (GROK + "[optimizer]\neps = -1e-8\n", "[optimizer] eps must be positive"),
+        (GROK.replace("batch_size = 64", "batch_size = 100000"),
+         "[dynamics] batch_size cannot exceed the 370 training pairs of p = 23"),
     ],
 )
 def test_bad_study_names_the_key(text, message):
