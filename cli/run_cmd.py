@@ -71,6 +71,11 @@ def _median(c: dict, name: str) -> str:
     return f"{_fmt(m)}\n{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}"
 
 
+def _batch(c: dict) -> str:
+    """The batch size, marked when it is the whole training set (no minibatch noise)."""
+    return f"{c['batch_size']}\n(full)" if c.get("full_batch") else str(c["batch_size"])
+
+
 def _print_grokking(summary: dict) -> None:
     rows = summary["conditions"]
     sizes = {c["n"] for c in rows}
@@ -89,14 +94,16 @@ def _print_grokking(summary: dict) -> None:
     for c in rows:
         k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
         table.add_row(
-            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), str(c["batch_size"]),
+            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), _batch(c),
             *((str(c["n"]),) if per == "" else ()),
             _median(c, "fit"), _median(c, "generalize"), _median(c, "delay"),
             f"{100 * c['grokked']:.0f}%",
-            "—" if k_lo is None else f"{c['weibull_shape']:.1f}\n{k_lo:.1f}–{k_hi:.1f}")
+            "—" if k_lo is None or k_lo != k_lo
+            else f"{c['weibull_shape']:.1f}\n{k_lo:.1f}–{k_hi:.1f}")
     out_console.print(table)
     _print_verdicts(rows, lambda c: f"lr {_fmt(c['lr'], 3)}, wd {_fmt(c['weight_decay'], 3)}, "
-                                    f"B {c['batch_size']}")
+                                    f"B {c['batch_size']}"
+                                    + (" (full)" if c.get("full_batch") else ""))
 
 
 def _print_verdicts(rows: list[dict], label) -> None:

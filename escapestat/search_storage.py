@@ -8,6 +8,7 @@ parameters) so that no trial is lost (design §6).
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import time
 import warnings
@@ -36,7 +37,8 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
     """An RDB storage with heartbeats and a retry callback; a bad URL is one error line.
 
     ``grace_period`` defaults to twice the heartbeat interval. A ``postgresql://`` URL is
-    opened with psycopg 3 (``postgresql+psycopg://``), the driver escapestat installs.
+    opened with psycopg 3 (``postgresql+psycopg://``), which ``escapestat[postgres]``
+    installs.
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _SCHEMES:
@@ -45,6 +47,9 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_SECONDS,
             f"postgresql://USER@HOST:PORT/DB")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith("postgresql+psycopg://") and importlib.util.find_spec("psycopg") is None:
+        raise EscapestatError(f"storage {redact(url)}: PostgreSQL needs the psycopg driver: "
+                              f"pip install 'escapestat[postgres]'")
     for attempt in range(OPEN_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # heartbeats and the retry callback: "experimental"

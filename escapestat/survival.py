@@ -312,8 +312,8 @@ def weibull_shape(
     nan = (math.nan, (math.nan, math.nan))
     durations = np.asarray(durations, dtype=float)
     events = np.asarray(events, dtype=int)
-    if events.sum() < 2 or (grid is None and np.unique(durations[events == 1]).size < 2):
-        return nan
+    if events.sum() < 2 or np.unique(durations[events == 1]).size < 2:
+        return nan  # all at one time (one check): nothing shows the spread
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -331,7 +331,8 @@ def weibull_shape(
     if not (np.isfinite(rho) and np.isfinite(se)) or rho <= 0:
         return nan
     z = stats.norm.ppf(0.5 + level / 2)
-    return rho, (rho * math.exp(-z * se / rho), rho * math.exp(z * se / rho))
+    half = z * se / rho
+    return rho, (rho * math.exp(-half), rho * math.exp(half) if half < 700 else math.inf)
 
 
 @dataclass

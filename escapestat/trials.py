@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import native
 from .curves import curve_bands
 from .detector import CENSORED, DIVERGED, ESCAPED, UNTRAPPED, EscapeDetector, EscapeRule
 from .errors import EscapestatError
@@ -441,6 +442,16 @@ def _chunk_notes(infos: dict[int, dict]) -> list[str]:
     return notes
 
 
+def _route_notes(study: Study, dev: torch.device) -> list[str]:
+    """Say so when the grokking models ran on the torch route because the C kernels could
+    not be had: it is correct, and about 4× slower on a CPU."""
+    if study.model.kind not in GROKKING_MODELS or dev.type != "cpu" or native.loaded():
+        return []
+    why = native.why_not() if native.kernels() is None else None
+    return [f"the C kernels are not in use ({why}); the torch route ran, about 4× slower "
+            f"on a CPU"] if why else []
+
+
 def _ranges(ids: list[int]) -> str:
     out, start = [], ids[0]
     for a, b in zip(ids, ids[1:] + [None], strict=True):
@@ -528,6 +539,7 @@ def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: l
             frame = store.write_chunk(chunk.index, output.table, info, output.curves)
         frames.append(frame)
     notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
+    notes += _route_notes(study, dev)
     replicas, escapes = _tables(frames)
     curves = _bands(store, chunks, frames)
     store.complete(replicas, escapes, notes, curves)

@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -580,12 +581,14 @@ def test_huggingface_flushes_a_partial_evaluation_at_train_end(tmp_path, monkeyp
 
 @pytest.mark.parametrize("module, hide, pip", [
     ("escapestat.integrations.lightning", ["lightning", "lightning.pytorch",
-                                           "pytorch_lightning"], "pip install lightning"),
-    ("escapestat.integrations.huggingface", ["transformers"], "pip install transformers")])
+                                           "pytorch_lightning"],
+     "pip install 'escapestat[lightning]'"),
+    ("escapestat.integrations.huggingface", ["transformers"],
+     "pip install 'escapestat[huggingface]'")])
 def test_missing_framework_is_one_clear_error(monkeypatch, module, hide, pip):
     from escapestat.integrations import MissingIntegration
 
-    with pytest.raises(MissingIntegration, match=pip) as err:
+    with pytest.raises(MissingIntegration, match=re.escape(pip)) as err:
         _fresh(monkeypatch, module, dict.fromkeys(hide))
     assert isinstance(err.value, ImportError) and isinstance(err.value, EscapestatError)
     assert "\n" not in str(err.value)

@@ -359,3 +359,24 @@ def test_out_of_range_indices_are_an_error_not_a_stray_read():
     with pytest.raises(ValueError, match="tokens of shape"):
         native.kernels().attn_forward(torch.cat(ens.params[:2], 1), *ens.params[2:5],
                                       torch.zeros(2, 4, 2, dtype=torch.long), 1.0)
+
+
+def test_the_fall_back_to_the_torch_route_is_said_once(cli, tmp_path, monkeypatch):
+    """No C kernels (here turned off): the run works on the torch route, ~4× slower on a
+    CPU, and says so in one note with the reason, not silently."""
+    study = tmp_path / "tiny.toml"
+    study.write_text("[task]\noperation = 'add'\np = 7\ntrain_fraction = 0.7\n"
+                     "[model]\nkind = 'mlp'\nwidth = 8\n[dynamics]\nnoise = 'sgd'\n"
+                     "lr = 1e-3\nweight_decay = 1.0\nbatch_size = 'full'\n"
+                     "[run]\nreplicas = 2\nmax_steps = 100\n")
+    monkeypatch.setenv("ESCAPESTAT_NATIVE", "0")
+    native.reset()
+    try:
+        code, _, err = cli("run", study, "--out", tmp_path / "r", "--device", "cpu")
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "C kernels are not in use" in line]
+    assert len(notes) == 1 and "turned off by ESCAPESTAT_NATIVE" in notes[0]
+    assert notes[0].startswith("note:")

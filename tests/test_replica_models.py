@@ -35,7 +35,8 @@ def _grok(kind: str):
 
         text = GROK if kind == "mlp" else GROK.replace('kind = "mlp"\nwidth = 128',
                                                        'kind = "transformer"\nd_model = 32')
-        study = parse_study(text.replace("p = 23", "p = 7"))
+        study = parse_study(text.replace("p = 23", "p = 7").replace("batch_size = 64",
+                                                                   "batch_size = 8"))
         conds = conditions(study) * replicas
         hyper = HyperSchedules(conds, torch.float32, "cpu")
         return GrokTrial(study, conds, generator, torch.device("cpu"), 8), hyper

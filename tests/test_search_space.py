@@ -13,7 +13,7 @@ BASE = """
 name = "s"
 [task]
 operation = "add"
-p = 11
+p = 23
 train_fraction = 0.7
 [model]
 kind = "mlp"

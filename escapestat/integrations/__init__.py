@@ -4,9 +4,10 @@ Nothing here imports a framework; each integration lives in its own module and n
 its library only when imported:
 
 - ``escapestat.integrations.lightning``: ``EscapeCallback``, a PyTorch Lightning
-  ``Callback`` (``pip install lightning``; ``pytorch_lightning`` works too);
+  ``Callback`` (``pip install 'escapestat[lightning]'``; ``pytorch_lightning`` works too);
 - ``escapestat.integrations.huggingface``: ``EscapeCallback``, a transformers
-  ``TrainerCallback`` (``pip install transformers``).
+  ``TrainerCallback`` (``pip install 'escapestat[huggingface]'``, which brings
+  ``transformers[torch]``: the Trainer needs accelerate).
 
 Without its library, importing a module raises ``MissingIntegration`` (both an
 ``ImportError`` and an ``EscapestatError``) with the line to install it.

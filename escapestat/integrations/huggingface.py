@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..monitor import EscapeMonitor
 from . import import_first, scalar_metrics
 
-TrainerCallback = import_first(["transformers"], "TrainerCallback", "transformers",
+TrainerCallback = import_first(["transformers"], "TrainerCallback", "'escapestat[huggingface]'",
                                "escapestat.integrations.huggingface")
 
 

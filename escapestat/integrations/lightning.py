@@ -18,8 +18,8 @@ from __future__ import annotations
 from ..monitor import EscapeMonitor
 from . import import_first, scalar_metrics
 
-Callback = import_first(["lightning.pytorch", "pytorch_lightning"], "Callback", "lightning",
-                        "escapestat.integrations.lightning")
+Callback = import_first(["lightning.pytorch", "pytorch_lightning"], "Callback",
+                        "'escapestat[lightning]'", "escapestat.integrations.lightning")
 
 
 class EscapeCallback(Callback):

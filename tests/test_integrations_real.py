@@ -1,0 +1,96 @@
+"""The Lightning and Hugging Face callbacks with the real packages: the README's example
+scripts (``studies/examples/*_escape.py``) run as written, and each row equals what an
+``EscapeMonitor`` fed the same evaluations by hand writes. Installed by
+``escapestat[integrations]``; skipped where missing, but under CI they must run."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from escapestat.monitor import EscapeMonitor
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"
+SAME = ["duration", "event", "status", "first_cross_time", "last_step", "lr", "seed"]
+
+
+def _need(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-framework tests: {exc}", pytrace=False)
+        pytest.skip(f"{module} is not installed (pip install -e '.[integrations]')")
+
+
+def _example(name: str):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def _by_hand(path: Path, seen: list[tuple[int, float]], metric: str, **options) -> pd.Series:
+    monitor = EscapeMonitor(path, metric, 0.9, fallback=0.8, handle_signals=False, **options)
+    for step, value in seen:
+        monitor.update(step, {metric: value})
+        if options.get("stop") and monitor.done:
+            break
+    monitor.close()
+    return pd.read_csv(path).iloc[0]
+
+
+def test_the_lightning_callback_with_real_lightning(tmp_path):
+    lightning = _need("lightning")
+    example = _example("lightning_escape")
+
+    class Seen(lightning.Callback):
+        def __init__(self):
+            self.values: list[tuple[int, float]] = []
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.values.append((trainer.global_step,
+                                    float(trainer.callback_metrics["val_acc"])))
+
+    seen = Seen()
+    example.main(str(tmp_path / "escapes.csv"), callbacks=[seen])
+    row = pd.read_csv(tmp_path / "escapes.csv")
+    assert len(row) == 1 and row["event"].iloc[0] == 1 and row["ended_by"].iloc[0] == "close"
+    assert [s for s, _ in seen.values] == list(range(4, 52, 4))  # every 4 batches, 4 epochs
+    first = next(s for s, v in seen.values if v >= 0.9)
+    assert row["duration"].iloc[0] == first
+    hand = _by_hand(tmp_path / "hand.csv", seen.values, "val_acc", commit_steps=8, lr=0.02,
+                    seed=0)
+    assert row.iloc[0][SAME].tolist() == hand[SAME].tolist()
+
+
+def test_the_huggingface_callback_with_real_transformers(tmp_path):
+    transformers = _need("transformers")
+    example = _example("huggingface_escape")
+
+    class Seen(transformers.TrainerCallback):
+        def __init__(self):
+            self.values: list[tuple[int, float]] = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.values.append((state.global_step, metrics["eval_accuracy"]))
+
+    seen = Seen()
+    example.main(str(tmp_path / "escapes.csv"), callbacks=[seen])
+    row = pd.read_csv(tmp_path / "escapes.csv")
+    assert len(row) == 1 and row["event"].iloc[0] == 1
+    assert [s for s, _ in seen.values][:3] == [5, 10, 15]  # eval_steps = 5
+    first = next(s for s, v in seen.values if v >= 0.9)
+    assert row["duration"].iloc[0] == first
+    # stop_on_decision: training stopped at the evaluation that committed the escape.
+    assert row["last_step"].iloc[0] == seen.values[-1][0] == first + 10
+    hand = _by_hand(tmp_path / "hand.csv", seen.values, "eval_accuracy", commit_steps=10,
+                    lr=3e-4, seed=0)
+    assert row.iloc[0][SAME].tolist() == hand[SAME].tolist()
