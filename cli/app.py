@@ -19,7 +19,9 @@ def _one_line(exc: UsageError, ctx=None) -> Exception:
         return exc
     ctx = getattr(exc, "ctx", None) or ctx
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    return usage_error(exc.format_message().rstrip().rstrip(".") + hint)
+    # Typer validates enum choices through pydantic, whose messages start "Value error, ".
+    message = exc.format_message().replace("Value error, ", "")
+    return usage_error(message.rstrip().rstrip(".") + hint)
 
 
 class OneLineUsageGroup(TyperGroup):

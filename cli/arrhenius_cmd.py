@@ -73,10 +73,27 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
         alo, ahi = aft["barrier_ci"]
         _say(f"Weibull AFT     = {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
              f"  (shape {aft['shape']:.3g})")
+    _print_frailty(fit.frailty)
     if "theory_barrier" in payload:
         rlo, rhi = payload["barrier_ratio_ci"]
         _say(f"theory barrier  = {payload['theory_barrier']:.5g}; fitted / theory = "
              f"{payload['barrier_ratio']:.3f} [{rlo:.3f}, {rhi:.3f}]")
+
+
+def _print_frailty(fr: dict) -> None:
+    """The replica-heterogeneity test, and the frailty barrier when it finds some."""
+    if "barrier" not in fr:
+        return
+    if not fr["heterogeneous"]:
+        _say(f"heterogeneity   : none detected (gamma-frailty LR test p {fr['lr_pvalue']:.2g})")
+        return
+    lo, hi = fr["barrier_ci"]
+    vlo, vhi = fr["frailty_variance_ci"]
+    _say(f"heterogeneity   : replicas escape at different rates (gamma-frailty variance "
+         f"{fr['frailty_variance']:.3g} [{vlo:.3g}, {vhi:.3g}], LR p {fr['lr_pvalue']:.2g}); "
+         f"the Poisson barrier above assumes they do not and is biased", style="yellow")
+    _say(f"frailty barrier = {fr['barrier']:.5g}  95% CI [{lo:.5g}, {hi:.5g}]  (use this one)",
+         style="yellow")
 
 
 @app.command("arrhenius")
@@ -99,6 +116,12 @@ def arrhenius(
     theory_barrier: Annotated[
         float | None, typer.Option("--theory-barrier", help="Barrier (> 0) to compare with.")
     ] = None,
+    grid: Annotated[
+        float | None,
+        typer.Option("--grid", help="Grid the durations sit on (the run's check_every), for "
+                     "the frailty fit; default: check_every from a run.json beside TABLE.",
+                     show_default=False),
+    ] = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
     unit: Unit = "steps",
@@ -111,13 +134,15 @@ def arrhenius(
     CIs widen smoothly as rates scatter more than Poisson. Only the temperature may vary
     within a fit: split other conditions with --by (or pool them knowingly with --pool);
     a scheduled (non-constant) temperature is refused. A Weibull AFT fit on 1/T is shown
-    beside it as a check.
+    beside it as a check, and a gamma-frailty fit tests whether the replicas escape at
+    different rates (then its barrier is the one to use: the Poisson one is biased).
 
     Example: escapestat arrhenius studies/examples/escapes.csv --plot arrhenius.png
     """
     check_theory_barrier(theory_barrier)
     if plot is not None:
         check_plot_path(plot)
+    grid = records.resolve_grid(grid, table)
     df, note = with_temperature(records.read_table(table), temperature_col, lr_col, batch_col)
     if note:
         err_console.print(escape(note))
@@ -127,7 +152,7 @@ def arrhenius(
     results = []
     for s in strata:
         try:
-            fit = fit_arrhenius(s.rows, columns)
+            fit = fit_arrhenius(s.rows, columns, grid=grid)
         except EscapestatError as exc:
             raise EscapestatError(f"{s.label}: {exc}" if s.key else str(exc)) from None
         payload = fit.as_dict()

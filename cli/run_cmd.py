@@ -187,6 +187,14 @@ def _print_summary(summary: dict) -> None:
             line += (f"; theory {f['theory_barrier']:.4g}; fitted/theory {f['barrier_ratio']:.3f} "
                      f"[{rlo:.3f}, {rhi:.3f}]")
         out_console.print(line)
+        fr = f.get("frailty") or {}
+        if fr.get("heterogeneous"):
+            flo, fhi = fr["barrier_ci"]
+            out_console.print(
+                f"  replicas escape at different rates (gamma-frailty variance "
+                f"{fr['frailty_variance']:.3g}, LR p {fr['lr_pvalue']:.2g}): the barrier above "
+                f"is biased; frailty barrier {fr['barrier']:.4g} [{flo:.4g}, {fhi:.4g}]",
+                style="yellow", highlight=False)
 
 
 @app.command("run")

@@ -7,7 +7,9 @@ temperatures included: log k = log k₀ + ΔE · (−1/T). The standard errors u
 moderated quasi-Poisson scale (see ``moderated_scale``), continuous in the Pearson
 dispersion, so a dispersion of 0.99 and of 1.01 give nearly the same interval. A
 lifelines Weibull AFT model on 1/T is fitted beside it as a cross-check that does not
-assume a constant hazard.
+assume a constant hazard. Neither sees replicas that escape at different rates (their
+totals stay Poisson-like while the barrier is biased): the gamma-frailty fit beside them
+(``frailty``) tests for that and gives the barrier that stays honest under it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class ArrheniusFit:
     quantile_df: float = math.inf
     weibull_aft: dict = field(default_factory=dict)
     covariance: list[list[float]] = field(default_factory=list)
+    #: The gamma-frailty fit (``frailty.FrailtyFit.as_dict``): whether the replicas'
+    #: rates differ, and the barrier that stays unbiased when they do.
+    frailty: dict = field(default_factory=dict)
 
     @property
     def tau0(self) -> float:
@@ -180,13 +185,16 @@ def fit_arrhenius(
     columns: Columns,
     level: float = LEVEL,
     crosscheck: bool = True,
+    grid: float | None = None,
 ) -> ArrheniusFit:
     """Fit log k = log k₀ − ΔE/T by Poisson GLM with offset log(exposure).
 
     Covariance: Poisson's, times the moderated dispersion φ̃; intervals: ± t_ν · SE
-    (``moderated_scale``). Raises ``EscapestatError`` with fewer than two temperatures,
-    exposures or rates that overflow, no escapes at all, or escapes at only one
-    temperature (then the barrier is not identified).
+    (``moderated_scale``). Beside it the gamma-frailty fit (``frailty``, on ``grid`` when
+    the durations sit on one) tests whether the replicas' rates differ. Raises
+    ``EscapestatError`` with fewer than two temperatures, exposures or rates that
+    overflow, no escapes at all, or escapes at only one temperature (then the barrier is
+    not identified).
     """
     import statsmodels.api as sm
 
@@ -260,7 +268,17 @@ def fit_arrhenius(
         quantile_df=nu,
         weibull_aft=_weibull_aft(df, columns, level) if crosscheck else {},
         covariance=cov.tolist(),
+        frailty=_frailty(df, columns, level, grid),
     )
+
+
+def _frailty(df: pd.DataFrame, columns: Columns, level: float, grid: float | None) -> dict:
+    from .frailty import fit_frailty_arrhenius
+
+    try:
+        return fit_frailty_arrhenius(df, columns, level, grid).as_dict()
+    except (EscapestatError, ValueError, np.linalg.LinAlgError) as exc:
+        return {"note": str(exc)[:120]}
 
 
 def temperature_from_lr_batch(df: pd.DataFrame, lr_col: str, batch_col: str) -> pd.Series:

@@ -416,6 +416,14 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits) -> Section | 
             r = fit.versus_theory(theory)
             text += (f"; theory {fmt3(theory)}, fitted/theory {r['barrier_ratio']:.3g} "
                      f"{_ci(r['barrier_ratio_ci'])}")
+        fr = fit.frailty
+        if fr.get("heterogeneous"):
+            text += (f". Warning: the replicas escape at different rates (gamma-frailty "
+                     f"variance {fmt3(fr['frailty_variance'])}, LR p {fr['lr_pvalue']:.2g}); "
+                     f"the Poisson barrier assumes they do not and is biased — the frailty "
+                     f"fit's barrier is {fmt3(fr['barrier'])} {_ci(fr['barrier_ci'])}")
+        elif "lr_pvalue" in fr:
+            text += f"; no replica heterogeneity detected (frailty LR p {fr['lr_pvalue']:.2g})"
         sec.blocks.append(text)
         sec.blocks.append(Figure(f"arrhenius-{i + 1}", figure_png(
             arrhenius_figure(fit, theory, unit.rstrip("s"), rows_s)),
@@ -423,7 +431,7 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits) -> Section | 
     return sec
 
 
-def _fits(rows: pd.DataFrame, by: list[str]):
+def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None):
     """(label, rows, fit, error) per stratum of ``by``, each fitted with ``fit_arrhenius``."""
     from .arrhenius import fit_arrhenius
     from .strata import arrhenius_strata
@@ -437,7 +445,7 @@ def _fits(rows: pd.DataFrame, by: list[str]):
         try:
             (stratum,) = arrhenius_strata(part)
             fit = fit_arrhenius(stratum.rows, records.Columns(temperature="temperature"),
-                                crosscheck=False)
+                                crosscheck=False, grid=grid)
         except EscapestatError as exc:
             out.append((label, part, None, str(exc)))
         else:
@@ -500,7 +508,8 @@ def _run_report(path: Path, n_bootstrap: int, seed: int) -> Report:
                                 _km_figures(rows, columns, labels, unit, "km")))
     temps = rows["temperature"].nunique() if "temperature" in rows else 0
     if not grokking and temps >= 2:
-        sections.append(_arrhenius_section(rows, unit, _fits(rows, strata_columns(rows))))
+        sections.append(_arrhenius_section(rows, unit, _fits(rows, strata_columns(rows),
+                                                                   meta.get("check_every"))))
     if len(rows):
         diag = [{**c, "label": labels[c["condition"]]} for c in summary["conditions"]
                 if c["n"]]
@@ -564,7 +573,7 @@ def _table_report(path: Path, n_bootstrap: int, seed: int) -> Report:
         by = [c for c in condition_columns(df, exclude=("temperature", "condition",
                                                         "barrier_theory"))
               if df[c].astype(str).nunique() > 1]
-        sections.append(_arrhenius_section(df, "steps", _fits(df, by)))
+        sections.append(_arrhenius_section(df, "steps", _fits(df, by, grid)))
     diag = [{**s.as_dict(), "label": labels.get(s.group, s.group) if labels else s.group}
             for s in summaries]
     sections.append(_diagnostics(df, columns, labels, "steps", diag))

@@ -161,13 +161,14 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
         try:
             (stratum,) = arrhenius_strata(part)
             fit = fit_arrhenius(stratum.rows, Columns(temperature="temperature"),
-                                crosscheck=False)
+                                crosscheck=False, grid=grid)
         except EscapestatError as exc:
             entry["error"] = str(exc)
         else:
             entry.update(barrier=fit.barrier, barrier_ci=fit.barrier_ci,
                          log_prefactor=fit.log_prefactor, method=fit.method,
-                         dispersion=fit.dispersion, direction=fit.direction)
+                         dispersion=fit.dispersion, direction=fit.direction,
+                         frailty=fit.frailty)
             if entry["theory_barrier"]:
                 ratio = fit.versus_theory(entry["theory_barrier"])
                 entry.update(barrier_ratio=ratio["barrier_ratio"],

@@ -91,6 +91,7 @@ def test_missing_study_and_bad_device(cli, study_file, tmp_path):
     assert code == 1 and "no such study file" in stderr
     code, _, stderr = cli("run", study_file, "--out", tmp_path / "r", "--device", "tpu")
     assert code == 2 and "'tpu' is not one of" in stderr  # a choice: a usage error
+    assert "Value error" not in stderr  # typer's validation prefix, not for users
     assert len(stderr.strip().splitlines()) == 1
     if not torch.cuda.is_available():
         code, _, stderr = cli("run", study_file, "--out", tmp_path / "c", "--device", "cuda")
