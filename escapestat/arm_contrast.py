@@ -10,9 +10,11 @@ the two escape-time laws differ at all. ``scaled`` turns a step ratio into a wal
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from .errors import EscapestatError
 from .incidence import (
@@ -206,6 +208,65 @@ def scaled(ratio: MedianRatio, factor: float) -> MedianRatio:
         return None if x is None else x * factor
 
     return replace(ratio, ratio=mul(ratio.ratio), ci=(mul(ratio.ci[0]), mul(ratio.ci[1])))
+
+
+@dataclass(frozen=True)
+class TimeRatio:
+    """How much longer the arm's escape times are than the reference's, from the whole
+    curve: the acceleration factor exp(β) of a Weibull AFT model with the arm as its
+    covariate, with a Wald CI. ``detectable``: the smallest factor (either way) that this
+    many escapes would show with 80% power at the 5% level, exp(2.80 · SE).
+
+    A ratio of medians moves in whole checks, so two arms a few checks apart give a coarse
+    ratio (zero-width CIs where the medians differ by 4%); the time ratio uses every escape
+    and, on the grid, fits each escape as the interval (t − grid, t]."""
+
+    ratio: float | None
+    ci: tuple[float | None, float | None]
+    detectable: float | None
+
+
+_POWER_Z = 1.959964 + 0.841621  # two-sided 5% test, 80% power
+
+
+def time_ratio(durations, events, ref_durations, ref_events, grid: float | None = None,
+               level: float = LEVEL) -> TimeRatio:
+    """``TimeRatio`` of an arm against its reference (both right-censored, e.g. at the
+    budget; a diverged replica is at risk to the budget: it never escapes). None where the
+    model cannot be fitted (an arm without escapes)."""
+    from lifelines import WeibullAFTFitter
+    from scipy import stats
+
+    d, e = _arm(durations, events, "arm")
+    rd, re_ = _arm(ref_durations, ref_events, "reference")
+    none = TimeRatio(None, (None, None), None)
+    if e.sum() == 0 or re_.sum() == 0:
+        return none
+    t = np.concatenate([d, rd])
+    ev = np.concatenate([e, re_]).astype(int)
+    arm = np.concatenate([np.ones(d.size), np.zeros(rd.size)])
+    scale = float(np.median(t[ev == 1]))  # O(1) times for the optimiser
+    frame = {"arm": arm}
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if grid is None:
+                df = pd.DataFrame({**frame, "t": t / scale, "e": ev})
+                aft = WeibullAFTFitter(alpha=1 - level).fit(df, "t", "e")
+            else:
+                lower = np.where(ev == 1, np.maximum(t - grid, 0.0), t) / scale
+                upper = np.where(ev == 1, t, np.inf) / scale
+                df = pd.DataFrame({**frame, "lo": lower, "hi": upper})
+                aft = WeibullAFTFitter(alpha=1 - level).fit_interval_censoring(df, "lo", "hi")
+        beta = float(aft.params_[("lambda_", "arm")])
+        se = float(aft.standard_errors_[("lambda_", "arm")])
+    except Exception:  # lifelines raises several types when a fit cannot converge
+        return none
+    if not (math.isfinite(beta) and math.isfinite(se)) or se > 50:
+        return none
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return TimeRatio(math.exp(beta), (math.exp(beta - z * se), math.exp(beta + z * se)),
+                     math.exp(_POWER_Z * se))
 
 
 def logrank_p(durations, events, ref_durations, ref_events) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .arm_contrast import incidence_median_ratio, logrank_p, scaled
+from .arm_contrast import incidence_median_ratio, logrank_p, scaled, time_ratio
 from .schedules import parse_schedule
 from .search import ArmRun, SearchOutcome, constraint_values, needs_hold, run_arm
 from .search_space import SearchSpec, apply_overrides, build_study
@@ -143,22 +143,45 @@ class _Contrast:
     ci: list[float | None]
     wall: float | None
     logrank_p: float
+    time_ratio: float | None
+    time_ratio_ci: list[float | None]
+    detectable: float | None
+    bound: list | None  # [">" or "<", x]: the one side a not-reached median bounds
 
 
 def _contrast(run: ArmRun, ref: ArmRun, n_bootstrap: int, seed: int) -> _Contrast:
     r = incidence_median_ratio(run.durations, run.causes, ref.durations, ref.causes,
                                n_bootstrap=n_bootstrap, seed=seed)
     wall = scaled(r, run.seconds_per_step / ref.seconds_per_step)
+    grid = run.grid if run.grid == ref.grid else None
+    t = time_ratio(*run.at_risk_to_budget(), *ref.at_risk_to_budget(), grid=grid)
     return _Contrast(r.ratio, [r.ci[0], r.ci[1]], wall.ratio,
-                     logrank_p(*run.at_risk_to_budget(), *ref.at_risk_to_budget()))
+                     logrank_p(*run.at_risk_to_budget(), *ref.at_risk_to_budget()),
+                     t.ratio, [t.ci[0], t.ci[1]], t.detectable, _bound(run, ref))
+
+
+def _bound(run: ArmRun, ref: ArmRun) -> list | None:
+    """Where one median is not reached by the budget, the side of the ratio it bounds:
+    arm not reached against a reached reference m gives ratio > budget/m (and the
+    reverse < m/budget) — never nothing, when the log-rank may say p 1e-18."""
+    arm, other = run.incidence().median_, ref.incidence().median_
+    if arm is None and other is not None:
+        return [">", run.budget / other]
+    if other is None and arm is not None:
+        return ["<", arm / ref.budget]
+    return None
 
 
 def _verdict(c: _Contrast) -> str:
-    lo, hi = c.ci
+    """Faster or slower from the time ratio's CI (the whole curve), else the median
+    ratio's; "no difference shown" when neither excludes 1."""
+    lo, hi = c.time_ratio_ci if c.time_ratio is not None else c.ci
     if hi is not None and hi < 1:
         return "faster"
     if lo is not None and lo > 1:
         return "slower"
+    if c.bound is not None and c.logrank_p < 0.05:
+        return "slower" if c.bound[0] == ">" else "faster"
     return "no difference shown"
 
 
@@ -189,6 +212,7 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
             row[f"ratio_vs_{key}_ci"] = None if c is None else c.ci
             row[f"wall_ratio_vs_{key}"] = None if c is None else c.wall
             row[f"logrank_p_vs_{key}"] = None if c is None else c.logrank_p
+            row.update(_time_columns(key, c))
         # Against the best constant, the bar a schedule must clear; else the default.
         row["logrank_p"] = (row["logrank_p_vs_best_constant"]
                             if BEST_CONSTANT in runs else row["logrank_p_vs_default"])
@@ -198,6 +222,15 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
     return rows
 
 
+def _time_columns(key: str, c: _Contrast | None) -> dict[str, Any]:
+    """``time_ratio_vs_KEY`` (with ``_ci``), ``detectable_vs_KEY`` and ``ratio_vs_KEY_bound``
+    ([">" or "<", x] where a median is not reached)."""
+    return {f"time_ratio_vs_{key}": None if c is None else c.time_ratio,
+            f"time_ratio_vs_{key}_ci": None if c is None else c.time_ratio_ci,
+            f"detectable_vs_{key}": None if c is None else c.detectable,
+            f"ratio_vs_{key}_bound": None if c is None else c.bound}
+
+
 def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, dict],
                       feasible: dict[str, bool], names: list[str], n_bootstrap: int,
                       seed: int) -> dict[str, Any]:
@@ -205,7 +238,8 @@ def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, di
     ratio against it; ``schedule_verdict`` says whether the CI excludes 1 and which way."""
     out = {"ablations": names or None, "ablation_best": None, "ratio_vs_ablation": None,
            "ratio_vs_ablation_ci": None, "wall_ratio_vs_ablation": None,
-           "logrank_p_vs_ablation": None, "schedule_verdict": None}
+           "logrank_p_vs_ablation": None, **_time_columns("ablation", None),
+           "schedule_verdict": None}
     if not names:
         return out
     ok = [n for n in dict.fromkeys(names) if n != arm.name and feasible[n]]
@@ -216,5 +250,5 @@ def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, di
     c = _contrast(runs[arm.name], runs[best], n_bootstrap, seed)
     out.update(ablation_best=best, ratio_vs_ablation=c.ratio, ratio_vs_ablation_ci=c.ci,
                wall_ratio_vs_ablation=c.wall, logrank_p_vs_ablation=c.logrank_p,
-               schedule_verdict=_verdict(c))
+               **_time_columns("ablation", c), schedule_verdict=_verdict(c))
     return out

@@ -73,6 +73,7 @@ class ArmRun:
     seconds: float
     steps: int
     budget: int
+    grid: float | None = None  # check_every: the durations' grid (None: exact times)
 
     @property
     def survival(self) -> pd.DataFrame:
@@ -173,7 +174,7 @@ def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | Non
     frames = [run_chunk_output(study, conds, chunk, dev, watch=seen, hold=hold).table
               for chunk in plan_chunks(study, conds)]
     return ArmRun(pd.concat(frames, ignore_index=True), time.perf_counter() - began,
-                  last_t[0], study.run.max_steps)
+                  last_t[0], study.run.max_steps, float(study.escape.check_every))
 
 
 def objective_value(kind: str, summary: dict[str, Any]) -> float:
