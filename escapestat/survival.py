@@ -32,16 +32,17 @@ HALF_TOL = 1e-9  # S(t) ≤ 1/2 + HALF_TOL counts as reaching 1/2: float roundin
 
 
 def poisson_rate_ci(events: int, exposure: float, level: float = LEVEL) -> tuple[float, float]:
-    """Exact (Garwood) CI for a Poisson rate: χ²(α/2, 2D)/2E and χ²(1−α/2, 2D+2)/2E.
+    """Exact (Garwood) CI for a Poisson rate: χ²(α/2, 2D)/2E and χ²(1−α/2, 2D+2)/2E
+    (statsmodels' ``confint_poisson(method="exact-c")``).
 
     The lower bound is 0 when D = 0, so the interval stays valid with no escapes.
     """
+    from statsmodels.stats.rates import confint_poisson
+
     if exposure <= 0:
         raise EscapestatError("exposure must be positive")
-    alpha = 1.0 - level
-    lo = 0.0 if events == 0 else stats.chi2.ppf(alpha / 2, 2 * events) / 2
-    hi = stats.chi2.ppf(1 - alpha / 2, 2 * events + 2) / 2
-    return float(lo / exposure), float(hi / exposure)
+    lo, hi = confint_poisson(int(events), float(exposure), method="exact-c", alpha=1 - level)
+    return float(lo), float(hi)
 
 
 class ExponentialRate:

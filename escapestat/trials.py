@@ -28,6 +28,7 @@ from .curves import curve_bands
 from .detector import CENSORED, DIVERGED, ESCAPED, UNTRAPPED, EscapeDetector, EscapeRule
 from .errors import EscapestatError
 from .linear_model import DeepLinearTrial
+from .memory import check_memory
 from .replica_model import Hyper, ReplicaModel
 from .schedules import ReplicaSchedules
 from .stability import Q_END, Q_MID, Q_MID_STEP
@@ -91,7 +92,11 @@ class Chunk:
 
 
 def plan_chunks(study: Study, conds: list[Condition]) -> list[Chunk]:
-    """Replica-major layout so every chunk spans the ladder; one batch-size schedule per chunk."""
+    """Replica-major layout so every chunk spans the ladder; one batch-size schedule per chunk.
+
+    A study whose plan or largest chunk cannot fit in memory is refused first (``memory``).
+    """
+    check_memory(study, len(conds))
     chunks: list[Chunk] = []
     for key in sorted({_batch_key(c) for c in conds}):
         ids = [i for i, c in enumerate(conds) if _batch_key(c) == key]
