@@ -1,6 +1,7 @@
 """Appending rows to an escape table that many processes write at once.
 
-CSV/TSV: ``O_APPEND`` and an exclusive ``fcntl.flock``, the header only into an empty
+CSV/TSV: ``O_APPEND`` and an exclusive ``fcntl.flock`` (a ``filelock`` where there is
+no fcntl), the header only into an empty
 file, each row in one ``os.write``, then ``fsync`` — so no row is lost or torn. Parquet
 cannot be appended to: a ``.parquet`` table is a folder of one part file per row
 (written atomically), which ``records.read_table`` reads as one table. A row whose
@@ -9,12 +10,12 @@ columns differ from the table's is refused, not filled.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import fcntl
 import io
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .errors import EscapestatError
@@ -91,28 +92,57 @@ def append_row(path: str | os.PathLike, row: Mapping[str, object]) -> Path:
     return _append_csv(path, row, "\t" if fmt == "tsv" else ",")
 
 
+@contextlib.contextmanager
+def _exclusive(fd: int, path: Path) -> Iterator[None]:
+    """An exclusive lock on the open table: ``fcntl.flock`` where there is one (released
+    with the descriptor), else (Windows) a ``filelock`` on ``TABLE.lock`` beside it."""
+    try:
+        import fcntl
+    except ImportError:
+        from filelock import FileLock
+
+        with FileLock(str(path) + ".lock"):
+            yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+
+
+def _last_byte(fd: int, size: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, 1, size - 1)
+    with open(fd, "rb", closefd=False) as fh:  # Windows: no pread
+        fh.seek(size - 1)
+        return fh.read(1)
+
+
 def _append_csv(path: Path, row: Mapping[str, object], delimiter: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0),
+                 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            columns, data = list(row), _csv_line(list(row), delimiter)
-        else:
-            columns = _csv_header(path, delimiter)
-            error = column_mismatch(path, columns, list(row))
-            if error is not None:
-                raise error
-            data = "" if os.pread(fd, 1, size - 1) == b"\n" else "\n"
-        data += _csv_line([cell_text(row[c]) for c in columns], delimiter)
-        view = memoryview(data.encode("utf-8"))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        with _exclusive(fd, path):
+            _append_locked(fd, path, row, delimiter)
     finally:
-        os.close(fd)  # releases the lock
+        os.close(fd)  # releases the flock
     return path
+
+
+def _append_locked(fd: int, path: Path, row: Mapping[str, object], delimiter: str) -> None:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        columns, data = list(row), _csv_line(list(row), delimiter)
+    else:
+        columns = _csv_header(path, delimiter)
+        error = column_mismatch(path, columns, list(row))
+        if error is not None:
+            raise error
+        data = "" if _last_byte(fd, size) == b"\n" else "\n"
+    data += _csv_line([cell_text(row[c]) for c in columns], delimiter)
+    view = memoryview(data.encode("utf-8"))
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def _write_part(folder: Path, row: Mapping[str, object]) -> Path:

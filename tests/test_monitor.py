@@ -295,9 +295,11 @@ def test_signal_writes_rows_and_chains_to_previous_handler(tmp_path):
 
 
 def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
+    import fcntl
+
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))
-    fsync, flock = os.fsync, table_append.fcntl.flock
+    fsync, flock = os.fsync, fcntl.flock
 
     def fsync_and_signal(fd):  # SIGTERM arrives in the middle of writing a's row
         fsync(fd)
@@ -306,7 +308,7 @@ def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
 
     def flock_or_fail(fd, op):  # b's lock while a holds it would deadlock this process
         try:
-            flock(fd, op | table_append.fcntl.LOCK_NB)
+            flock(fd, op | fcntl.LOCK_NB)
         except BlockingIOError:
             raise AssertionError("a row was written while another held the lock") from None
 
@@ -316,7 +318,7 @@ def test_signal_during_a_write_waits_for_it(tmp_path, monkeypatch):
         a.update(10, acc=0.1)
         b.update(20, acc=0.1)
         monkeypatch.setattr(table_append.os, "fsync", fsync_and_signal)
-        monkeypatch.setattr(table_append.fcntl, "flock", flock_or_fail)
+        monkeypatch.setattr(fcntl, "flock", flock_or_fail)
         a.close()
         assert calls == [signal.SIGTERM] and b.closed
         df = read_table(tmp_path / "t.csv")
@@ -610,3 +612,25 @@ def test_example_own_loop_smoke(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["check_every"] == 10
     with pytest.raises(SystemExit):  # an existing table needs --append
         example.main(args)
+
+
+def test_appends_lock_without_fcntl_where_there_is_none(tmp_path, monkeypatch):
+    """Windows has no fcntl: the monitor still imports, and appends lock through
+    ``filelock`` on TABLE.lock (here with fcntl hidden)."""
+    import builtins
+
+    from escapestat.table_append import append_row
+
+    real = builtins.__import__
+
+    def no_fcntl(name, *args, **kwargs):
+        if name == "fcntl":
+            raise ImportError("no fcntl here")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fcntl)
+    path = tmp_path / "t.csv"
+    append_row(path, {"duration": 5.0, "event": 1})
+    append_row(path, {"duration": 7.0, "event": 0})
+    assert path.read_text().splitlines() == ["duration,event", "5,1", "7,0"]
+    assert (tmp_path / "t.csv.lock").exists()
