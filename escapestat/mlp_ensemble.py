@@ -96,12 +96,11 @@ class MLPEnsemble:
         self.grads = pack([torch.zeros_like(t) for t in self.params])
         self._floor = floor_logp(weight.dtype)
         self._work: list[torch.Tensor] | None = None
-        #: How ∇E is formed (see ``_embed_grad``): "index_add" on a one-thread CPU (it
-        #: beat the one-hot bmm there, 3.6 against 5.4 ms), else "onehot": index_add_
-        #: runs on one thread, and with 2 threads the bmm route measured 10–19% faster
-        #: per step (and on CUDA it is deterministic).
-        single = weight.device.type == "cpu" and torch.get_num_threads() == 1
-        self.embed_grad = "index_add" if single else "onehot"
+        #: How ∇E is formed (see ``_embed_grad``): "onehot" (a bmm with one-hot counts)
+        #: on every device and thread count, so a run repeats bit for bit whatever the
+        #: threads (choosing index_add_ at one thread made the result depend on them);
+        #: "index_add" may be set by hand (3.6 against 5.4 ms at one thread).
+        self.embed_grad = "onehot"
         #: "native" (the C kernel) where it can run this model, else "torch"; "torch" may
         #: be set by hand (the benchmark's comparison, the tests' cross-check).
         self.backend = "native" if self.native_fits() else "torch"
@@ -238,10 +237,10 @@ class MLPEnsemble:
                     scale: float) -> None:
         """∇E = scale · (rows of dz added at a and at p + b), into ``grads[0]``.
 
-        On the CPU two ``index_add_`` over E's rows (measured at R 256, p 23, width 128,
-        B 64, one thread: 3.6 ms, against 5.4 ms for the one-hot-count bmm). Elsewhere the
-        bmm with one-hot counts C [R, 2p, B], since CUDA's ``index_add_`` adds in a
-        nondeterministic order and runs should repeat exactly (design §7).
+        The bmm with one-hot counts C [R, 2p, B] by default: CUDA's ``index_add_`` adds in
+        a nondeterministic order, and one route for every thread count keeps runs exactly
+        repeatable (design §7). ``index_add`` (two ``index_add_`` over E's rows) measured
+        3.6 ms against 5.4 ms at R 256, p 23, width 128, B 64 on one thread.
         """
         grad = self.grads[0]
         if self.embed_grad == "index_add":

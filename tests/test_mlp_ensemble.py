@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +204,38 @@ def test_saturated_softmax_leaves_no_subnormal_gradients():
 def test_unknown_activation_is_a_one_line_error():
     with pytest.raises(EscapestatError, match="quadratic, relu, gelu"):
         MLPEnsemble.random(2, 5, 4, activation="tanh")
+
+
+def test_the_torch_route_repeats_bit_for_bit_at_one_and_two_threads(tmp_path):
+    """The torch route (CUDA's, and the CPU's without a compiler) picked index_add_ at one
+    thread and the one-hot bmm at two, so a run's result depended on the thread count."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "torch.set_num_threads(int(sys.argv[1]))\n"
+        "from escapestat.grok_model import GrokTrial\n"
+        "from escapestat.study import conditions, parse_study\n"
+        "from escapestat.trials import HyperSchedules\n"
+        "from test_grok_model import GROK\n"
+        "study = parse_study(GROK.replace('p = 23', 'p = 11').replace('batch_size = 64', "
+        "'batch_size = 16'))\n"
+        "conds = conditions(study) * 4\n"
+        "hyper = HyperSchedules(conds, torch.float32, 'cpu')\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "trial = GrokTrial(study, conds, g, torch.device('cpu'), 16)\n"
+        "trial.net.backend = 'torch'\n"
+        "for t in range(20):\n"
+        "    trial.step(t, hyper.at(t))\n"
+        "torch.save([p.clone() for p in trial.net.params], sys.argv[2])\n")
+    outs = []
+    for threads in (1, 2):
+        out = tmp_path / f"p{threads}.pt"
+        done = subprocess.run([sys.executable, "-c", code, str(threads), str(out)],
+                              capture_output=True, text=True, timeout=300,
+                              cwd=str(Path(__file__).parent),
+                              env={**os.environ, "ESCAPESTAT_NATIVE": "0"})
+        assert done.returncode == 0, done.stderr
+        outs.append(torch.load(out))
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
