@@ -87,6 +87,8 @@ def fit(
     ] = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
+    log_time: Annotated[bool, typer.Option(
+        "--log-time", help="Draw the --plot's time axis on a log scale.")] = False,
     bootstrap: Bootstrap = survival.KS_BOOTSTRAP,
     seed: BootstrapSeed = 0,
     unit: Unit = "steps",
@@ -118,7 +120,8 @@ def fit(
         note_pooled(s)
     if plot is not None:
         for s in strata:
-            written = plot_survival(s.rows, columns, s.file_for(plot), unit=unit)
+            written = plot_survival(s.rows, columns, s.file_for(plot), unit=unit,
+                                    log_time=log_time)
             err_console.print(f"wrote {escape(str(written))}")
     if json_out:
         if by:

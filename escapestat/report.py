@@ -152,31 +152,49 @@ def _groups(df: pd.DataFrame, columns: Columns, labels: Mapping | None):
 
 
 def survival_figure(df: pd.DataFrame, columns: Columns, unit: str = "steps",
-                    labels: Mapping | None = None, at_risk: bool = True):
+                    labels: Mapping | None = None, at_risk: bool = True,
+                    log_time: bool = False):
     """Kaplan–Meier survival per group with log(−log) 95% bands and at-risk/event rows.
 
-    ``labels`` maps a group value to its legend text (default: ``group_label``).
+    ``labels`` maps a group value to its legend text (default: ``group_label``); each
+    legend entry adds its n, escapes and censored count, and a group with no escape is
+    drawn and labelled "no escapes by <its largest time>". The title states the budget
+    (the largest censoring time). ``log_time``: time on a log axis.
     """
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
     plt = _pyplot()
     groups = _groups(df, columns, labels)
-    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.25 * len(groups)))
-    fitters = []
+    fig, ax = plt.subplots(figsize=(9.5, 4.5 + 0.25 * len(groups)))
+    fitters, texts = [], {}
     for label, part in groups:
-        kmf = KaplanMeierFitter(label=label).fit(
-            part[columns.duration].to_numpy(), part[columns.event].to_numpy()
-        )
+        d = part[columns.duration].to_numpy()
+        e = part[columns.event].to_numpy()
+        escaped = int(e.sum())
+        texts[str(label)] = (
+            f"{label}\nno escapes by {fmt3(float(d.max()))} (n {d.size})" if not escaped
+            else f"{label}\nn {d.size}: {escaped} escaped, {d.size - escaped} censored")
+        kmf = KaplanMeierFitter(label=str(label)).fit(d, e)
         kmf.plot_survival_function(ax=ax, ci_show=True)
         fitters.append(kmf)
     grokking = is_grokking(df)
-    ax.set_xlabel(f"{'time to generalise' if grokking else 'escape time'} ({unit})")
+    censored = df.loc[df[columns.event] == 0, columns.duration]
+    budget = f"; censored at ≤ {fmt3(float(censored.max()))} {unit}" if len(censored) else (
+        "; none censored")
+    ax.set_xlabel(f"{'time to generalise' if grokking else 'escape time'} ({unit}"
+                  f"{', log scale' if log_time else ''})")
+    if log_time:
+        ax.set_xscale("log")
     ax.set_ylabel("fraction not yet generalised" if grokking else "fraction still trapped")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Kaplan–Meier: time to generalise" if grokking
-                 else "Kaplan–Meier survival in the metastable state")
-    ax.legend(fontsize=8)
+    ax.set_title(("Kaplan–Meier: time to generalise" if grokking
+                  else "Kaplan–Meier survival in the metastable state")
+                 + f" — n {len(df)}{budget}", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [texts.get(n, n) for n in names], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.subplots_adjust(right=0.66)
     if at_risk and len(fitters) <= 8:
         add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk", "Events"])
     return fig
@@ -184,10 +202,10 @@ def survival_figure(df: pd.DataFrame, columns: Columns, unit: str = "steps",
 
 def plot_survival(
     df: pd.DataFrame, columns: Columns, path: str | os.PathLike, unit: str = "steps",
-    labels: Mapping | None = None,
+    labels: Mapping | None = None, log_time: bool = False,
 ) -> Path:
     """Write ``survival_figure`` to ``path``."""
-    fig = survival_figure(df, columns, unit, labels)
+    fig = survival_figure(df, columns, unit, labels, log_time=log_time)
     out = _save(fig, path)
     _pyplot().close(fig)
     return out
