@@ -27,7 +27,17 @@ from .common import (
     out_console,
     print_strata_json,
 )
-from .options import ByCols, DurationCol, EventCol, JsonOut, PlotPath, Pool, TableArg, Unit
+from .options import (
+    ByCols,
+    DurationCol,
+    EventCol,
+    Grid,
+    JsonOut,
+    PlotPath,
+    Pool,
+    TableArg,
+    Unit,
+)
 
 
 def _table(fit: ArrheniusFit, unit: str, label: str | None) -> Table:
@@ -116,12 +126,7 @@ def arrhenius(
     theory_barrier: Annotated[
         float | None, typer.Option("--theory-barrier", help="Barrier (> 0) to compare with.")
     ] = None,
-    grid: Annotated[
-        float | None,
-        typer.Option("--grid", help="Grid the durations sit on (the run's check_every), for "
-                     "the frailty fit; default: check_every from a run.json beside TABLE.",
-                     show_default=False),
-    ] = None,
+    grid: Grid = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
     unit: Unit = "steps",

@@ -20,6 +20,7 @@ from .options import (
     ByCols,
     DurationCol,
     EventCol,
+    Grid,
     JsonOut,
     PlotPath,
     Pool,
@@ -79,12 +80,7 @@ def fit(
     ] = None,
     by: ByCols = None,
     pool: Pool = False,
-    grid: Annotated[
-        float | None,
-        typer.Option("--grid", help="Grid the durations sit on (the run's check_every), for "
-                     "the KS test's null; default: check_every from a run.json beside TABLE.",
-                     show_default=False),
-    ] = None,
+    grid: Grid = None,
     json_out: JsonOut = False,
     plot: PlotPath = None,
     log_time: Annotated[bool, typer.Option(

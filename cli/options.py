@@ -46,6 +46,10 @@ class Device(str, Enum):
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA if present), cpu or "
                                                             "cuda.")]
+Grid = Annotated[float | None, typer.Option(
+    "--grid", help="Grid the durations sit on (the run's check_every): an escape recorded at "
+    "t happened in (t − grid, t] for the Weibull shape, the KS null and the frailty fit; "
+    "default: check_every from a run.json beside TABLE.", show_default=False)]
 Bootstrap = Annotated[int, typer.Option(
     "--bootstrap", min=49, help="Parametric-bootstrap draws of the KS test (every command "
     "uses the same default, so one table gets one verdict).")]

@@ -353,8 +353,9 @@ def _conditions_table(conditions: list[dict], labels: dict[int, str], grokking: 
             row["diverged, untrapped"] = f"{c.get('diverged', 0)}, {c.get('untrapped', 0)}"
         rows.append(row)
     return Table(pd.DataFrame(rows), "per condition; times in steps with 95% CIs; τ = exposure "
-                                     "/ escapes; mechanism per design §4 (reasons under "
-                                     "the diagnostics)")
+                                     "/ escapes; mechanism: activated, deterministic, "
+                                     "absorbing, not reached or inconclusive (the rule "
+                                     "and each reason under the diagnostics)")
 
 
 def _km_figures(rows: pd.DataFrame, columns: records.Columns, labels: dict | None, unit: str,
