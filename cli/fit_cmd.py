@@ -64,6 +64,9 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
         "KS p vs exp": lambda s: _fmt(s.poisson_pvalue, 3),
         "mechanism": lambda s: s.verdict,
     }
+    if any(s.median_upper_note for s in summaries):
+        rows["  no upper CI"] = lambda s: s.median_upper_note or ""
+        rows = {k: rows[k] for k in [*list(rows)[:9], "  no upper CI", *list(rows)[9:-1]]}
     for name, cell in rows.items():
         table.add_row(name, *(cell(s) for s in summaries))
     return table

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from escapestat.arrhenius import check_theory_barrier
 from escapestat.report_page import write_report
 from escapestat.survival import KS_BOOTSTRAP
 
@@ -28,6 +29,10 @@ def report(
         "TABLE-report.html beside a table); NAME.md and NAME_files/ are written beside it.",
         show_default=False)] = None,
     bootstrap: Bootstrap = KS_BOOTSTRAP,
+    theory_barrier: Annotated[float | None, typer.Option(
+        "--theory-barrier", help="Barrier (> 0) to draw on the Arrhenius plot and compare "
+        "the fit with (default: the run's own, when it knows one).",
+        show_default=False)] = None,
 ) -> None:
     """Write a report: metadata, per-condition statistics with the mechanism verdict,
     Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,
@@ -39,5 +44,6 @@ def report(
 
     Example: escapestat report runs/quickstart --out quickstart.html
     """
-    html, md = write_report(path, out, n_bootstrap=bootstrap)
+    check_theory_barrier(theory_barrier)
+    html, md = write_report(path, out, n_bootstrap=bootstrap, theory_barrier=theory_barrier)
     err_console.print(f"wrote {escape(str(html))} and {escape(str(md))}", highlight=False)

@@ -275,10 +275,20 @@ def arrhenius_figure(fit: ArrheniusFit, theory_barrier: float | None = None,
         ratio = fit.barrier / theory_barrier
         ax.plot(grid, anchor * np.exp(-theory_barrier * grid), "--", color="C3",
                 label=f"theory slope: ΔE = {fmt3(theory_barrier)} (fit/theory {ratio:.3g})")
+    fr = getattr(fit, "frailty", None) or {}
+    if fr.get("heterogeneous"):
+        f_lo, f_hi = fr["barrier_ci"]
+        ax.plot(grid, np.exp(fr["log_prefactor"] - fr["barrier"] * grid), ":", color="C2",
+                label=f"gamma frailty (replicas differ): ΔE = {fmt3(fr['barrier'])} "
+                      f"[{fmt3(f_lo)}, {fmt3(f_hi)}]")
     ax.set_yscale("log")
     ax.set_xlabel("1 / T")
     ax.set_ylabel(f"escape rate (per {unit})")
-    ax.set_title("Arrhenius plot")
+    # The temperatures themselves on top: 1/T alone does not say which run is which.
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(inv, [fmt3(t) for t in temps], fontsize=7, rotation=45)
+    top.set_xlabel("T", fontsize=8)
+    ax.set_title("Arrhenius plot", pad=28)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1,
               frameon=False)
     return fig

@@ -225,30 +225,33 @@ def default_out(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}-report.html")
 
 
-def build_report(path: str | os.PathLike, n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0) -> Report:
+def build_report(path: str | os.PathLike, n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0,
+                 theory_barrier: float | None = None) -> Report:
     """Read ``path`` (run directory, optimisation folder or escape table) into a Report."""
     path = Path(path)
     kind = kind_of(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning, lifelines' notes
         if kind == "run":
-            return _run_report(path, n_bootstrap, seed)
+            return _run_report(path, n_bootstrap, seed, theory_barrier)
         if kind == "search":
             return _search_report(path)
         if kind == "sweep":
             return _sweep_report(path)
-        return _table_report(path, n_bootstrap, seed)
+        return _table_report(path, n_bootstrap, seed, theory_barrier)
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike | None = None,
-                 n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0) -> tuple[Path, Path]:
-    """Build the report of ``path`` and write ``out`` (HTML) and its Markdown twin."""
+                 n_bootstrap: int = KS_BOOTSTRAP, seed: int = 0,
+                 theory_barrier: float | None = None) -> tuple[Path, Path]:
+    """Build the report of ``path`` and write ``out`` (HTML) and its Markdown twin;
+    ``theory_barrier``: the barrier to draw and compare with (else the run's own)."""
     out = Path(out) if out is not None else default_out(path)
     if out.is_dir():
         raise EscapestatError(f"{out}: is a directory; give a file name for the report")
     if out.suffix.lower() not in (".html", ".htm"):
         raise EscapestatError(f"{out}: the report is HTML; give a name ending in .html")
-    report = build_report(path, n_bootstrap, seed)
+    report = build_report(path, n_bootstrap, seed, theory_barrier)
     md, files = out.with_suffix(".md"), out.with_name(f"{out.stem}_files")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +409,8 @@ def _diagnostics(rows: pd.DataFrame, columns: records.Columns, labels: dict | No
     return sec
 
 
-def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits) -> Section | None:
+def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
+                       theory_barrier: float | None = None) -> Section | None:
     sec = Section("Arrhenius", [
         "Poisson GLM of escapes on −1/T with offset log(exposure): rates with exact 95% CIs, "
         "the fitted line with its 95% band, and the theory slope where the run knows the "
@@ -416,7 +420,7 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits) -> Section | 
         if error:
             sec.blocks.append(f"{head}no Arrhenius fit — {error}")
             continue
-        theory = theory_barrier_of(rows_s)
+        theory = theory_barrier if theory_barrier is not None else theory_barrier_of(rows_s)
         lo, hi = fit.barrier_ci
         text = (f"{head}barrier ΔE = {fmt3(fit.barrier)} [{fmt3(lo)}, {fmt3(hi)}] "
                 f"({fit.method}; rate {fit.direction})")
@@ -481,7 +485,8 @@ def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, obj
     return out
 
 
-def _run_report(path: Path, n_bootstrap: int, seed: int) -> Report:
+def _run_report(path: Path, n_bootstrap: int, seed: int,
+                theory_barrier: float | None = None) -> Report:
     from .summary import SURVIVAL, run_summary, strata_columns
 
     meta = {}
@@ -516,8 +521,8 @@ def _run_report(path: Path, n_bootstrap: int, seed: int) -> Report:
                                 _km_figures(rows, columns, labels, unit, "km")))
     temps = rows["temperature"].nunique() if "temperature" in rows else 0
     if not grokking and temps >= 2:
-        sections.append(_arrhenius_section(rows, unit, _fits(rows, strata_columns(rows),
-                                                                   meta.get("check_every"))))
+        fits = _fits(rows, strata_columns(rows), meta.get("check_every"))
+        sections.append(_arrhenius_section(rows, unit, fits, theory_barrier))
     if len(rows):
         diag = [{**c, "label": labels[c["condition"]]} for c in summary["conditions"]
                 if c["n"]]
@@ -541,7 +546,8 @@ def _run_report(path: Path, n_bootstrap: int, seed: int) -> Report:
 
 
 # ---------------------------------------------------------------- a plain table
-def _table_report(path: Path, n_bootstrap: int, seed: int) -> Report:
+def _table_report(path: Path, n_bootstrap: int, seed: int,
+                  theory_barrier: float | None = None) -> Report:
     from .strata import condition_columns
     from .survival import summarize
 
@@ -581,7 +587,7 @@ def _table_report(path: Path, n_bootstrap: int, seed: int) -> Report:
         by = [c for c in condition_columns(df, exclude=("temperature", "condition",
                                                         "barrier_theory"))
               if df[c].astype(str).nunique() > 1]
-        sections.append(_arrhenius_section(df, "steps", _fits(df, by, grid)))
+        sections.append(_arrhenius_section(df, "steps", _fits(df, by, grid), theory_barrier))
     diag = [{**s.as_dict(), "label": labels.get(s.group, s.group) if labels else s.group}
             for s in summaries]
     sections.append(_diagnostics(df, columns, labels, "steps", diag))

@@ -336,6 +336,20 @@ def weibull_shape(
     return rho, (rho * math.exp(-half), rho * math.exp(half) if half < 700 else math.inf)
 
 
+def _upper_note(median: KaplanMeierMedian, durations: np.ndarray, events: np.ndarray
+                ) -> str | None:
+    """Why the median's CI has no upper limit: the upper band stays above ½ to the last
+    escape, because replicas were still trapped (censored) or too few escaped after it."""
+    if median.median_ is None or median.median_ci_[1] is not None:
+        return None
+    late = int(np.sum(durations > median.median_))
+    censored = int(np.sum((events == 0) & (durations >= median.median_)))
+    if censored:
+        return (f"censoring: {censored} replica(s) still trapped at the end keep the upper "
+                f"band above ½")
+    return f"too few escapes after the median ({late}) for the upper band to reach ½"
+
+
 @dataclass
 class GroupSummary:
     """Everything ``escapestat fit`` reports for one condition (the §3 JSON contract)."""
@@ -360,6 +374,8 @@ class GroupSummary:
     ks_statistic: float
     poisson_pvalue: float
     ks_grid: float | None = None  # grid the KS null was drawn on; None: continuous times
+    #: Why a reached median has no upper limit (None when it has one or is not reached).
+    median_upper_note: str | None = None
     verdict: str = ""  # activated | deterministic | absorbing | inconclusive (``verdict``)
     verdict_reason: str = ""
 
@@ -419,6 +435,7 @@ def describe(
         ks_statistic=ks,
         poisson_pvalue=pvalue,
         ks_grid=grid,
+        median_upper_note=_upper_note(median, durations, events),
         verdict=verdict.mechanism,
         verdict_reason=verdict.reason,
     )

@@ -342,3 +342,18 @@ def test_km_figure_states_n_budget_and_censoring_and_draws_a_group_without_escap
     assert any("n 10: 10 escaped, 0 censored" in t for t in texts), texts
     assert "n 18" in ax.get_title() and "censored at ≤ 500 steps" in ax.get_title()
     assert ax.get_xscale() == "log" and len(ax.get_lines()) >= 2
+
+
+def test_report_draws_a_given_theory_barrier_and_flags_heterogeneity(cli, tmp_path):
+    import numpy as np
+    from test_frailty import ladder
+
+    path = tmp_path / "het.csv"
+    ladder(np.random.default_rng(1), theta=0.5).to_csv(path, index=False)
+    code, _, err = cli("report", path, "--theory-barrier", 0.0164)
+    assert code == 0, err
+    md = (tmp_path / "het-report.md").read_text(encoding="utf-8")
+    assert "theory 0.0164, fitted/theory" in md
+    assert "the replicas escape at different rates" in md
+    code, _, err = cli("report", path, "--theory-barrier", -1)
+    assert code == 1 and "must be a finite number > 0" in err

@@ -287,3 +287,20 @@ def test_grid_reaches_the_summary():
     assert plain.ks_grid is None and plain.ks_statistic > s.ks_statistic
     with pytest.raises(Exception, match="grid"):
         poisson_check(df["duration"], df["event"], grid=0.0)
+
+
+def test_a_median_without_an_upper_limit_says_why(cli, tmp_path):
+    """10 of 18 escape by 100, 8 still trapped at 200: the median (90) is reached but the
+    upper band never reaches ½ — censoring, said in the summary and in fit's table."""
+    t = np.r_[np.arange(1, 11) * 10.0, np.full(8, 200.0)]
+    e = np.r_[np.ones(10, int), np.zeros(8, int)]
+    s = describe(t, e, n_bootstrap=49)
+    assert s.median == 90 and s.median_ci[1] is None
+    assert s.median_upper_note.startswith("censoring: 8 replica(s) still trapped")
+    assert describe(np.arange(1, 9) * 10.0, np.ones(8, int), n_bootstrap=49
+                    ).median_upper_note is None
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"duration": t, "event": e}).to_csv(path, index=False)
+    code, out, err = cli("fit", path)
+    assert code == 0, err
+    assert "no upper CI" in out and "censoring" in out
