@@ -306,10 +306,13 @@ def plot_arrhenius(
     return out
 
 
-def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None):
+def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None,
+                  threshold: float | None = None):
     """Learning curves (``curves.csv``): per condition one panel, the median over replicas
     and its 10–90% band for each metric over steps: train and test accuracy (grokking
-    models), or train and test error on a log axis (deep linear nets, which span decades)."""
+    models), or train and test error on a log axis (deep linear nets, which span decades).
+    ``threshold``: the escape threshold, drawn on accuracy panels (test accuracy is the
+    order parameter there)."""
     plt = _pyplot()
     conds = sorted(curves["condition"].unique())
     metrics = sorted(curves["metric"].unique(), key=lambda m: (not m.startswith("train"), m))
@@ -332,6 +335,9 @@ def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None):
         ax.set_xlabel("step")
         if accuracy:
             ax.set_ylim(-0.02, 1.02)
+            if threshold is not None:
+                ax.axhline(threshold, color="0.4", ls="--", lw=0.8,
+                           label=f"escape threshold ({threshold:g})")
         else:
             ax.set_yscale("log")
     for ax in axes.flat[len(conds):]:

@@ -337,7 +337,10 @@ def condition_labels(replicas: pd.DataFrame) -> dict[int, str]:
         if not grokking:
             bits.append(group_label(part, records.Columns(group="temperature"),
                                     part["temperature"].iloc[0]))
-        bits += [f"{name} = {_short(first.loc[key, col])}" for col, name in varying]
+        full = "full_batch" in part and bool(part["full_batch"].astype(bool).all())
+        bits += [f"{name} = {_short(first.loc[key, col])}"
+                 + (" (full batch)" if col == "batch_size" and full else "")
+                 for col, name in varying]
         labels[int(key)] = ", ".join(bits) or f"condition {key}"
     return labels
 
@@ -531,7 +534,7 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
         curves = records.read_table(path / storage.CURVES)
         if len(curves):
             sections.append(Section("Learning curves", [Figure(
-                "curves", figure_png(curves_figure(curves, labels)),
+                "curves", figure_png(curves_figure(curves, labels, meta.get("threshold"))),
                 "median and 10–90% band over replicas at each check (a replica decided "
                 "earlier carries its last value)")]))
     schedules = _run_schedules(replicas.groupby("condition", sort=True).first(), labels)

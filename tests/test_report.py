@@ -357,3 +357,22 @@ def test_report_draws_a_given_theory_barrier_and_flags_heterogeneity(cli, tmp_pa
     assert "the replicas escape at different rates" in md
     code, _, err = cli("report", path, "--theory-barrier", -1)
     assert code == 1 and "must be a finite number > 0" in err
+
+
+def test_learning_curves_draw_the_threshold_and_labels_say_full_batch():
+    import pandas as pd
+
+    from escapestat.report import curves_figure
+    from escapestat.report_page import condition_labels
+
+    curves = pd.DataFrame({"condition": 0, "metric": ["train_accuracy", "test_accuracy"] * 2,
+                           "step": [0, 0, 50, 50], "n": 4, "q10": 0.1, "median": 0.5,
+                           "q90": 0.9})
+    ax = curves_figure(curves, threshold=0.95).axes[0]
+    assert any(line.get_label() == "escape threshold (0.95)" for line in ax.get_lines())
+    replicas = pd.DataFrame({"condition": [0, 1], "lr": 1e-3, "weight_decay": 1.0,
+                             "batch_size": [64, 370], "full_batch": [False, True],
+                             "fit_time": 1.0, "temperature": [1e-3 / 64, 1e-3 / 370],
+                             "noise": "sgd"})
+    labels = condition_labels(replicas)
+    assert labels[1].endswith("B = 370 (full batch)") and labels[0].endswith("B = 64")
