@@ -620,10 +620,35 @@ def _load_studies(db: Path):
         raise EscapestatError(f"{db}: not an Optuna storage ({str(exc)[:120]})") from None
 
 
+_OBJECTIVES = {"rmst": "log restricted mean time not yet escaped (log steps)",
+               "log_tau": "log τ = log(exposure / escapes) (log steps)"}
+
+
+def _objective_name(study) -> str:
+    """What the search minimised, from the identity the search stored in the study."""
+    from .search_identity import IDENTITY_ATTR
+
+    kind = (study.user_attrs.get(IDENTITY_ATTR) or {}).get("search.objective")
+    return _OBJECTIVES.get(kind, "objective")
+
+
+def _pruned_marks(ax, trials) -> None:
+    """Pruned trials at their last reported value (Optuna's history leaves them out)."""
+    import optuna
+
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
+              if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+    if pruned:
+        xs, ys = zip(*pruned, strict=True)
+        ax.scatter(xs, ys, marker="x", color="0.45", label="pruned (last reported value)")
+        ax.legend(fontsize=8)
+
+
 def _study_section(study) -> Section:
     """One search: its counts and best trial, Optuna's history and importance plots."""
     import matplotlib
     import optuna
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as ovm
 
     from .search import outcome
@@ -645,7 +670,9 @@ def _study_section(study) -> Section:
         if any(t.state == optuna.trial.TrialState.COMPLETE for t in out.trials):
             ax = ovm.plot_optimization_history(study)
             ax.figure.set_size_inches(7, 4)
-            ax.set_ylabel("objective (lower is better)")
+            ax.set_ylabel(f"{_objective_name(study)} (lower is better)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _pruned_marks(ax, out.trials)
             sec.blocks.append(Figure(f"history-{name}", figure_png(ax.figure),
                                      f"optimisation history of {study.study_name}"))
         complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in out.trials)

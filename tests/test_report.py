@@ -376,3 +376,30 @@ def test_learning_curves_draw_the_threshold_and_labels_say_full_batch():
                              "noise": "sgd"})
     labels = condition_labels(replicas)
     assert labels[1].endswith("B = 370 (full batch)") and labels[0].endswith("B = 64")
+
+
+def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from escapestat.report_page import _objective_name, _pruned_marks
+    from escapestat.search_identity import IDENTITY_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr(IDENTITY_ATTR, {"search.objective": "rmst"})
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        trial.report(5.0 + x, 1)
+        if trial.number % 2:
+            raise optuna.TrialPruned()
+        return 5.0 + x
+
+    study.optimize(objective, n_trials=6)
+    assert _objective_name(study).startswith("log restricted mean time")
+    fig, ax = plt.subplots()
+    _pruned_marks(ax, study.trials)
+    (marks,) = ax.collections
+    assert len(marks.get_offsets()) == 3 and "pruned" in ax.get_legend().get_texts()[0].get_text()
+    plt.close(fig)
