@@ -743,7 +743,11 @@ def _arm_schedules(arms: list[dict]) -> dict[str, dict[str, object]]:
                 out.setdefault(name, {})[arm["arm"]] = parse_schedule(spec, name)
             except EscapestatError:
                 continue
-    return {k: v for k, v in out.items() if any(not s.is_constant for s in v.values())}
+    # A quantity that some arm schedules, or that the arms hold at different constants
+    # (lr differing 28× between arms is what the figure must show, not only wd).
+    return {k: v for k, v in out.items()
+            if any(not s.is_constant for s in v.values())
+            or len({round(s.value(0), 12) for s in v.values()}) > 1}
 
 
 def _compare_section(path: Path) -> Section:
@@ -795,8 +799,12 @@ def _compare_section(path: Path) -> Section:
     schedules = _arm_schedules(arms)
     if schedules:
         his = [c[1] for _, _, c in med if c[1] is not None] or [1e4]
+        budget = (float(arms_rows["duration"].max()) if replicas.is_file() and len(arms_rows)
+                  else None)
+        horizon = budget if budget else max(1000.0, 2.0 * max(his))
         sec.blocks.append(Figure("arm-schedules", figure_png(schedules_figure(
-            schedules, max(1000.0, 2.0 * max(his)),
+            schedules, horizon,
+            "The arms' settings over the budget" if budget else
             "The arms' schedules (to twice the slowest arm's upper median)")),
             "schedules of the arms that set them; an arm that leaves a quantity at the "
             "study's value is not drawn for it"))

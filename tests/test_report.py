@@ -403,3 +403,23 @@ def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
     (marks,) = ax.collections
     assert len(marks.get_offsets()) == 3 and "pruned" in ax.get_legend().get_texts()[0].get_text()
     plt.close(fig)
+
+
+def test_arm_schedules_show_a_constant_that_differs_between_arms():
+    """lr 0.02 in one arm, 7e-4 in another (28×), weight decay scheduled in one: both are
+    drawn (0.6 drew only the schedule)."""
+    from escapestat.report_page import _arm_schedules
+
+    arms = [{"arm": "best-1", "params": {"dynamics.lr": 0.02,
+                                         "dynamics.weight_decay.shape": "cosine",
+                                         "dynamics.weight_decay.start": 2.0,
+                                         "dynamics.weight_decay.end": 0.5,
+                                         "dynamics.weight_decay.steps": 500}},
+            {"arm": "default", "params": {"dynamics.lr": 7e-4,
+                                          "dynamics.weight_decay": 1.0}},
+            {"arm": "same-lr", "params": {"dynamics.batch_size": 64}}]
+    out = _arm_schedules(arms)
+    assert set(out) == {"lr", "weight_decay"}
+    assert set(out["lr"]) == {"best-1", "default"}
+    two = [{"arm": a, "params": {"dynamics.lr": 0.01}} for a in ("x", "y")]
+    assert _arm_schedules(two) == {}  # the same constant everywhere: nothing to show
