@@ -46,7 +46,7 @@ def build_optimizer(spec: OptimizerSpec | None, params: Sequence[torch.Tensor]):
 class GrokTrial:
     """R replicas learning a∘b mod p; one per entry of ``conds``."""
 
-    curve_names = ("train_accuracy", "test_accuracy")
+    curve_names = ("train_accuracy", "test_accuracy", "weight_norm")
 
     def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
                  device: torch.device, batch_size: int | None = None):
@@ -93,8 +93,11 @@ class GrokTrial:
         return {"fit": self.accuracies()[0]}
 
     def curve_values(self) -> dict[str, torch.Tensor]:
+        """Train and test accuracy, and the parameters' L2 norm (what weight decay acts
+        on: Omnigrok's and Nanda et al.'s curves show it falling as the net generalises)."""
         train, test = self.accuracies()
-        return {"train_accuracy": train, "test_accuracy": test}
+        norm = torch.sqrt(sum(p.detach().pow(2).flatten(1).sum(1) for p in self.net.params))
+        return {"train_accuracy": train, "test_accuracy": test, "weight_norm": norm}
 
     def finite(self) -> torch.Tensor:
         return self.net.finite() & torch.isfinite(self.loss)

@@ -307,14 +307,18 @@ def plot_arrhenius(
 
 
 def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None,
-                  threshold: float | None = None):
+                  threshold: float | None = None, marks: Mapping | None = None):
     """Learning curves (``curves.csv``): per condition one panel, the median over replicas
     and its 10–90% band for each metric over steps: train and test accuracy (grokking
     models), or train and test error on a log axis (deep linear nets, which span decades).
     ``threshold``: the escape threshold, drawn on accuracy panels (test accuracy is the
-    order parameter there)."""
+    order parameter there). A ``weight_norm`` metric goes on a right-hand log axis;
+    ``marks`` (condition → {name: step}) draws milestones such as the median fit and
+    generalisation steps as vertical lines."""
     plt = _pyplot()
     conds = sorted(curves["condition"].unique())
+    norm = curves[curves["metric"] == "weight_norm"]
+    curves = curves[curves["metric"] != "weight_norm"]
     metrics = sorted(curves["metric"].unique(), key=lambda m: (not m.startswith("train"), m))
     accuracy = all(m.endswith("accuracy") for m in metrics)
     if not accuracy:
@@ -331,6 +335,18 @@ def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None,
             ax.plot(rows["step"], rows["median"], color=f"C{i}", label=f"{name}: median")
             ax.fill_between(rows["step"], rows["q10"], rows["q90"], color=f"C{i}", alpha=0.25,
                             label=f"{name}: 10–90% of replicas")
+        for j, (name, step) in enumerate(((marks or {}).get(cond) or {}).items()):
+            if step is not None:
+                ax.axvline(step, color=f"C{j + 4}", ls=":", lw=1,
+                           label=f"median {name} step")
+        rows = norm[norm["condition"] == cond].sort_values("step")
+        if len(rows):
+            twin = ax.twinx()
+            twin.plot(rows["step"], rows["median"], color="0.3", lw=1,
+                      label="weight norm ‖θ‖: median (right axis)")
+            twin.set_yscale("log")
+            twin.tick_params(labelsize=7)
+            extra = twin.get_legend_handles_labels()
         ax.set_title((labels or {}).get(cond, f"condition {cond}"), fontsize=9)
         ax.set_xlabel("step")
         if accuracy:
@@ -344,9 +360,16 @@ def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None,
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy" if accuracy else "error (½ mean squared)")
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.6 / (3.0 * nrow + 0.6), 1, 1))
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    seen: dict[str, object] = {}
+    for ax in axes.flat[:len(conds)]:  # every panel: a milestone may be in some only
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(n, h)
+    names, handles = list(seen), list(seen.values())
+    if len(norm):
+        handles, names = handles + extra[0][:1], names + extra[1][:1]
+    fig.tight_layout(rect=(0, 0.9 / (3.0 * nrow + 0.6), 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=8,
+               frameon=False)
     return fig
 
 

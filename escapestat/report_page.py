@@ -534,9 +534,12 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
         curves = records.read_table(path / storage.CURVES)
         if len(curves):
             sections.append(Section("Learning curves", [Figure(
-                "curves", figure_png(curves_figure(curves, labels, meta.get("threshold"))),
+                "curves", figure_png(curves_figure(curves, labels, meta.get("threshold"),
+                                                   _milestone_marks(summary))),
                 "median and 10–90% band over replicas at each check (a replica decided "
-                "earlier carries its last value)")]))
+                "earlier carries its last value); dashed: the escape threshold; dotted: the "
+                "median fit and generalisation steps; grey, right axis: the median weight "
+                "norm ‖θ‖ (grokking models)")]))
     schedules = _run_schedules(replicas.groupby("condition", sort=True).first(), labels)
     if schedules:
         horizon = float(meta.get("max_steps") or replicas["duration"].max())
@@ -719,6 +722,12 @@ def _best_trials(path: Path) -> Section | None:
     return Section("Best trials", [Table(pd.DataFrame(rows),
                                          "five best complete, feasible trials per search "
                                          "(trials.csv); value: the objective")]) if rows else None
+
+
+def _milestone_marks(summary: dict) -> dict[int, dict[str, float | None]]:
+    """Per condition the KM median fit and generalisation steps (grokking runs)."""
+    return {c["condition"]: {"fit": c.get("fit_median"), "generalise": c.get("generalize_median")}
+            for c in summary["conditions"] if "fit_median" in c}
 
 
 def _arm_schedules(arms: list[dict]) -> dict[str, dict[str, object]]:

@@ -161,3 +161,19 @@ def test_mlp_gradients_on_cuda_equal_the_cpu():
     torch.testing.assert_close(loss_g.cpu(), loss_c)
     for a, b in zip(grads_g, grads_c, strict=True):
         torch.testing.assert_close(a.cpu(), b)
+
+
+def test_the_curves_carry_each_replicas_weight_norm():
+    """‖θ‖ per replica (what weight decay acts on), beside train and test accuracy."""
+    from escapestat.grok_model import GrokTrial
+    from escapestat.study import conditions, parse_study
+
+    study = parse_study(GROK.replace("p = 23", "p = 11").replace("batch_size = 64",
+                                                                 "batch_size = 16"))
+    conds = conditions(study) * 3
+    trial = GrokTrial(study, conds, torch.Generator().manual_seed(0), torch.device("cpu"), 16)
+    values = trial.curve_values()
+    assert set(values) == set(GrokTrial.curve_names)
+    by_hand = torch.stack([torch.sqrt(sum((p[r].double() ** 2).sum()
+                                          for p in trial.net.params)) for r in range(3)])
+    assert torch.allclose(values["weight_norm"].double(), by_hand, rtol=1e-5)
