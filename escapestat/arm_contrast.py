@@ -19,11 +19,11 @@ import pandas as pd
 from .errors import EscapestatError
 from .incidence import (
     EscapeIncidence,
+    bootstrap_distribution,
     bounded,
     check_bootstrap,
     check_causes,
-    resampled,
-    resampled_medians,
+    weighted_medians,
 )
 from .survival import HALF_TOL, LEVEL, KaplanMeierMedian
 
@@ -86,14 +86,6 @@ def _weighted_km_medians(durations: np.ndarray, events: np.ndarray, counts: np.n
     return np.where(hit.any(axis=1), times[hit.argmax(axis=1)], np.inf)
 
 
-def _resampled_medians(
-    durations: np.ndarray, events: np.ndarray, n_bootstrap: int, rng: np.random.Generator
-) -> np.ndarray:
-    """KM medians of ``n_bootstrap`` resamples (n draws with replacement) of one arm."""
-    return resampled(durations.size, n_bootstrap, rng,
-                     lambda counts: _weighted_km_medians(durations, events, counts))
-
-
 def median_ratio(
     durations,
     events,
@@ -147,10 +139,12 @@ def median_ratio(
     m_ref = KaplanMeierMedian().fit(d_ref, e_ref).median_
     ratio = None if m is None or m_ref is None else m / m_ref
 
-    rng = np.random.default_rng(seed)
-    boot = _resampled_medians(d, e, n_bootstrap, rng)
-    boot_ref = _resampled_medians(d_ref, e_ref, n_bootstrap, rng)
-    return MedianRatio(ratio, _ratio_ci(boot, boot_ref, level), n_bootstrap)
+    ratios = bootstrap_distribution(
+        (d.size, d_ref.size),
+        lambda w, w_ref: (_weighted_km_medians(d, e, w)
+                          / _weighted_km_medians(d_ref, e_ref, w_ref)),  # ∞/∞ → NaN
+        n_bootstrap, np.random.default_rng(seed))
+    return MedianRatio(ratio, _ratio_ci(ratios, level), n_bootstrap)
 
 
 def incidence_median_ratio(
@@ -177,16 +171,16 @@ def incidence_median_ratio(
     m = EscapeIncidence().fit(d, c).median_
     m_ref = EscapeIncidence().fit(d_ref, c_ref).median_
     ratio = None if m is None or m_ref is None else m / m_ref
-    rng = np.random.default_rng(seed)
-    boot = resampled_medians(d, c, int(n_bootstrap), rng)
-    boot_ref = resampled_medians(d_ref, c_ref, int(n_bootstrap), rng)
-    return MedianRatio(ratio, _ratio_ci(boot, boot_ref, level), int(n_bootstrap))
+    ratios = bootstrap_distribution(
+        (d.size, d_ref.size),
+        lambda w, w_ref: weighted_medians(d, c, w) / weighted_medians(d_ref, c_ref, w_ref),
+        int(n_bootstrap), np.random.default_rng(seed))
+    return MedianRatio(ratio, _ratio_ci(ratios, level), int(n_bootstrap))
 
 
-def _ratio_ci(boot: np.ndarray, boot_ref: np.ndarray, level: float):
-    """Percentile CI of boot / boot_ref: ∞/∞ widens both sides, unbounded sides are None."""
-    with np.errstate(invalid="ignore"):
-        r = boot / boot_ref  # ∞/∞ → NaN
+def _ratio_ci(r: np.ndarray, level: float):
+    """Percentile CI of bootstrap ratios r*: ∞/∞ (NaN) widens both sides, unbounded sides
+    are None."""
     alpha = 1.0 - level
     lo = np.quantile(np.where(np.isnan(r), 0.0, r), alpha / 2, method="lower")
     hi = np.quantile(np.where(np.isnan(r), np.inf, r), 1 - alpha / 2, method="higher")

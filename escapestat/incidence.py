@@ -10,6 +10,8 @@ cumulative incidence of escape F(t) counts it as never escaping; with no diverge
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .errors import EscapestatError
@@ -127,25 +129,40 @@ class EscapeIncidence:
                 "censored": self.censored_ / self.n_}
 
 
-def resampled(n: int, n_bootstrap: int, rng: np.random.Generator, medians) -> np.ndarray:
-    """``medians(counts)`` of ``n_bootstrap`` resamples of n replicas (n draws with
-    replacement), where row w of ``counts`` holds replica i w_i times; in blocks, only to
-    bound memory."""
-    out = np.empty(n_bootstrap)
-    rows = max(1, _BLOCK // n)
-    for start in range(0, n_bootstrap, rows):
-        b = min(rows, n_bootstrap - start)
-        draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        out[start : start + b] = medians(counts)
-    return out
+def bootstrap_distribution(sizes: tuple[int, ...], statistic, n_bootstrap: int,
+                           rng: np.random.Generator) -> np.ndarray:
+    """``statistic(*counts)`` over ``n_bootstrap`` resamples from ``scipy.stats.bootstrap``,
+    each group's replicas redrawn with replacement, the groups independently.
+
+    ``statistic`` receives one integer (b, n) matrix per group: row w holds replica i w_i
+    times. scipy resamples replica indices in batches (memory bounded); the interval is
+    taken by the caller from this distribution, as its values may be ±∞ or NaN (a median
+    not reached), where scipy's interpolated percentiles are undefined.
+    """
+    from scipy import stats
+
+    def on_indices(*drawn, axis=-1):
+        counts = []
+        for n, idx in zip(sizes, drawn, strict=True):
+            idx = np.atleast_2d(idx)
+            b = idx.shape[0]
+            flat = (idx + n * np.arange(b)[:, None]).ravel()
+            counts.append(np.bincount(flat, minlength=b * n).reshape(b, n))
+        return statistic(*counts)
+
+    # scipy resamples at least two observations; one replica drawn twice is the same KM.
+    data = tuple(np.arange(n) if n > 1 else np.zeros(2, dtype=int) for n in sizes)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")  # scipy's own (unused) interval of ±∞ / NaN values
+        result = stats.bootstrap(
+            data, on_indices, n_resamples=int(n_bootstrap), vectorized=True, paired=False,
+            batch=max(1, _BLOCK // max(sizes)), method="percentile", rng=rng)
+    return np.asarray(result.bootstrap_distribution, dtype=float)
 
 
-def resampled_medians(durations: np.ndarray, cause: np.ndarray, n_bootstrap: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Incidence medians of ``n_bootstrap`` resamples, +inf where F stays below ½."""
-    return resampled(durations.size, n_bootstrap, rng,
-                     lambda counts: _medians(*_weighted_cif(durations, cause, counts)[:2]))
+def weighted_medians(durations: np.ndarray, cause: np.ndarray, counts: np.ndarray):
+    """Incidence medians under each row of ``counts``, +inf where F stays below ½."""
+    return _medians(*_weighted_cif(durations, cause, counts)[:2])
 
 
 def bounded(x: float) -> float | None:
@@ -159,7 +176,8 @@ def incidence_median_ci(durations, cause, n_bootstrap: int = 2000, level: float 
     None when not bounded (a resample whose F stays below ½ has median +∞)."""
     d, c = check_causes(durations, cause)
     check_bootstrap(n_bootstrap, level)
-    boot = resampled_medians(d, c, int(n_bootstrap), np.random.default_rng(seed))
+    boot = bootstrap_distribution((d.size,), lambda w: weighted_medians(d, c, w),
+                                  int(n_bootstrap), np.random.default_rng(seed))
     alpha = 1.0 - level
     return (bounded(np.quantile(boot, alpha / 2, method="lower")),
             bounded(np.quantile(boot, 1 - alpha / 2, method="higher")))

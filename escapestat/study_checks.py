@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from .schedules import Schedule
 
+#: Deepest linear net accepted: each layer is its own weight per replica and step, so set-up
+#: and every step grow with depth (10⁶ layers spent minutes building the start alone).
+MAX_DEPTH = 1000
+
 
 def _min(schedule: Schedule) -> float:
     return schedule.min_value
@@ -23,6 +27,9 @@ def check_linear(study, bad) -> None:
     m, d, i, y, e = study.model, study.data, study.init, study.dynamics, study.escape
     if m.depth < 2:
         bad("[model] depth", f"must be at least 2, got {m.depth}")
+    if m.depth > MAX_DEPTH:
+        bad("[model] depth", f"must be at most {MAX_DEPTH} (each layer is trained on its own; "
+            f"deeper nets take hours to set up), got {m.depth}")
     if not m.strengths or any(s <= 0 for s in m.strengths):
         bad("[model] strengths", "must be a non-empty list of positive numbers")
     k = len(m.strengths)

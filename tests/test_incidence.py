@@ -13,8 +13,9 @@ from escapestat.incidence import (
     EscapeIncidence,
     _medians,
     _weighted_cif,
+    bootstrap_distribution,
     incidence_median_ci,
-    resampled_medians,
+    weighted_medians,
 )
 from escapestat.survival import KaplanMeierMedian, kaplan_meier, restricted_mean
 
@@ -166,7 +167,8 @@ def test_ci_is_the_documented_order_statistics():
     """lo is numpy's "lower" and hi its "higher" quantile of the resampled medians (B = 10,
     50%: positions 2.25 and 6.75, between distinct medians, so interpolation would show)."""
     t, c = _competing(80, 0.01, 0.005, 300, seed=5)
-    boot = np.sort(resampled_medians(t, c, 10, np.random.default_rng(11)))
+    boot = np.sort(bootstrap_distribution((t.size,), lambda w: weighted_medians(t, c, w), 10,
+                                          np.random.default_rng(11)))
     assert np.isfinite(boot).all() and boot[2] < boot[3] and boot[6] < boot[7]
     assert incidence_median_ci(t, c, n_bootstrap=10, level=0.5, seed=11) == (boot[2], boot[7])
     lo, hi = incidence_median_ci(t, c, n_bootstrap=999, seed=11)
@@ -181,14 +183,36 @@ def test_infinity_over_infinity_widens_the_ratio_ci(swap):
     fast = np.r_[np.arange(10.0, 22), [1.0] * 8], np.r_[[1] * 12, [2] * 8]
     slow = np.r_[np.arange(10.0, 17), [1.0] * 13], np.r_[[1] * 7, [2] * 13]
     (arm_t, arm_c), (ref_t, ref_c) = (slow, fast) if swap else (fast, slow)
-    rng = np.random.default_rng(0)
-    unreached = np.isinf(resampled_medians(arm_t, arm_c, 2000, rng))
-    unreached_ref = np.isinf(resampled_medians(ref_t, ref_c, 2000, rng))
+    which = bootstrap_distribution(  # the resamples of incidence_median_ratio(seed=0)
+        (arm_t.size, ref_t.size),
+        lambda w, w_ref: (np.isinf(weighted_medians(arm_t, arm_c, w))
+                          + 2.0 * np.isinf(weighted_medians(ref_t, ref_c, w_ref))),
+        2000, np.random.default_rng(0))
+    unreached, unreached_ref = which % 2 == 1, which >= 2
     one_sided = unreached & ~unreached_ref if not swap else ~unreached & unreached_ref
     assert np.mean(unreached & unreached_ref) > 0.025 > np.mean(one_sided)
     assert np.any(~unreached & ~unreached_ref)
     r = incidence_median_ratio(arm_t, arm_c, ref_t, ref_c, seed=0)
     assert r == MedianRatio(None, (None, None), 2000)
+
+
+def test_the_resampling_is_scipys():
+    """bootstrap_distribution hands scipy.stats.bootstrap's resamples on as count rows: a
+    weighted mean over them equals scipy's own bootstrap of the mean, resample for resample."""
+    from scipy import stats
+
+    x, y = np.random.default_rng(1).exponential(size=(2, 37))
+    y = y[:23]
+
+    def mean(v, w):
+        return (w * v).sum(axis=-1) / w.sum(axis=-1)
+
+    ours = bootstrap_distribution((37, 23), lambda w, w_y: mean(x, w) - mean(y, w_y), 300,
+                                  np.random.default_rng(5))
+    theirs = stats.bootstrap((x, y), lambda a, b, axis: a.mean(axis) - b.mean(axis),
+                             n_resamples=300, method="percentile",
+                             rng=np.random.default_rng(5)).bootstrap_distribution
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
 def test_weighted_medians_are_incidence_medians_of_repeated_data():

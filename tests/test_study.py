@@ -44,6 +44,7 @@ GROK = ("[task]\noperation = 'add'\np = 23\ntrain_fraction = 0.7\n[model]\nkind 
         ("[model]\nstrengths = [1, -1]\n[dynamics]\nbeta = 0.3\ntemperature = 0.1\n",
          "[model] strengths must be"),
         ("[model]\ndepth = 1\n", "[model] depth must be at least 2"),
+        ("[model]\ndepth = 1000000\n", "[model] depth must be at most 1000"),
         ("[dynamics]\ntemperature = 0.1\n", "needs exactly one of beta or beta_over_beta_c"),
         ("[dynamics]\nbeta = 0.3\n", "exactly one of temperature or barrier_over_temperature"),
         ("[dynamics]\nnoise = 'adam'\nbeta = 0.3\n", "[dynamics] noise must be 'langevin'"),
