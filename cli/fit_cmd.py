@@ -33,9 +33,8 @@ def _fmt(x, digits: int = 4) -> str:
     return "—" if x is None or x != x else f"{x:.{digits}g}"
 
 
-def _interval(ci) -> str:
-    lo, hi = ci
-    return f"{_fmt(lo, 3)}–{'∞' if hi is None or hi == float('inf') else _fmt(hi, 3)}"
+def _interval(ci) -> tuple[str, str]:
+    return _fmt(ci[0], 3), "∞" if ci[1] is None or ci[1] == float("inf") else _fmt(ci[1], 3)
 
 
 def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: str,
@@ -67,8 +66,16 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
     if any(s.median_upper_note for s in summaries):
         rows["  no upper CI"] = lambda s: s.median_upper_note or ""
         rows = {k: rows[k] for k in [*list(rows)[:9], "  no upper CI", *list(rows)[9:-1]]}
-    for name, cell in rows.items():
-        table.add_row(name, *(cell(s) for s in summaries))
+    cells = {name: [cell(s) for s in summaries] for name, cell in rows.items()}
+    # A CI is one cell "lo–hi"; where the columns cannot hold that on one line, "lo–" over
+    # "hi", so a narrow terminal never splits a number (1.66e-06–3 / .78e-06).
+    widths = [max(len(f"{v[0]}–{v[1]}" if isinstance(v, tuple) else v) for v in column)
+              for column in zip(*cells.values(), strict=True)]
+    label = max(len(name) for name in [*cells, group_col or "group"])
+    stacked = label + sum(w + 3 for w in widths) + 4 > out_console.width
+    for name, row in cells.items():
+        table.add_row(name, *(("{}–\n{}" if stacked else "{}–{}").format(*v)
+                              if isinstance(v, tuple) else v for v in row))
     return table
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -331,3 +332,29 @@ def test_fit_all_censored_reports_upper_bound(cli, tmp_path):
     group = json.loads(out)["groups"][0]
     assert group["rate"] == 0 and group["rate_ci"][0] == 0 and group["rate_ci"][1] > 0
     assert group["median"] is None and group["median_reached"] is False
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_fit_table_never_splits_a_number(tmp_path, columns):
+    """Five conditions with rates near 1e-6 in an 80-column terminal: each CI is "lo–" over
+    "hi" (rich used to fold "2.44e-06–4.41e-06" inside a number); at 200 columns one line."""
+    rng = np.random.default_rng(0)
+    rows = ["duration,event,temperature"]
+    for temp in (0.01, 0.015, 0.02, 0.025, 0.03):
+        t = np.ceil(rng.exponential(3e3 / temp, 64))
+        rows += [f"{min(x, 4e5):.0f},{int(x < 4e5)},{temp}" for x in t]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "dumb"}
+    cmd = [sys.executable, "-c", "from escapestat_cli.app import main; main()"]
+    done = subprocess.run([*cmd, "fit", "t.csv", "--group-col", "temperature"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    body = [line.split("│")[2:-1] for line in done.stdout.splitlines() if line.startswith("│")]
+    cells = [c.strip() for row in body for c in row]
+    number = r"(\d+(\.\d+)?(e[-+]\d\d)?|∞|—)"
+    ok = rf"{number}?|{number}–({number})?|[a-z ]+"
+    assert all(re.fullmatch(ok, c) for c in cells), [c for c in cells if not re.fullmatch(ok, c)]
+    cis = [c for c in cells if "–" in c]
+    one_line = [c for c in cis if re.fullmatch(rf"{number}–{number}", c)]
+    assert (len(one_line) == len(cis)) == (columns == 200)
+    assert all(len(line) <= columns for line in done.stdout.splitlines())
