@@ -6,7 +6,9 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
 
 import matplotlib
 import numpy as np
@@ -423,3 +425,46 @@ def test_arm_schedules_show_a_constant_that_differs_between_arms():
     assert set(out["lr"]) == {"best-1", "default"}
     two = [{"arm": a, "params": {"dynamics.lr": 0.01}} for a in ("x", "y")]
     assert _arm_schedules(two) == {}  # the same constant everywhere: nothing to show
+
+
+def _chromium() -> str:
+    """The headless browser, or skip (fail under CI, which installs it)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests: chromium not found", pytrace=False)
+        pytest.skip("chromium not installed")
+    return found
+
+
+def test_compare_tables_fit_a_1280_pixel_screen(tmp_path):
+    """Laid out by a real Chromium at 1280 px: no table of a search report scrolls (one
+    14-column compare table did); each table's scrollWidth is within the page's column."""
+    folder = _search_folder(tmp_path / "search", 6)
+    arms = json.loads((folder / "compare.json").read_text())
+    for a in arms:  # every column a full search writes, the long ones filled
+        a.update({"diverged": 0, "final_test_error": 0.0053, "ratio_vs_best_constant": 1.4,
+                  "ratio_vs_best_constant_ci": [1.4, 1.4], "time_ratio_vs_best_constant": 1.38,
+                  "time_ratio_vs_best_constant_ci": [1.31, 1.45], "wall_ratio_vs_default": 0.91,
+                  "ratio_vs_ablation": 1.0, "ratio_vs_ablation_ci": [1.0, 1.0],
+                  "schedule_verdict": "no faster than its ablation (held at its start)"})
+    arms[0]["params"] = {"dynamics.lr": 0.033, "dynamics.batch_size": 128,
+                         "dynamics.weight_decay.shape": "cosine",
+                         "dynamics.weight_decay.start": 0.95, "dynamics.weight_decay.end": 0.14,
+                         "dynamics.weight_decay.steps": 1175}
+    (folder / "compare.json").write_text(json.dumps(arms))
+    html_path, _ = write_report(folder)
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text(encoding="utf-8").replace(
+        "</body>", "<script>document.body.dataset.widths = [...document.querySelectorAll("
+        "'table')].map(t => t.scrollWidth + '/' + t.parentElement.clientWidth).join(' ');"
+        "</script></body>"), encoding="utf-8")
+    done = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--window-size=1280,2000", "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-widths="([^"]*)"', done.stdout)
+    assert found, done.stderr[-2000:]
+    pairs = [tuple(map(int, w.split("/"))) for w in found.group(1).split()]
+    assert pairs and all(0 < table <= room for table, room in pairs), pairs
