@@ -15,7 +15,14 @@ from rich.table import Table
 from escapestat.study import load_study
 from escapestat.summary import run_summary
 from escapestat.survival import KS_BOOTSTRAP
-from escapestat.trials import ESCAPES, REPLICAS, ChunkProgress, ChunkStarted, run_study
+from escapestat.trials import (
+    CHECKPOINT_EVERY,
+    ESCAPES,
+    REPLICAS,
+    ChunkProgress,
+    ChunkStarted,
+    run_study,
+)
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -212,6 +219,10 @@ def run(
                          help="Override \\[run] max_steps (the censoring budget).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override \\[run] seed (the "
                     "study's training seed).")] = None,
+    checkpoint_every: Annotated[float, typer.Option(
+        "--checkpoint-every", min=0, metavar="SECONDS",
+        help="Save an unfinished chunk's state this often, so --resume continues inside "
+             "it (0: never).")] = CHECKPOINT_EVERY,
     bootstrap: Bootstrap = KS_BOOTSTRAP,
     bootstrap_seed: BootstrapSeed = 0,
     json_out: JsonOut = False,
@@ -223,7 +234,8 @@ def run(
     untrapped included), DIR/run.json (config hash, seeds, versions, device,
     units) and DIR/study.toml, then prints per-condition rates and the
     Arrhenius barrier against theory. A killed run continues with --resume,
-    redoing nothing that finished.
+    redoing nothing that finished: finished chunks are read back, and a chunk
+    stopped midway continues from its last saved state (--checkpoint-every).
 
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
@@ -238,7 +250,9 @@ def run(
         console=err_console, transient=False,
     ) as bar:
         result = run_study(study, out_dir, device=device.value, resume=resume, study_text=text,
-                           progress=_Bar(bar))
+                           progress=_Bar(bar), checkpoint_every=checkpoint_every or None)
+    if result.resumed:
+        err_console.print(escape(f"resumed: {result.resumed}"))
     summary = run_summary(result.replicas, n_bootstrap=bootstrap, seed=bootstrap_seed,
                           grid=result.meta.get("check_every"),
                           budget=result.meta.get("max_steps"),

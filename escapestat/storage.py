@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,8 @@ CURVES = "curves.csv"
 STUDY_TOML = "study.toml"
 #: Held while a process writes the directory; the holder's pid beside it.
 LOCK, LOCK_PID = ".escapestat.lock", ".escapestat.pid"
+#: Suffix of a chunk's mid-chunk state, removed once the chunk is written.
+PARTIAL = ".partial.pt"
 #: What `escapestat sweep` writes into its folder (beside STUDY_TOML).
 SWEEP_CSV, SWEEP_JSON, SWEEP_PNG = "sweep.csv", "sweep.json", "sweep.png"
 
@@ -87,6 +90,10 @@ class RunStore:
     def chunk_path(self, index: int) -> Path:
         return self.out / CHUNK_DIR / f"chunk-{index:05d}.csv"
 
+    def partial_path(self, index: int) -> Path:
+        """Where an unfinished chunk keeps its mid-chunk state (``ChunkCheckpoint``)."""
+        return self.out / CHUNK_DIR / f"chunk-{index:05d}{PARTIAL}"
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the directory for this process (an OS file lock, released if it dies): a
@@ -110,7 +117,9 @@ class RunStore:
             lock.release()
 
     def _chunks_on_disk(self) -> int:
-        return sum(1 for _ in (self.out / CHUNK_DIR).glob("chunk-*.csv"))
+        """Finished chunks and chunks with a mid-chunk state: work a rerun would lose."""
+        return sum(1 for _ in (self.out / CHUNK_DIR).glob("chunk-*.csv")) + sum(
+            1 for _ in (self.out / CHUNK_DIR).glob(f"chunk-*{PARTIAL}"))
 
     def open(self, config_hash: str, resume: bool) -> bool:
         """Check the directory for this study; True when it holds its complete run."""
@@ -129,10 +138,12 @@ class RunStore:
                 self.meta = meta
                 return True
             if not resume:
+                partial = sum(1 for _ in (self.out / CHUNK_DIR).glob(f"chunk-*{PARTIAL}"))
+                inside = f", {partial} stopped inside" if partial else ""
                 raise EscapestatError(
                     f"{self.out} already holds an unfinished run of this study "
-                    f"({meta.get('chunks_done', '?')}/{meta.get('chunks_total', '?')} chunks); "
-                    "pass --resume to continue it or choose another --out")
+                    f"({meta.get('chunks_done', '?')}/{meta.get('chunks_total', '?')} chunks"
+                    f"{inside}); pass --resume to continue it or choose another --out")
             self.meta = meta
         elif resume and self.out.exists() and any(
                 p.name not in (LOCK, LOCK_PID) for p in self.out.iterdir()):
@@ -195,3 +206,43 @@ class RunStore:
             write_table(curves, self.out / CURVES)
         self.meta.update(status="complete", finished=now(), notes=notes)
         write_json(self.meta, self.meta_path)
+
+
+class ChunkCheckpoint:
+    """A chunk's mid-chunk state, saved atomically every ``every`` seconds at a check, so
+    a killed run continues inside the chunk, byte-identical to an uninterrupted one.
+
+    The state is the whole training loop (model weights and optimiser moments, the random
+    generator, detector, schedules, curves so far) pickled by ``torch.save``; ``identity``
+    (config hash, chunk, seed, versions, device, dtype) must match for it to be used, else
+    the chunk starts over. Only files this run directory wrote are ever loaded.
+    """
+
+    def __init__(self, path: Path, every: float, identity: dict):
+        self.path, self.every, self.identity = Path(path), float(every), identity
+        self._last = time.monotonic()
+        self.resumed_from: int | None = None  # the step a loaded state was saved at
+
+    def load(self, device: torch.device) -> dict | None:
+        """The saved state if it is this chunk's, on ``device``; None otherwise."""
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location=device, weights_only=False)
+        except Exception:  # a state from another torch, or cut short: start the chunk over
+            return None
+        if not isinstance(saved, dict) or saved.get("identity") != self.identity:
+            return None
+        self.resumed_from = int(saved["state"]["t"])
+        return saved["state"]
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def save(self, state: dict) -> None:
+        atomic_write(self.path, lambda tmp: torch.save(
+            {"identity": self.identity, "state": state}, tmp))
+        self._last = time.monotonic()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -32,7 +32,15 @@ from .memory import check_memory
 from .replica_model import Hyper, ReplicaModel
 from .schedules import ReplicaSchedules
 from .stability import Q_END, Q_MID, Q_MID_STEP
-from .storage import CURVES, ESCAPES, REPLICAS, RunStore, device_text, versions
+from .storage import (
+    CURVES,
+    ESCAPES,
+    REPLICAS,
+    ChunkCheckpoint,
+    RunStore,
+    device_text,
+    versions,
+)
 from .study import GROKKING_MODELS, Condition, Study, conditions
 from .threads import cpu_threads, small_work
 
@@ -42,6 +50,8 @@ __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED"
 
 #: A grokking replica that never fitted its training set (no delay exists; not at risk).
 UNFIT = "unfit"
+#: Seconds between saves of an unfinished chunk's state (``run --checkpoint-every``).
+CHECKPOINT_EVERY = 300.0
 #: Statuses that enter the survival table (diverged: a competing risk, censored there).
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 
@@ -210,7 +220,8 @@ Watch = Callable[[int, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]
 
 def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
                      progress: Progress | None = None, watch: Watch | None = None,
-                     hold: bool = False) -> ChunkOutput:
+                     hold: bool = False,
+                     checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
     """``run_chunk`` with the per-replica curves of models that record them.
 
     ``hold``: replicas that escape keep training to the budget (their escape time is
@@ -220,6 +231,10 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     NaN final values and ``diverged_after_escape`` set. A search uses it to hold
     schedules to an equal final loss or test error; it costs the full budget for every
     replica.
+
+    ``checkpoint``: the loop's whole state is saved there every so often (at a check), and
+    a state saved earlier for this chunk is continued from, byte-identical to a run that
+    was never interrupted.
 
     Deep linear nets whose step is tiny (``threads.small_work``) run on one CPU thread.
     The grokking models run with denormals flushed to zero on the CPU: saturated softmax
@@ -232,7 +247,7 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
         torch.set_flush_denormal(True)
     try:
         with cpu_threads(1 if tiny else None, device):
-            output = _run_chunk(study, conds, chunk, device, progress, watch, hold)
+            output = _run_chunk(study, conds, chunk, device, progress, watch, hold, checkpoint)
             output.device = device_text(device)
             return output
     finally:
@@ -242,34 +257,45 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
 
 def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
                progress: Progress | None = None, watch: Watch | None = None,
-               hold: bool = False) -> ChunkOutput:
+               hold: bool = False, checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
     run, esc = study.run, study.escape
     dtype = torch.float64 if run.dtype == "float64" else torch.float32
-    generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
     cs = [conds[i] for i in chunk.condition]
-    hyper = HyperSchedules(cs, dtype, device)
-    model = build_model(study, cs, generator, device, hyper.batch_size(0))
-    switch = dict(getattr(model, "switch_values", {}))  # per replica, before any leave
+    n, budget, every = len(cs), run.max_steps, esc.check_every
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is None:
+        generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
+        hyper = HyperSchedules(cs, dtype, device)
+        model = build_model(study, cs, generator, device, hyper.batch_size(0))
+        detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
+                                  budget, n, device)
+        rules = getattr(model, "milestone_rules", {})
+        marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
+        state = {
+            "model": model, "hyper": hyper, "detector": detector, "marks": marks,
+            "switch": dict(getattr(model, "switch_values", {})),  # per replica, before any leave
+            "curves": {name: [] for name in getattr(model, "curve_names", ())},
+            "steps": [], "status": np.full(n, CENSORED, dtype=object),
+            "duration": np.full(n, float(budget)), "active": np.arange(n),
+            "open_": np.ones(n, dtype=bool),  # undecided, per position in ``active``
+            "finals": {},  # with ``hold``: final values (NaN if diverged)
+            # The order parameter at the first check past half the budget and where each
+            # replica was decided: whether a trap held to the budget was still moving.
+            "trend": {name: np.full(n, np.nan) for name in (Q_MID, Q_MID_STEP, Q_END)},
+            "late": np.zeros(n, dtype=bool),  # with ``hold``: decided, then diverged while held
+            "t": 0, "mid_seen": False,
+        }
+        state["last"] = {name: np.full(n, np.nan) for name in state["curves"]}
+    else:
+        state = saved
+    model, hyper, detector, marks = (state[k] for k in ("model", "hyper", "detector", "marks"))
+    switch, curves, last, steps = (state[k] for k in ("switch", "curves", "last", "steps"))
+    status, duration, finals, trend, late = (
+        state[k] for k in ("status", "duration", "finals", "trend", "late"))
+    active, open_, t, mid_seen = (state[k] for k in ("active", "open_", "t", "mid_seen"))
     # No minibatch noise at all: full batch at a constant size (Langevin runs have noise).
     full_batch = bool(getattr(model, "full_batch", False)) and all(
         c.batch_size is None or c.batch_size.is_constant for c in cs)
-    n, budget, every = len(cs), run.max_steps, esc.check_every
-    detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
-                              budget, n, device)
-    rules = getattr(model, "milestone_rules", {})
-    marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
-    curves = {name: [] for name in getattr(model, "curve_names", ())}
-    last = {name: np.full(n, np.nan) for name in curves}
-    steps: list[int] = []
-    status = np.full(n, CENSORED, dtype=object)
-    duration = np.full(n, float(budget))
-    active = np.arange(n)
-    open_ = np.ones(n, dtype=bool)  # undecided, per position in ``active``
-    finals: dict[str, np.ndarray] = {}  # with ``hold``: final values (NaN if diverged)
-    # The order parameter at the first check past half the budget and where each replica
-    # was decided: whether a trap that held to the budget was still moving (``stability``).
-    trend = {name: np.full(n, np.nan) for name in (Q_MID, Q_MID_STEP, Q_END)}
-    late = np.zeros(n, dtype=bool)  # with ``hold``: decided, then diverged while held
 
     def retire(done: np.ndarray) -> None:
         nonlocal active, open_
@@ -291,11 +317,11 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         steps.append(t)
 
     with torch.no_grad():
-        untrapped = detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
-        record(0)
-        status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
-        retire(untrapped)
-        t, mid_seen = 0, False
+        if saved is None:
+            untrapped = detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
+            record(0)
+            status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
+            retire(untrapped)
         while open_.any() or (hold and active.size and t < budget):
             for _ in range(min(every, budget - t) if t < budget else every):
                 model.step(t, hyper.at(t))
@@ -329,6 +355,10 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                 progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
             if watch is not None:  # ``active`` less the held (decided) replicas
                 watch(t, status, duration, active[open_], last)
+            if checkpoint is not None and checkpoint.due() and (
+                    open_.any() or (hold and active.size and t < budget)):
+                state.update(active=active, open_=open_, t=t, mid_seen=mid_seen)
+                checkpoint.save(state)
     if hold and hasattr(model, "final_values"):
         for name, values in model.final_values().items():
             col = finals.setdefault(name, np.full(n, np.nan))
@@ -419,6 +449,7 @@ class RunResult:
     conditions: list[Condition]
     notes: list[str] = field(default_factory=list)
     curves: pd.DataFrame | None = None  # per condition: median and 10–90% band per check
+    resumed: str | None = None  # with ``resume``: what was read back and continued
 
     @property
     def counts(self) -> dict[str, int]:
@@ -480,10 +511,13 @@ def run_study(
     resume: bool = False,
     study_text: str | None = None,
     progress: Progress | None = None,
+    checkpoint_every: float | None = CHECKPOINT_EVERY,
 ) -> RunResult:
     """Run (or resume) a study into ``out_dir``; finished chunks are written atomically.
 
     A directory holding the complete run of the same study is read back, writing nothing.
+    Every ``checkpoint_every`` seconds (None: never) an unfinished chunk saves its state,
+    and ``resume`` continues it from there.
     """
     dev = resolve_device(device)
     conds = conditions(study)
@@ -492,7 +526,8 @@ def run_study(
     if store.open(study.config_hash(), resume):  # complete: read back, writing nothing
         return _read_back(store, chunks, conds)
     with store.locked():
-        return _run_locked(study, store, conds, chunks, dev, resume, study_text, progress)
+        return _run_locked(study, store, conds, chunks, dev, resume, study_text, progress,
+                           checkpoint_every)
 
 
 def _read_back(store: RunStore, chunks: list[Chunk], conds: list[Condition]) -> RunResult:
@@ -506,7 +541,7 @@ def _read_back(store: RunStore, chunks: list[Chunk], conds: list[Condition]) -> 
 
 def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: list[Chunk],
                 dev: torch.device, resume: bool, study_text: str | None,
-                progress: Progress | None) -> RunResult:
+                progress: Progress | None, checkpoint_every: float | None) -> RunResult:
     """``run_study`` while this process holds the run directory (checked again under the
     lock: another process may have finished it meanwhile)."""
     if store.open(study.config_hash(), resume):
@@ -529,26 +564,42 @@ def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: l
         "chunks_total": len(chunks),
         "chunks_done": sum(store.chunk_path(c.index).exists() for c in chunks),
     }, study_text)
-    frames = []
+    frames, read_back, continued = [], 0, []
     for chunk in chunks:
         frame = store.finished_chunk(chunk.index)
+        read_back += frame is not None
         if frame is None:
             if progress is not None:
                 progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
                                       study.run.max_steps))
             began = time.perf_counter()
+            checkpoint = None if checkpoint_every is None else ChunkCheckpoint(
+                store.partial_path(chunk.index), checkpoint_every, {
+                    "config_hash": study.config_hash(), "chunk": chunk.index,
+                    "seed": chunk.seed(study.run.seed), "versions": versions(),
+                    "device": str(dev), "dtype": study.run.dtype})
             output = run_chunk_output(study, conds, chunk, dev, progress,
-                                      hold=study.run.hold)
+                                      hold=study.run.hold, checkpoint=checkpoint)
             info = {"device": output.device, "dtype": study.run.dtype,
                     "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
+            if checkpoint is not None and checkpoint.resumed_from is not None:
+                info["resumed_from_step"] = checkpoint.resumed_from
+                continued.append(f"chunk {chunk.index + 1} from step "
+                                 f"{checkpoint.resumed_from:,}")
             frame = store.write_chunk(chunk.index, output.table, info, output.curves)
+            if checkpoint is not None:
+                checkpoint.discard()
         frames.append(frame)
     notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
     notes += _route_notes(study, dev)
     replicas, escapes = _tables(frames)
     curves = _bands(store, chunks, frames)
     store.complete(replicas, escapes, notes, curves)
-    return RunResult(store.out, escapes, replicas, store.meta, conds, notes, curves)
+    resumed = None
+    if resume:
+        resumed = (f"read back {read_back} of {len(chunks)} finished chunks"
+                   + (f"; continued {', '.join(continued)}" if continued else ""))
+    return RunResult(store.out, escapes, replicas, store.meta, conds, notes, curves, resumed)
 
 
 def _bands(store: RunStore, chunks: list[Chunk], frames: list[pd.DataFrame]):
