@@ -1,6 +1,6 @@
 """Deep linear nets as a replica model: teacher, data, the trap, the order parameter, the step.
 
-``DeepLinearTrial`` implements ``replica_model.ReplicaModel`` for a study's deep linear
+``DeepLinearTrial`` implements ``models.base.ReplicaModel`` for a study's deep linear
 student: it builds the teacher and each replica's data, puts every replica in the trap
 (the structured ``aligned`` start, or the paper's ``trained`` protocol), and steps with
 moment-form gradients (``ensemble``) and the study's integrator (SGD or Langevin), with
@@ -20,9 +20,10 @@ from . import tasks
 from .detector import EscapeRule
 from .errors import EscapestatError
 from .integrators import select_integrator
-from .replica_model import Hyper
+from .models.base import Hyper, ReplicaModel
 from .study import Condition, Study
 from .theory import stationary_points
+from .threads import small_work
 
 
 def _learned_amplitude(study: Study, beta: float, mode: int) -> float | None:
@@ -138,8 +139,13 @@ class ErrorFraction:
         self.trap, self.learned = self.trap[idx], self.learned[idx]
 
 
-class DeepLinearTrial:
+class DeepLinearTrial(ReplicaModel):
     """R trapped replicas of a deep linear student; one per entry of ``conds``."""
+
+    @classmethod
+    def cpu_threads(cls, study: Study, replicas: int) -> int | None:
+        """One thread when a step is too small to share out (``threads.small_work``)."""
+        return 1 if small_work(replicas, study.widths) else None
 
     def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
                  device: torch.device, batch_size: int | None = None):

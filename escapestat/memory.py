@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from .errors import EscapestatError
-from .study import GROKKING_MODELS, Study
+from .study import Study
 
 _PLAN_BYTES = 120  # one (condition, replica) pair of the chunk plan: two Python ints
 
@@ -36,30 +36,8 @@ def available_bytes() -> int | None:
 
 def replica_bytes(study: Study) -> int:
     """Bytes one replica needs at least: parameters ×4 (value, gradient, two moments),
-    its data or split, one training batch's activations."""
-    item = 8 if study.run.dtype == "float64" else 4
-    m = study.model
-    if study.model.kind in GROKKING_MODELS:
-        from .modular import table_size
-
-        t = study.task
-        pairs = table_size(t.operation, t.p)
-        batch = max(b.max_value for b in study.dynamics.batch_size)
-        if m.kind == "mlp":
-            params = 3 * t.p * m.width
-            acts = batch * (m.width + t.p)
-        else:
-            params = (t.p + 3) * m.d_model + 4 * m.d_model**2 + 2 * m.d_model * m.d_mlp
-            acts = batch * 3 * (4 * m.d_model + m.d_mlp + m.n_heads * 3)
-        split = 8 * pairs  # the replica's own permutation of the table's pairs
-        return 4 * params * item + acts * item + split
-    widths = study.widths
-    params = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
-    samples = 0 if study.data.kind == "population" else study.data.n_train + study.data.n_test
-    data = samples * (widths[0] + widths[-1])
-    acts = max(max((b.max_value for b in study.dynamics.batch_size), default=0), 1) * sum(
-        widths)
-    return (4 * params + data + acts) * item
+    its data or split, one training batch's activations (the model kind's spec says)."""
+    return study.model.replica_bytes(study)
 
 
 def check_memory(study: Study, n_conditions: int) -> None:

@@ -190,6 +190,38 @@ class AdamW(_Fused):
         torch.div(m, u, out=u).mul_(-1 / (1 - b1**self.steps))
 
 
+class Adam(AdamW):
+    """Per replica, torch.optim.Adam (no amsgrad) with coupled L2, as Grokfast's baseline:
+
+    .. math::
+
+        g ← g + λ θ,   m ← β₁ m + (1 − β₁) g,   v ← β₂ v + (1 − β₂) g²,
+        θ ← θ − η (m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
+
+    λ only on parameters flagged in ``decay_mask``; the torch route (no C kernel).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], betas: tuple[float, float] = (0.9, 0.98),
+                 eps: float = 1e-8, decay_mask: Sequence[bool] | None = None):
+        super().__init__(params, betas, eps, decay_mask)
+        self.backend = "torch"
+
+    def step(self, grads: Sequence[torch.Tensor], lr: torch.Tensor | float,
+             weight_decay: torch.Tensor | float) -> None:
+        if len(grads) != len(self.params):
+            raise EscapestatError(f"{len(grads)} gradients for {len(self.params)} parameters")
+        self.steps += 1
+        first = self.params[0]
+        grads = [g + _column(weight_decay, p) * p if decay else g
+                 for g, p, decay in zip(grads, self.params, self.decay_mask, strict=True)]
+        if self._direction is None or self._direction[0].shape != first.shape:
+            self._direction = pack([torch.zeros_like(p) for p in self.params])
+        self._minus_direction(self._flat_grads(grads), self._flat(0), self._flat(1),
+                              flat_view(self._direction))
+        for p, minus in zip(self.params, self._direction, strict=True):
+            p.addcmul_(_column(lr, p), minus)
+
+
 class SGD(_Fused):
     """Per replica, torch.optim.SGD (no dampening, no Nesterov):
 

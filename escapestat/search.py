@@ -43,7 +43,7 @@ from .search_identity import check_identity
 from .search_sampling import make_pruner, make_sampler, trial_seed
 from .search_space import SearchSpec, build_study, suggest
 from .search_storage import retried_from
-from .study import GROKKING_MODELS, Study, conditions
+from .study import Study, conditions
 from .trials import plan_chunks, resolve_device, run_chunk_output
 
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
@@ -61,7 +61,7 @@ def needs_hold(study: Study, spec: SearchSpec) -> bool:
     """Whether search trials and compare arms train every replica to the budget: always
     for the grokking models (their final errors are measured there), and for the linear
     trap under ``max_final_loss``."""
-    return study.model.kind in GROKKING_MODELS or spec.max_final_loss is not None
+    return study.model.learns_task or spec.max_final_loss is not None
 
 
 # ---------------------------------------------------------------- one arm, run and summarised

@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 
 from .errors import EscapestatError, did_you_mean
+from .models.registry import task_kinds
 from .schedules import SHAPES
 from .study import Study, conditions, read_toml, study_from_dict
 
@@ -303,11 +304,12 @@ def parse_search(raw: dict, source: str = "study") -> SearchSpec:
     if spec.compare_seed is not None and spec.compare_seed == study.run.seed:
         raise _fail(source, f"compare_seed {spec.compare_seed} is the search's run.seed; "
                             f"compare re-runs arms on seeds never used in the search")
-    if spec.max_final_test_error is not None and study.model.kind == "deep_linear":
-        raise _fail(source, "max_final_test_error needs a grokking model (mlp or transformer)")
-    if spec.max_final_loss is not None and study.model.kind != "deep_linear":
-        raise _fail(source, "max_final_loss needs the linear trap (model kind deep_linear); "
-                            "grokking models use max_final_test_error")
+    if spec.max_final_test_error is not None and not study.model.learns_task:
+        raise _fail(source, "max_final_test_error needs a grokking model (model kind "
+                            f"{' or '.join(map(repr, task_kinds()))})")
+    if spec.max_final_loss is not None and study.model.learns_task:
+        raise _fail(source, "max_final_loss needs the linear trap (a model without a "
+                            "[task]); grokking models use max_final_test_error")
     return spec
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from .errors import EscapestatError, did_you_mean
 from .grad_filter import parse_grad_filter
+from .models.deep_linear.spec import DeepLinearSpec
+from .models.registry import DEFAULT_KIND, kinds, spec_class
+from .models.spec import ModelSpec
 from .schedules import Constant, Schedule, parse_ladder
-from .study_checks import check_grokking, check_linear
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,38 +32,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The replica model. ``deep_linear``: f(x) = W_L···W_1 x on a teacher
-    A = U diag(strengths) Vᵀ. ``mlp``: one hidden layer of ``width`` on per-operand
-    embeddings (``activation`` quadratic, relu or gelu); ``transformer``: one layer in
-    the style of Nanda et al. (``d_model``, ``n_heads``, ``d_mlp``). ``init_scale`` is
-    Omnigrok's α for the nonlinear models. Keys of another kind are refused.
-    """
-
-    kind: str = "deep_linear"
-    depth: int = 3
-    strengths: tuple[float, ...] = (1.5, 1.25, 1.0)
-    hidden: tuple[int, ...] | None = None  # hidden widths; default: one unit per mode
-    trapped_mode: int | None = None  # index into strengths; default: the weakest mode
-    d_in: int | None = None  # input dimension; default: number of modes
-    d_out: int | None = None
-    rotate: bool = False  # random singular vectors instead of the coordinate axes
-    width: int = 128
-    activation: str = "quadratic"
-    init_scale: float = 1.0
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-
-
-#: Which [model] keys belong to which kind (``kind`` itself belongs to all).
-MODEL_KEYS = {
-    "deep_linear": {"depth", "strengths", "hidden", "trapped_mode", "d_in", "d_out", "rotate"},
-    "mlp": {"width", "activation", "init_scale"},
-    "transformer": {"d_model", "n_heads", "d_mlp", "init_scale"},
-}
-GROKKING_MODELS = ("mlp", "transformer")
+def model_keys(kind: str) -> set[str]:
+    """The [model] keys of ``kind`` (``kind`` itself belongs to all)."""
+    return {f.name for f in dataclasses.fields(spec_class(kind))}
 
 
 @dataclass(frozen=True)
@@ -76,7 +49,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """The grokking models' optimizer: ``adamw`` (decoupled decay) or ``sgd`` (momentum, L2)."""
+    """The grokking models' optimizer: ``adamw`` (decoupled decay), ``adam`` (coupled L2,
+    as Grokfast's baseline) or ``sgd`` (momentum, L2)."""
 
     kind: str = "adamw"
     beta1: float = 0.9
@@ -212,7 +186,7 @@ class RunSpec:
 class Study:
     name: str = "study"
     description: str = ""
-    model: ModelSpec = field(default_factory=ModelSpec)
+    model: ModelSpec = field(default_factory=DeepLinearSpec)
     task: TaskSpec | None = None
     optimizer: OptimizerSpec | None = None
     data: DataSpec = field(default_factory=DataSpec)
@@ -223,18 +197,13 @@ class Study:
 
     @property
     def trapped_mode(self) -> int:
-        m = self.model
-        if m.trapped_mode is not None:
-            return m.trapped_mode
-        return min(range(len(m.strengths)), key=lambda k: m.strengths[k])
+        """A deep linear study's trapped mode (``DeepLinearSpec.trapped_index``)."""
+        return self.model.trapped_index
 
     @property
     def widths(self) -> list[int]:
-        """Layer widths [d_in, hidden..., d_out]."""
-        m = self.model
-        k = len(m.strengths)
-        hidden = list(m.hidden) if m.hidden is not None else [k] * (m.depth - 1)
-        return [m.d_in or k, *hidden, m.d_out or k]
+        """A deep linear study's layer widths [d_in, hidden..., d_out]."""
+        return self.model.widths
 
     def as_dict(self) -> dict:
         """Plain data: a constant schedule is its number, a schedule its JSON description."""
@@ -244,13 +213,9 @@ class Study:
         """SHA-256 of everything that changes results (the description does not)."""
         payload = self.as_dict()
         payload.pop("description")
-        # Only what this kind of model uses (so adding keys for other kinds keeps hashes).
-        kind = self.model.kind
-        unused = set().union(*(keys for k, keys in MODEL_KEYS.items() if k != kind))
-        payload["model"] = {k: v for k, v in payload["model"].items()
-                            if k not in unused - MODEL_KEYS[kind] and k != "kind"}
-        if kind != "deep_linear":
-            payload["model"]["kind"] = kind
+        # Only what this kind of model has (so adding keys for other kinds keeps hashes).
+        if not self.model.hash_kind:
+            payload["model"].pop("kind")
         for key, value in _UNUSED_WHEN_EMPTY.items():
             section, name = key.split(".")
             if payload.get(section) is not None and payload[section].get(name) == value:
@@ -279,6 +244,9 @@ def _plain(obj, key: str = ""):
         return int(value) if key == "batch_size" else value
     if isinstance(obj, GradFilterSpec):
         return obj.as_dict()
+    if isinstance(obj, ModelSpec):
+        return {"kind": obj.kind, **{f.name: _plain(getattr(obj, f.name), f.name)
+                                     for f in dataclasses.fields(obj)}}
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)}
     if isinstance(obj, (tuple, list)):
@@ -293,7 +261,6 @@ _UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
                       "run.curves": False, "run.hold": False}
 
 _SECTIONS = {
-    "model": ModelSpec,
     "task": TaskSpec,
     "optimizer": OptimizerSpec,
     "data": DataSpec,
@@ -304,7 +271,7 @@ _SECTIONS = {
 }
 #: ``[search]`` belongs to ``escapestat.search_space``: it shapes a search, not a run, so it
 #: is not part of the study read here (nor of its config hash).
-_TOP = {"name", "description", "search", *_SECTIONS}
+_TOP = {"name", "description", "search", "model", *_SECTIONS}
 
 
 def _convert(value, hint, where: str):
@@ -366,13 +333,7 @@ def _check_semantics(study: Study, source: str) -> None:
         raise EscapestatError(f"{source}: {key} {why}")
 
     e, r = study.escape, study.run
-    if study.model.kind not in MODEL_KEYS:
-        bad("[model] kind", f"must be one of {', '.join(repr(k) for k in MODEL_KEYS)}, "
-            f"got {study.model.kind!r}")
-    if study.model.kind in GROKKING_MODELS:
-        check_grokking(study, bad)
-    else:
-        check_linear(study, bad)
+    study.model.check(study, bad)
     if not 0 < e.fallback < e.threshold:
         bad("[escape] fallback", "must be between 0 and threshold")
     if e.check_every < 1 or e.commit_steps < 0:
@@ -385,24 +346,32 @@ def _check_semantics(study: Study, source: str) -> None:
         bad("[run] dtype", f"must be 'float32' or 'float64', got {r.dtype!r}")
 
 
-def _check_model_keys(raw: dict, kind: str, source: str) -> None:
-    """A [model] key that belongs to another kind of model is an error, not ignored."""
+def _model(raw, source: str) -> ModelSpec:
+    """The [model] table as its kind's spec; a key of another kind is an error, not ignored."""
+    if not isinstance(raw, dict):
+        raise EscapestatError(f"{source}: [model] must be a table")
+    kind = raw.get("kind", DEFAULT_KIND)
+    if not isinstance(kind, str) or kind not in kinds():
+        raise EscapestatError(f"{source}: [model] kind must be one of "
+                              f"{', '.join(repr(k) for k in kinds())}, got {kind!r}")
+    own = model_keys(kind)
     for key in raw:
-        if key != "kind" and kind in MODEL_KEYS and key not in MODEL_KEYS[kind]:
-            owner = [k for k, keys in MODEL_KEYS.items() if key in keys]
+        if key != "kind" and key not in own:
+            owner = [k for k in kinds() if key in model_keys(k)]
+            if owner:
+                raise EscapestatError(
+                    f"{source}: [model] {key} is for model kind "
+                    f"{' or '.join(map(repr, owner))}, not {kind!r}")
+            every = set().union(*(model_keys(k) for k in kinds()))
             raise EscapestatError(
-                f"{source}: [model] {key} is for model kind {' or '.join(map(repr, owner))}, "
-                f"not {kind!r}")
+                f"{source}: unknown key {key!r} in [model]{did_you_mean(key, every)}")
+    return _section(spec_class(kind), {k: v for k, v in raw.items() if k != "kind"},
+                    "model", source)
 
 
-#: Defaults that differ for the grokking models (accuracy order parameters).
-GROKKING_ESCAPE = {"threshold": 0.95, "fallback": 0.9, "measure": "generalize",
-                   "check_every": 50}
-
-
-def _grokking_defaults(raw: dict, source: str) -> dict:
-    """Fill the grokking escape defaults and turn batch_size "full" into the train-set size."""
-    raw = {**raw, "escape": {**GROKKING_ESCAPE, **raw.get("escape", {})},
+def _task_defaults(raw: dict, spec: ModelSpec, source: str) -> dict:
+    """Fill the kind's escape defaults and turn batch_size "full" into the train-set size."""
+    raw = {**raw, "escape": {**spec.escape_defaults, **raw.get("escape", {})},
            "dynamics": dict(raw.get("dynamics", {}))}
     sizes = raw["dynamics"].get("batch_size")
     listed = sizes if isinstance(sizes, list) else [sizes]
@@ -443,13 +412,13 @@ def study_from_dict(raw: dict, source: str = "study") -> Study:
     for key in ("name", "description"):
         if key in raw:
             kwargs[key] = _convert(raw[key], str, f"{source}: {key}")
-    if isinstance(raw.get("model"), dict) and raw["model"].get("kind") in GROKKING_MODELS:
-        raw = _grokking_defaults(raw, source)
+    model = _model(raw.get("model", {}), source)
+    if model.learns_task:
+        raw = _task_defaults(raw, model, source)
     for name, cls in _SECTIONS.items():
         if name in raw:
             kwargs[name] = _section(cls, raw[name], name, source)
-    study = Study(**kwargs)
-    _check_model_keys(raw.get("model", {}), study.model.kind, source)
+    study = Study(model=model, **kwargs)
     _check_semantics(study, source)
     return study
 
@@ -500,7 +469,7 @@ def conditions(study: Study) -> list[Condition]:
     from .theory import barrier, critical_beta
 
     m, y = study.model, study.dynamics
-    if m.kind in GROKKING_MODELS:  # weight decay in the β slot; no theory barrier
+    if m.learns_task:  # weight decay in the β slot; no theory barrier
         return [Condition(wd, lr, None, b, None)
                 for wd, lr, b in itertools.product(y.weight_decay, y.lr, y.batch_size)]
     s = m.strengths[study.trapped_mode]

@@ -27,9 +27,9 @@ from . import native
 from .curves import curve_bands
 from .detector import CENSORED, DIVERGED, ESCAPED, UNTRAPPED, EscapeDetector, EscapeRule
 from .errors import EscapestatError
-from .linear_model import DeepLinearTrial
 from .memory import check_memory
-from .replica_model import Hyper, ReplicaModel
+from .models.base import Hyper, ReplicaModel
+from .models.registry import model_class
 from .schedules import ReplicaSchedules
 from .stability import Q_END, Q_MID, Q_MID_STEP
 from .storage import (
@@ -41,8 +41,8 @@ from .storage import (
     device_text,
     versions,
 )
-from .study import GROKKING_MODELS, Condition, Study, conditions
-from .threads import cpu_threads, small_work
+from .study import Condition, Study, conditions
+from .threads import cpu_threads
 
 __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
            "ChunkProgress", "ChunkStarted", "RunResult", "plan_chunks", "resolve_device",
@@ -155,12 +155,8 @@ class HyperSchedules:
 
 def build_model(study: Study, conds: list[Condition], generator: torch.Generator,
                 device: torch.device, batch_size: int | None) -> ReplicaModel:
-    """The study's replica model, trapped: deep linear nets, or a grokking MLP/transformer."""
-    if study.model.kind in GROKKING_MODELS:
-        from .grok_model import GrokTrial
-
-        return GrokTrial(study, conds, generator, device, batch_size)
-    return DeepLinearTrial(study, conds, generator, device, batch_size)
+    """The study's replica model, trapped, as its kind's registered class builds it."""
+    return model_class(study.model.kind)(study, conds, generator, device, batch_size)
 
 
 @dataclass
@@ -236,17 +232,18 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     a state saved earlier for this chunk is continued from, byte-identical to a run that
     was never interrupted.
 
-    Deep linear nets whose step is tiny (``threads.small_work``) run on one CPU thread.
-    The grokking models run with denormals flushed to zero on the CPU: saturated softmax
-    probabilities underflow to denormals, and CPU matmuls over them can run ~100× slower
-    (design §5). The flag is process-wide (numpy too), so it is reset afterwards.
+    The model's class says how many CPU threads a chunk uses (a deep linear step too
+    small to share out: one) and whether denormals are flushed to zero on the CPU (the
+    grokking models: saturated softmax probabilities underflow to denormals, and CPU
+    matmuls over them can run ~100× slower); that flag is process-wide (numpy too), so it
+    is reset afterwards.
     """
-    flush = study.model.kind in GROKKING_MODELS and device.type == "cpu"
-    tiny = study.model.kind == "deep_linear" and small_work(len(chunk.condition), study.widths)
+    cls = model_class(study.model.kind)
+    flush = cls.flush_denormals and device.type == "cpu"
     if flush:
         torch.set_flush_denormal(True)
     try:
-        with cpu_threads(1 if tiny else None, device):
+        with cpu_threads(cls.cpu_threads(study, len(chunk.condition)), device):
             output = _run_chunk(study, conds, chunk, device, progress, watch, hold, checkpoint)
             output.device = device_text(device)
             return output
@@ -269,12 +266,12 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         model = build_model(study, cs, generator, device, hyper.batch_size(0))
         detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
                                   budget, n, device)
-        rules = getattr(model, "milestone_rules", {})
+        rules = model.milestone_rules
         marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
         state = {
             "model": model, "hyper": hyper, "detector": detector, "marks": marks,
-            "switch": dict(getattr(model, "switch_values", {})),  # per replica, before any leave
-            "curves": {name: [] for name in getattr(model, "curve_names", ())},
+            "switch": dict(model.switch_values),  # per replica, before any leave
+            "curves": {name: [] for name in model.curve_names},
             "steps": [], "status": np.full(n, CENSORED, dtype=object),
             "duration": np.full(n, float(budget)), "active": np.arange(n),
             "open_": np.ones(n, dtype=bool),  # undecided, per position in ``active``
@@ -294,7 +291,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         state[k] for k in ("status", "duration", "finals", "trend", "late"))
     active, open_, t, mid_seen = (state[k] for k in ("active", "open_", "t", "mid_seen"))
     # No minibatch noise at all: full batch at a constant size (Langevin runs have noise).
-    full_batch = bool(getattr(model, "full_batch", False)) and all(
+    full_batch = model.full_batch and all(
         c.batch_size is None or c.batch_size.is_constant for c in cs)
 
     def retire(done: np.ndarray) -> None:
@@ -359,7 +356,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                     open_.any() or (hold and active.size and t < budget)):
                 state.update(active=active, open_=open_, t=t, mid_seen=mid_seen)
                 checkpoint.save(state)
-    if hold and hasattr(model, "final_values"):
+    if hold:
         for name, values in model.final_values().items():
             col = finals.setdefault(name, np.full(n, np.nan))
             col[active] = values.cpu().numpy()
@@ -481,7 +478,7 @@ def _chunk_notes(infos: dict[int, dict]) -> list[str]:
 def _route_notes(study: Study, dev: torch.device) -> list[str]:
     """Say so when the grokking models ran on the torch route because the C kernels could
     not be had: it is correct, and about 4× slower on a CPU."""
-    if study.model.kind not in GROKKING_MODELS or dev.type != "cpu" or native.loaded():
+    if not model_class(study.model.kind).native_kernels or dev.type != "cpu" or native.loaded():
         return []
     why = native.why_not() if native.kernels() is None else None
     return [f"the C kernels are not in use ({why}); the torch route ran, about 4× slower "

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from escapestat.replica_model import Hyper
+from escapestat.models.base import Hyper, ReplicaModel
 
 
-class ScriptedEscapes:
+class ScriptedEscapes(ReplicaModel):
     """Implements ``ReplicaModel``; times in steps, drawn from the chunk's generator."""
 
     def __init__(self, replicas: int, escape_rate: float, divergence_rate: float,

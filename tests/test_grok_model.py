@@ -99,7 +99,7 @@ def test_full_batch_is_the_training_set_size():
     (lambda t: t.replace("width = 128", "width = 128\ndepth = 3"),
      "[model] depth is for model kind 'deep_linear', not 'mlp'"),
     (lambda t: t.replace("width = 128", "width = 128\nd_mlp = 64"),
-     "[model] d_mlp is for model kind 'transformer', not 'mlp'"),
+     "[model] d_mlp is for model kind 'transformer' or 'transformer2', not 'mlp'"),
     (lambda t: t.replace("weight_decay = 1.0", "beta = 1.0"), "beta and temperature are for"),
     (lambda t: t.replace('kind = "mlp"', 'kind = "cnn"'), "[model] kind must be one of"),
     (lambda t: t.replace("[escape]", '[escape]\nmeasure = "escape"'), "[escape] measure"),
@@ -165,12 +165,13 @@ def test_mlp_gradients_on_cuda_equal_the_cpu():
 
 def test_the_curves_carry_each_replicas_weight_norm():
     """‖θ‖ per replica (what weight decay acts on), beside train and test accuracy."""
-    from escapestat.grok_model import GrokTrial
+    from escapestat.models.registry import model_class
     from escapestat.study import conditions, parse_study
 
     study = parse_study(GROK.replace("p = 23", "p = 11").replace("batch_size = 64",
                                                                  "batch_size = 16"))
     conds = conditions(study) * 3
+    GrokTrial = model_class(study.model.kind)
     trial = GrokTrial(study, conds, torch.Generator().manual_seed(0), torch.device("cpu"), 16)
     values = trial.curve_values()
     assert set(values) == set(GrokTrial.curve_names)

@@ -215,7 +215,7 @@ def test_the_torch_route_repeats_bit_for_bit_at_one_and_two_threads(tmp_path):
     code = (
         "import sys, torch\n"
         "torch.set_num_threads(int(sys.argv[1]))\n"
-        "from escapestat.grok_model import GrokTrial\n"
+        "from escapestat.models.grokking.mlp.model import MLPTrial as GrokTrial\n"
         "from escapestat.study import conditions, parse_study\n"
         "from escapestat.trials import HyperSchedules\n"
         "from test_grok_model import GROK\n"

@@ -8,8 +8,8 @@ from fake_models import ScriptedEscapes
 from test_trials import FAST
 
 from escapestat import ensemble
-from escapestat.grok_model import GrokTrial
 from escapestat.linear_model import DeepLinearTrial
+from escapestat.models.registry import kinds, model_class
 from escapestat.replica_model import ReplicaModel
 from escapestat.study import conditions, parse_study
 from escapestat.trials import HyperSchedules
@@ -29,17 +29,22 @@ def _linear(text: str):
     return make
 
 
+#: The [model] table of each grokking kind at a test's size (every registered kind appears).
+SMALL = {"mlp": "width = 128", "transformer": "d_model = 32",
+         "transformer2": "d_model = 16\nd_mlp = 32"}
+
+
 def _grok(kind: str):
     def make(replicas: int, generator: torch.Generator):
         from test_grok_model import GROK
 
-        text = GROK if kind == "mlp" else GROK.replace('kind = "mlp"\nwidth = 128',
-                                                       'kind = "transformer"\nd_model = 32')
+        text = GROK.replace('kind = "mlp"\nwidth = 128', f'kind = "{kind}"\n{SMALL[kind]}')
         study = parse_study(text.replace("p = 23", "p = 7").replace("batch_size = 64",
                                                                    "batch_size = 8"))
         conds = conditions(study) * replicas
         hyper = HyperSchedules(conds, torch.float32, "cpu")
-        return GrokTrial(study, conds, generator, torch.device("cpu"), 8), hyper
+        return model_class(study.model.kind)(study, conds, generator, torch.device("cpu"),
+                                              8), hyper
     return make
 
 
@@ -52,9 +57,12 @@ MODELS = {
     "deep-linear-langevin-population": _linear(FAST),
     "deep-linear-sgd-fixed": _linear(SGD_FIXED),
     "scripted": _scripted,
-    "grok-mlp": _grok("mlp"),
-    "grok-transformer": _grok("transformer"),
+    **{f"grok-{kind}": _grok(kind) for kind in SMALL},
 }
+
+
+def test_every_registered_kind_runs_the_contract():
+    assert set(kinds()) == {"deep_linear", *SMALL}
 
 
 @pytest.fixture(params=sorted(MODELS))

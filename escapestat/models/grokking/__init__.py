@@ -1,0 +1,1 @@
+"""Models that learn modular arithmetic a∘b mod p and grok: MLP and transformers."""

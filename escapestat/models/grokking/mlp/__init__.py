@@ -1,0 +1,1 @@
+"""``kind = "mlp"``: one hidden layer on per-operand embeddings (Gromov; Omnigrok)."""

@@ -1,0 +1,1 @@
+"""``kind = "transformer"``: Nanda et al.'s one-layer transformer."""

@@ -1,0 +1,26 @@
+"""``kind = "transformer"``: its [model] keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import GrokkingSpec
+
+
+@dataclass(frozen=True)
+class TransformerSpec(GrokkingSpec):
+    """One layer in the style of Nanda et al. (2023): ``d_model``, ``n_heads``, ``d_mlp``."""
+
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+
+    def check_model(self, bad) -> None:
+        if min(self.d_model, self.n_heads, self.d_mlp) < 1 or self.d_model % self.n_heads:
+            bad("[model]", "d_model, n_heads and d_mlp must be ≥ 1, d_model a multiple of "
+                "n_heads")
+
+    def sizes(self, p: int, batch: int) -> tuple[int, int]:
+        d = self.d_model
+        return ((p + 3) * d + 4 * d**2 + 2 * d * self.d_mlp,
+                batch * 3 * (4 * d + self.d_mlp + self.n_heads * 3))
