@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import optuna
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat.optimize import COMPARE_CSV, TRIALS, compare_searches, optimize
-from escapestat.search import feasible
+from escapestat.vocab import COMPARE_CSV, TRIALS
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -38,6 +36,8 @@ class _TrialLine:
     """One line on stderr per finished trial: state, value, best so far, pruned count."""
 
     def __call__(self, name, study, trial) -> None:
+        from escapestat.search import feasible
+
         trials = study.get_trials(deepcopy=False)
         pruned = sum(t.state.name == "PRUNED" for t in trials)
         ok = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None
@@ -223,6 +223,10 @@ def optimize_cmd(
     """
     # Our own line per trial instead; a failed trial's line says why (Optuna would print
     # a traceback for each, and one for a trial cut short by Ctrl-C).
+    import optuna  # the search's libraries only for these commands
+
+    from escapestat.optimize import optimize
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = optimize(study_file, out_dir, storage, study_name, trials, device.value,
@@ -250,6 +254,10 @@ def compare_cmd(
 
     Example: escapestat compare studies/grok-search-quick.toml
     """
+    import optuna  # the search's libraries only for these commands
+
+    from escapestat.optimize import compare_searches
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = compare_searches(study_file, out_dir, storage, study_name, device.value,

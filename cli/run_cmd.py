@@ -12,17 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from escapestat.study import load_study
-from escapestat.summary import run_summary
 from escapestat.survival import KS_BOOTSTRAP
-from escapestat.trials import (
-    CHECKPOINT_EVERY,
-    ESCAPES,
-    REPLICAS,
-    ChunkProgress,
-    ChunkStarted,
-    run_study,
-)
+from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -35,7 +26,10 @@ class _Bar:
     def __init__(self, progress: Progress):
         self.progress, self.task = progress, None
 
-    def __call__(self, event: ChunkStarted | ChunkProgress) -> None:
+    def __call__(self, event) -> None:
+        """``trials.ChunkStarted`` opens a bar; ``trials.ChunkProgress`` moves it."""
+        from escapestat.trials import ChunkStarted
+
         if isinstance(event, ChunkStarted):
             if self.task is not None:
                 self.progress.remove_task(self.task)
@@ -239,6 +233,10 @@ def run(
 
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
+    from escapestat.study import load_study  # the engine (torch) only for this command
+    from escapestat.summary import run_summary
+    from escapestat.trials import run_study
+
     study = load_study(study_file).with_overrides(
         replicas=replicas, max_steps=max_steps, seed=seed
     )

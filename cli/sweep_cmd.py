@@ -10,8 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from escapestat.sweep import SWEEP_CSV, SWEEP_JSON, SWEEP_PNG, load_sweep, run_sweep, write_sweep
-from escapestat.trials import resolve_device
+from escapestat.vocab import SWEEP_CSV, SWEEP_JSON, SWEEP_PNG
 
 from .app import app
 from .common import domain_errors, err_console, out_console, print_json
@@ -74,6 +73,9 @@ def sweep(
 
     Example: escapestat sweep studies/sweep-paper.toml --out runs/sweep-paper
     """
+    from escapestat.sweep import load_sweep, run_sweep, write_sweep  # torch: this command only
+    from escapestat.trials import resolve_device
+
     sw = load_sweep(study_file)
     dev = resolve_device(device.value)
     out_dir = out if out is not None else Path("runs") / sw.study.name

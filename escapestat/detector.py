@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-ESCAPED, CENSORED, DIVERGED, UNTRAPPED = "escaped", "censored", "diverged", "untrapped"
+from .vocab import CENSORED, DIVERGED, ESCAPED, UNTRAPPED  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,7 @@ from .search import (
 from .search_identity import check_identity, search_identity
 from .search_space import SearchSpec, build_study, load_search
 from .search_storage import HEARTBEAT_SECONDS, embedded_url, open_storage, redact
-
-TRIALS, COMPARE_CSV, COMPARE_JSON = "trials.csv", "compare.csv", "compare.json"
-#: Every arm's replicas (the survival rows, with an ``arm`` column): its KM curves.
-COMPARE_ARMS = "compare_arms.csv"
+from .vocab import COMPARE_ARMS, COMPARE_CSV, COMPARE_JSON, TRIALS  # noqa: F401
 
 
 @dataclass

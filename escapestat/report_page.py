@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import records, storage
+from . import records, vocab
 from .errors import EscapestatError
 from .report import (
     arrhenius_figure,
@@ -41,9 +41,9 @@ from .report import (
     theory_barrier_of,
 )
 from .survival import KS_BOOTSTRAP
+from .vocab import COMPARE_ARMS, COMPARE_JSON, OPTUNA_DB, TRIALS
 
-OPTUNA_DB, TRIALS_CSV, COMPARE_JSON = "optuna.db", "trials.csv", "compare.json"
-COMPARE_ARMS = "compare_arms.csv"  # written by escapestat.optimize
+TRIALS_CSV = TRIALS
 KM_PER_FIGURE = 6  # more curves than this in one KM plot cannot be told apart
 MIN_IMPORTANCE_TRIALS = 5  # fANOVA on fewer complete trials is noise
 
@@ -208,13 +208,13 @@ def kind_of(path: Path) -> str:
         return "table"
     if (path / OPTUNA_DB).is_file() or (path / COMPARE_JSON).is_file():
         return "search"
-    if (path / storage.RUN_JSON).is_file() or (path / storage.REPLICAS).is_file():
+    if (path / vocab.RUN_JSON).is_file() or (path / vocab.REPLICAS).is_file():
         return "run"
-    if (path / storage.SWEEP_JSON).is_file():
+    if (path / vocab.SWEEP_JSON).is_file():
         return "sweep"
     raise EscapestatError(
-        f"{path}: not a run directory (no {storage.RUN_JSON}), an optimisation output folder "
-        f"(no {OPTUNA_DB} or {COMPARE_JSON}), a sweep folder (no {storage.SWEEP_JSON}) or an "
+        f"{path}: not a run directory (no {vocab.RUN_JSON}), an optimisation output folder "
+        f"(no {OPTUNA_DB} or {COMPARE_JSON}), a sweep folder (no {vocab.SWEEP_JSON}) or an "
         "escape table")
 
 
@@ -499,18 +499,18 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
     from .summary import SURVIVAL, run_summary, strata_columns
 
     meta = {}
-    if (path / storage.RUN_JSON).is_file():
+    if (path / vocab.RUN_JSON).is_file():
         try:
-            meta = json.loads((path / storage.RUN_JSON).read_text(encoding="utf-8"))
+            meta = json.loads((path / vocab.RUN_JSON).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise EscapestatError(f"{path / storage.RUN_JSON}: unreadable ({exc})") from None
-    if not (path / storage.REPLICAS).is_file():
-        raise EscapestatError(f"{path}: no {storage.REPLICAS}; the run is not finished "
+            raise EscapestatError(f"{path / vocab.RUN_JSON}: unreadable ({exc})") from None
+    if not (path / vocab.REPLICAS).is_file():
+        raise EscapestatError(f"{path}: no {vocab.REPLICAS}; the run is not finished "
                               f"(status {meta.get('status', '?')}) — resume it first")
-    replicas = records.read_table(path / storage.REPLICAS)
+    replicas = records.read_table(path / vocab.REPLICAS)
     missing = {"condition", "status", "duration", "event"} - set(replicas.columns)
     if missing:
-        raise EscapestatError(f"{path / storage.REPLICAS}: missing column(s) "
+        raise EscapestatError(f"{path / vocab.REPLICAS}: missing column(s) "
                               f"{', '.join(sorted(missing))}")
     unit = meta.get("units", "steps")
     summary = run_summary(replicas, n_bootstrap=n_bootstrap, seed=seed,
@@ -536,8 +536,8 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
         diag = [{**c, "label": labels[c["condition"]]} for c in summary["conditions"]
                 if c["n"]]
         sections.append(_diagnostics(rows, columns, labels, unit, diag))
-    if (path / storage.CURVES).is_file():
-        curves = records.read_table(path / storage.CURVES)
+    if (path / vocab.CURVES).is_file():
+        curves = records.read_table(path / vocab.CURVES)
         if len(curves):
             sections.append(Section("Learning curves", [Figure(
                 "curves", figure_png(curves_figure(curves, labels, meta.get("threshold"),
@@ -853,7 +853,7 @@ def _search_report(path: Path) -> Report:
 # ---------------------------------------------------------------- a sweep folder
 def _sweep_report(path: Path) -> Report:
     """``escapestat sweep``'s folder: per-mode jumps against theory, and its figure."""
-    data = json.loads((path / storage.SWEEP_JSON).read_text(encoding="utf-8"))
+    data = json.loads((path / vocab.SWEEP_JSON).read_text(encoding="utf-8"))
     rows = []
     def jump(m: dict, key: str) -> str:
         if m.get(key) is None:
@@ -878,8 +878,8 @@ def _sweep_report(path: Path) -> Report:
                                    f"{data['loops']} of {len(rows)} modes show a hysteresis "
                                    "loop; jumps: median (10–90%) over replicas")]
     blocks += [f"note: {n}" for n in data.get("notes", [])]
-    if (path / storage.SWEEP_PNG).is_file():
-        blocks.append(Figure("sweep", (path / storage.SWEEP_PNG).read_bytes(),
+    if (path / vocab.SWEEP_PNG).is_file():
+        blocks.append(Figure("sweep", (path / vocab.SWEEP_PNG).read_bytes(),
                              "strength over s against β, up and down branches; theory's β_c "
                              "dashed and β_sp dotted"))
     return Report(f"escapestat report — sweep “{data['name']}”", str(path.resolve()),

@@ -27,19 +27,20 @@ from filelock import FileLock, Timeout
 from . import native
 from .errors import EscapestatError
 from .records import atomic_write, write_table
-
-CHUNK_DIR = "chunks"
-ESCAPES = "escapes.csv"
-REPLICAS = "replicas.csv"
-RUN_JSON = "run.json"
-CURVES = "curves.csv"
-STUDY_TOML = "study.toml"
-#: Held while a process writes the directory; the holder's pid beside it.
-LOCK, LOCK_PID = ".escapestat.lock", ".escapestat.pid"
-#: Suffix of a chunk's mid-chunk state, removed once the chunk is written.
-PARTIAL = ".partial.pt"
-#: What `escapestat sweep` writes into its folder (beside STUDY_TOML).
-SWEEP_CSV, SWEEP_JSON, SWEEP_PNG = "sweep.csv", "sweep.json", "sweep.png"
+from .vocab import (  # noqa: F401  (the names of a run directory, re-exported)
+    CHUNK_DIR,
+    CURVES,
+    ESCAPES,
+    LOCK,
+    LOCK_PID,
+    PARTIAL,
+    REPLICAS,
+    RUN_JSON,
+    STUDY_TOML,
+    SWEEP_CSV,
+    SWEEP_JSON,
+    SWEEP_PNG,
+)
 
 
 def now() -> str:

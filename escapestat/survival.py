@@ -12,6 +12,7 @@ under the same censoring and on the same check grid, say whether escape looks Po
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -78,11 +79,19 @@ class ExponentialRate:
 
 def _event_table(durations, events) -> pd.DataFrame:
     """lifelines' event table at the distinct observed times: ``observed`` d_j, ``censored``
-    c_j and ``at_risk`` n_j (those censored at t_j are at risk at t_j)."""
+    c_j and ``at_risk`` n_j (those censored at t_j are at risk at t_j). Read-only: the
+    last few are kept, since one group's median, RMST and KS test ask for the same one."""
+    d = np.ascontiguousarray(durations, dtype=float)
+    e = np.ascontiguousarray(events, dtype=int)
+    return _cached_event_table(d.tobytes(), e.tobytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_event_table(durations: bytes, events: bytes) -> pd.DataFrame:
     from lifelines.utils import survival_table_from_events
 
-    table = survival_table_from_events(np.asarray(durations, dtype=float),
-                                       np.asarray(events, dtype=int))
+    table = survival_table_from_events(np.frombuffer(durations, dtype=float),
+                                       np.frombuffer(events, dtype=int))
     return table[table["removed"] > 0]
 
 

@@ -43,15 +43,12 @@ from .storage import (
 )
 from .study import Condition, Study, conditions
 from .threads import cpu_threads
+from .vocab import CHECKPOINT_EVERY, UNFIT
 
 __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
            "ChunkProgress", "ChunkStarted", "RunResult", "plan_chunks", "resolve_device",
            "run_chunk", "run_study"]
 
-#: A grokking replica that never fitted its training set (no delay exists; not at risk).
-UNFIT = "unfit"
-#: Seconds between saves of an unfinished chunk's state (``run --checkpoint-every``).
-CHECKPOINT_EVERY = 300.0
 #: Statuses that enter the survival table (diverged: a competing risk, censored there).
 SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 
