@@ -40,10 +40,10 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from escapestat.arrhenius import fit_arrhenius
-from escapestat.records import Columns
-from escapestat.survival import ExponentialRate
-from escapestat.synthetic import arrhenius_table, censored_exponential
+from escapestat.stats._arrhenius import fit_arrhenius
+from escapestat.stats._survival import ExponentialRate
+from escapestat.stats._synthetic import arrhenius_table, censored_exponential
+from escapestat.table._records import Columns
 
 CENSORING = [0.0, 0.3, 0.7]
 JITTER = [0.0, 0.1, 0.2]  # σ of the per-temperature log-rate jitter (over-dispersion)

@@ -20,9 +20,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from escapestat.arrhenius import fit_arrhenius
-from escapestat.frailty import fit_frailty_arrhenius
-from escapestat.records import Columns
+from escapestat.stats._arrhenius import fit_arrhenius
+from escapestat.stats._frailty import fit_frailty_arrhenius
+from escapestat.table._records import Columns
 
 BARRIER, GRID, BUDGET, N = 0.0164, 10.0, 40_000.0, 256
 RATIOS = (3, 4, 5, 6, 8)

@@ -7,13 +7,14 @@ side in one process. This script measures that.
 
 What: the same work for all three. R MLPs on (a + b) mod 23, each with its own 70%
 training split; each step, each replica takes its next minibatch of 64 pairs (without
-replacement, its own permutation per epoch: ``escapestat.modular.MinibatchPairs``, drawn
+replacement, its own permutation per epoch:
+``escapestat.models.grokking._modular.MinibatchPairs``, drawn
 inside the timed steps for all three), the mean cross-entropy, and one AdamW step (lr 1e-3,
 weight decay 1, betas (0.9, 0.98), eps 1e-8, decay on every parameter):
 
   (a) engine: ``MLPEnsemble.loss_and_grads`` (explicit backward, no autograd) and
-      ``escapestat.optimizers.AdamW`` with lr and weight decay as [R] tensors, each on
-      its default route — on the CPU the C kernels (``escapestat.native``), which run a
+      ``escapestat.models._optimizers.AdamW`` with lr and weight decay as [R] tensors, each on
+      its default route — on the CPU the C kernels (``escapestat.models._native``), which run a
       replica's whole step in one thread's cache; the "torch route" row is the same
       engine on batched torch ops (bmm, embedding_bag, torch's fused AdamW), the route
       CUDA and machines without a C compiler take;
@@ -60,11 +61,11 @@ from timing import mark, measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from escapestat import native
-from escapestat.mlp_ensemble import MLPEnsemble
-from escapestat.modular import MinibatchPairs, make_task
-from escapestat.optimizers import AdamW
-from escapestat.transformer_ensemble import TransformerEnsemble
+from escapestat.models import _native as native
+from escapestat.models._optimizers import AdamW
+from escapestat.models.grokking._modular import MinibatchPairs, make_task
+from escapestat.models.grokking.mlp._ensemble import MLPEnsemble
+from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
 P, WIDTH, BATCH, FRACTION = 23, 128, 64, 0.7
 LR, WD, BETAS, EPS = 1e-3, 1.0, (0.9, 0.98), 1e-8

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import optuna
 
-from escapestat.search import Objective, open_search, run_search
-from escapestat.search_space import build_study, load_search
-from escapestat.search_storage import embedded_url, open_storage
+from escapestat.search._search import Objective, open_search, run_search
+from escapestat.search._space import build_study, load_search
+from escapestat.search._storage import embedded_url, open_storage
 
 
 def search_once(raw, spec, source: str, pruner: str) -> dict:

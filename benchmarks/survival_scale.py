@@ -31,8 +31,8 @@ def run_case(case: str, rows: int, bootstrap: int, seed: int) -> dict:
     """Time one ``describe`` call in this process; returns the figures as a dict."""
     import numpy as np
 
-    from escapestat.survival import describe
-    from escapestat.synthetic import censored_exponential
+    from escapestat.stats._survival import describe
+    from escapestat.stats._synthetic import censored_exponential
 
     durations, events = censored_exponential(1 / TAU, rows, BUDGET, np.random.default_rng(seed))
     grid = None

@@ -45,7 +45,8 @@ excluded) and the set-up in seconds. Data form needs no set-up. Module construct
 stacking are not timed (as before).
 
 Every implementation draws each epoch's per-replica permutations with the same function,
-``escapestat.ensemble.permutations`` (on CPU one ``torch.randperm`` per replica), inside
+``escapestat.models.deep_linear._ensemble.permutations`` (on CPU one ``torch.randperm`` per
+replica), inside
 the timed steps. Each replica has its own 512-sample training set (teacher y = A x +
 0.1 ε), lr 0.05, β 0.01, minibatches of B = 64 without replacement, reshuffled per
 replica per epoch. The naive loops are linear in R, so for R > 64 they are timed on 64 of
@@ -125,14 +126,14 @@ from timing import measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from escapestat.ensemble import (
+from escapestat.models.deep_linear._ensemble import (
     VECTOR_MIN_REPLICAS,
     DeepLinearEnsemble,
     MinibatchSampler,
     permutations,
     sgd_step,
 )
-from escapestat.tasks import Dataset, make_dataset, make_teacher
+from escapestat.models.deep_linear._tasks import Dataset, make_dataset, make_teacher
 
 LR, BETA = 0.05, 0.01
 N_TRAIN, BATCH, NOISE = 512, 64, 0.1

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from escapestat.survival import KS_BOOTSTRAP, describe, weibull_shape
-from escapestat.verdict import mechanism
+from escapestat.stats._survival import KS_BOOTSTRAP, describe, weibull_shape
+from escapestat.stats._verdict import mechanism
 
 N, GRID = 256, 100.0
 

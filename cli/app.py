@@ -1,10 +1,11 @@
-"""The Typer application: one sub-module per command, registered here."""
+"""The Typer application: one sub-module per command, each registered here by name."""
 
 from __future__ import annotations
 
 import typer
 from typer.core import TyperGroup
 
+from .commands import COMMANDS
 from .common import usage_error
 
 try:  # typer ≥ 0.2x vendors click as typer._click; older typer uses click itself
@@ -77,11 +78,10 @@ def _root(
     """
 
 
-def _register() -> None:
-    from . import commands  # noqa: F401  (importing registers the commands)
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register()
     app()

@@ -8,18 +8,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat import records
-from escapestat.arrhenius import (
+from escapestat.errors import EscapestatError
+from escapestat.report._figures import check_plot_path, plot_arrhenius
+from escapestat.stats._arrhenius import (
     ArrheniusFit,
     check_theory_barrier,
     fit_arrhenius,
     with_temperature,
 )
-from escapestat.errors import EscapestatError
-from escapestat.report import check_plot_path, plot_arrhenius
-from escapestat.strata import arrhenius_strata
+from escapestat.stats._strata import arrhenius_strata
+from escapestat.table import _records as records
 
-from .app import app
 from .common import (
     domain_errors,
     err_console,
@@ -106,7 +105,6 @@ def _print_frailty(fr: dict) -> None:
          style="yellow")
 
 
-@app.command("arrhenius")
 @domain_errors
 def arrhenius(
     table: TableArg,

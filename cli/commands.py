@@ -1,6 +1,8 @@
-"""Importing this module registers every command on the app."""
+"""Every command of the app, in the order ``escapestat --help`` lists them (``app.py``
+registers them). Each command module keeps the library's heavy parts (torch, optuna)
+inside its function, so the statistics commands start without them."""
 
-from . import (  # noqa: F401
+from . import (
     arrhenius_cmd,
     fit_cmd,
     optimize_cmd,
@@ -10,3 +12,15 @@ from . import (  # noqa: F401
     sweep_cmd,
     theory_cmd,
 )
+
+COMMANDS = {
+    "arrhenius": arrhenius_cmd.arrhenius,
+    "fit": fit_cmd.fit,
+    "optimize": optimize_cmd.optimize_cmd,
+    "compare": optimize_cmd.compare_cmd,
+    "regress": regress_cmd.regress,
+    "report": report_cmd.report,
+    "run": run_cmd.run,
+    "sweep": sweep_cmd.sweep,
+    "theory": theory_cmd.theory,
+}

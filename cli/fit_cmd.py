@@ -8,11 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat import records, survival
-from escapestat.report import check_plot_path, plot_survival
-from escapestat.strata import fit_strata
+from escapestat.report._figures import check_plot_path, plot_survival
+from escapestat.stats import _survival as survival
+from escapestat.stats._strata import fit_strata
+from escapestat.table import _records as records
 
-from .app import app
 from .common import domain_errors, err_console, note_pooled, out_console, print_json
 from .options import (
     Bootstrap,
@@ -79,7 +79,6 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
     return table
 
 
-@app.command("fit")
 @domain_errors
 def fit(
     table: TableArg,

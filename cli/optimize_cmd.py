@@ -11,7 +11,6 @@ from rich.table import Table
 
 from escapestat.vocab import COMPARE_CSV, TRIALS
 
-from .app import app
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut
 
@@ -36,7 +35,7 @@ class _TrialLine:
     """One line on stderr per finished trial: state, value, best so far, pruned count."""
 
     def __call__(self, name, study, trial) -> None:
-        from escapestat.search import feasible
+        from escapestat.search._search import feasible
 
         trials = study.get_trials(deepcopy=False)
         pruned = sum(t.state.name == "PRUNED" for t in trials)
@@ -192,7 +191,6 @@ def _report(result, json_out: bool) -> None:
         _print_compare(result.compare)
 
 
-@app.command("optimize")
 @domain_errors
 def optimize_cmd(
     study_file: StudyArg,
@@ -225,7 +223,7 @@ def optimize_cmd(
     # a traceback for each, and one for a trial cut short by Ctrl-C).
     import optuna  # the search's libraries only for these commands
 
-    from escapestat.optimize import optimize
+    from escapestat.search._optimize import optimize
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
@@ -235,7 +233,6 @@ def optimize_cmd(
     _report(result, json_out)
 
 
-@app.command("compare")
 @domain_errors
 def compare_cmd(
     study_file: StudyArg,
@@ -256,7 +253,7 @@ def compare_cmd(
     """
     import optuna  # the search's libraries only for these commands
 
-    from escapestat.optimize import compare_searches
+    from escapestat.search._optimize import compare_searches
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"

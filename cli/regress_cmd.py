@@ -9,11 +9,10 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat import records
 from escapestat.errors import EscapestatError
-from escapestat.regress import RateRegression, regress_strata
+from escapestat.stats._regress import RateRegression, regress_strata
+from escapestat.table import _records as records
 
-from .app import app
 from .common import (
     domain_errors,
     note_pooled,
@@ -83,7 +82,6 @@ def _print_fit(fit: RateRegression, unit: str, label: str | None) -> None:
         _say(f"Weibull AFT did not fit: {escape(fit.aft_['note'])}")
 
 
-@app.command("regress")
 @domain_errors
 def regress(
     table: TableArg,

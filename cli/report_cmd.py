@@ -8,16 +8,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from escapestat.arrhenius import check_theory_barrier
-from escapestat.report_page import write_report
-from escapestat.survival import KS_BOOTSTRAP
+from escapestat.report._page import write_report
+from escapestat.stats._arrhenius import check_theory_barrier
+from escapestat.stats._survival import KS_BOOTSTRAP
 
-from .app import app
 from .common import domain_errors, err_console
 from .options import Bootstrap
 
 
-@app.command("report")
 @domain_errors
 def report(
     path: Annotated[Path, typer.Argument(

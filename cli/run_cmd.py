@@ -12,10 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from escapestat.survival import KS_BOOTSTRAP
+from escapestat.stats._survival import KS_BOOTSTRAP
 from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
-from .app import app
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Bootstrap, BootstrapSeed, Device, DeviceOpt, JsonOut
 
@@ -28,7 +27,7 @@ class _Bar:
 
     def __call__(self, event) -> None:
         """``trials.ChunkStarted`` opens a bar; ``trials.ChunkProgress`` moves it."""
-        from escapestat.trials import ChunkStarted
+        from escapestat.engine._trials import ChunkStarted
 
         if isinstance(event, ChunkStarted):
             if self.task is not None:
@@ -198,7 +197,6 @@ def _print_summary(summary: dict) -> None:
                 style="yellow", highlight=False)
 
 
-@app.command("run")
 @domain_errors
 def run(
     study_file: Annotated[Path, typer.Argument(help="Study file (TOML).", show_default=False)],
@@ -233,9 +231,9 @@ def run(
 
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
-    from escapestat.study import load_study  # the engine (torch) only for this command
-    from escapestat.summary import run_summary
-    from escapestat.trials import run_study
+    from escapestat.config._study import load_study  # the engine (torch) only for this command
+    from escapestat.engine._trials import run_study
+    from escapestat.stats._summary import run_summary
 
     study = load_study(study_file).with_overrides(
         replicas=replicas, max_steps=max_steps, seed=seed

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from escapestat.vocab import SWEEP_CSV, SWEEP_JSON, SWEEP_PNG
 
-from .app import app
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut
 
@@ -50,7 +49,6 @@ def _print_table(summary: dict) -> None:
                       f"({summary['seconds']:.1f} s on {summary['device']})", highlight=False)
 
 
-@app.command("sweep")
 @domain_errors
 def sweep(
     study_file: Annotated[Path, typer.Argument(help="Sweep study file (TOML with a \\[sweep] "
@@ -73,8 +71,9 @@ def sweep(
 
     Example: escapestat sweep studies/sweep-paper.toml --out runs/sweep-paper
     """
-    from escapestat.sweep import load_sweep, run_sweep, write_sweep  # torch: this command only
-    from escapestat.trials import resolve_device
+    from escapestat.engine import resolve_device  # torch: this command only
+    from escapestat.report import write_sweep
+    from escapestat.sweep import load_sweep, run_sweep
 
     sw = load_sweep(study_file)
     dev = resolve_device(device.value)

@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from escapestat.theory import critical_beta, landscape
+from escapestat.theory._landscape import critical_beta, landscape
 
-from .app import app
 from .common import domain_errors, out_console, print_json, usage_error
 from .options import JsonOut
 
@@ -18,7 +17,6 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
-@app.command("theory")
 @domain_errors
 def theory(
     depth: Annotated[int, typer.Option("--depth", "-L", help="Number of weight matrices L ≥ 2.")],

@@ -10,8 +10,7 @@ import pytest
 from postgres import postgres_url  # noqa: F401  (a throwaway PostgreSQL for the session)
 from typer.testing import CliRunner
 
-import escapestat_cli.commands  # noqa: F401  (registers the commands)
-from escapestat.synthetic import arrhenius_table
+from escapestat.stats._synthetic import arrhenius_table
 from escapestat_cli.app import app
 
 

@@ -10,17 +10,17 @@ import time
 import numpy as np
 import pytest
 
-from escapestat.arm_contrast import (
+from escapestat.errors import EscapestatError
+from escapestat.stats._contrast import (
     MedianRatio,
     _weighted_km_medians,
     logrank_p,
     median_ratio,
     scaled,
 )
-from escapestat.errors import EscapestatError
-from escapestat.incidence import bootstrap_distribution
-from escapestat.survival import KaplanMeierMedian
-from escapestat.synthetic import censored_exponential
+from escapestat.stats._incidence import bootstrap_distribution
+from escapestat.stats._survival import KaplanMeierMedian
+from escapestat.stats._synthetic import censored_exponential
 
 
 def _two_arms(rng, n, rate, rate_ref, budget):

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from escapestat.arrhenius import (
+from escapestat.errors import EscapestatError
+from escapestat.stats._arrhenius import (
     MODERATED,
     aggregate,
     check_theory_barrier,
@@ -14,9 +15,8 @@ from escapestat.arrhenius import (
     temperature_from_lr_batch,
     with_temperature,
 )
-from escapestat.errors import EscapestatError
-from escapestat.records import Columns
-from escapestat.synthetic import arrhenius_table
+from escapestat.stats._synthetic import arrhenius_table
+from escapestat.table._records import Columns
 
 COLS = Columns(temperature="temperature")
 

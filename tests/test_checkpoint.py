@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from escapestat.storage import ChunkCheckpoint
-from escapestat.study import conditions, parse_study
-from escapestat.trials import ChunkProgress, plan_chunks, run_chunk_output
+from escapestat.config._study import conditions, parse_study
+from escapestat.engine._storage import ChunkCheckpoint
+from escapestat.engine._trials import ChunkProgress, plan_chunks, run_chunk_output
 
 LINEAR = """
 name = "ckpt-linear"

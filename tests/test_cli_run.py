@@ -134,7 +134,7 @@ def test_a_full_disk_keeps_finished_chunks_and_resume_finishes_identically(
     --resume (space freed) gives the bytes of an uninterrupted run."""
     import errno
 
-    from escapestat.storage import RunStore
+    from escapestat.engine._storage import RunStore
 
     args = ("--device", "cpu", "--max-steps", 300)
     assert cli("run", study_file, "--out", tmp_path / "whole", *args)[0] == 0
@@ -161,7 +161,7 @@ def test_a_second_run_on_the_same_out_is_refused_with_the_holders_pid(cli, study
                                                                          tmp_path):
     import os
 
-    from escapestat.storage import RunStore
+    from escapestat.engine._storage import RunStore
 
     out = tmp_path / "r"
     with RunStore(out).locked():  # as a first `run` holds it while it trains

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat.synthetic import arrhenius_table
+from escapestat.stats._synthetic import arrhenius_table
 
 FIT_KEYS = {"group", "n", "events", "censored", "rate", "rate_ci", "tau", "tau_ci", "median",
             "median_ci", "median_reached", "rmst", "weibull_shape", "weibull_shape_ci",
@@ -184,7 +184,7 @@ def test_bad_plot_path_refused_before_fitting(cli, tmp_path, command):
 
 def test_unwritable_plot_directory_refused(cli, tmp_path, monkeypatch):
     """A directory we may not write in (simulated: tests may run as root, who may)."""
-    import escapestat.report as report
+    import escapestat.report._figures as report
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat.compare import (
+from escapestat.engine._detector import CENSORED, DIVERGED, ESCAPED
+from escapestat.search._compare import (
     Arm,
     _contrast,
     _verdict,
@@ -17,9 +18,8 @@ from escapestat.compare import (
     meets_constraints,
     with_ablations,
 )
-from escapestat.detector import CENSORED, DIVERGED, ESCAPED
-from escapestat.search import ArmRun
-from escapestat.search_space import load_search
+from escapestat.search._search import ArmRun
+from escapestat.search._space import load_search
 
 STUDY = """
 name = "abl"
@@ -164,7 +164,7 @@ def test_on_the_grid_the_time_ratio_sees_what_the_median_ratio_cannot():
     7.7%), the Weibull-AFT time ratio (every escape, interval-censored on the grid) in
     ~58% (``time_ratio``'s measured power); at n = 256 it excludes 1, holds the truth
     1/1.5, and decides the verdict."""
-    from escapestat.arm_contrast import median_ratio, time_ratio
+    from escapestat.stats._contrast import median_ratio, time_ratio
 
     rng = np.random.default_rng(5)
     median_hits = time_hits = 0

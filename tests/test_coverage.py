@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from escapestat.arrhenius import MODERATED, fit_arrhenius
-from escapestat.records import Columns
-from escapestat.survival import ExponentialRate
-from escapestat.synthetic import arrhenius_table, censored_exponential
+from escapestat.stats._arrhenius import MODERATED, fit_arrhenius
+from escapestat.stats._survival import ExponentialRate
+from escapestat.stats._synthetic import arrhenius_table, censored_exponential
+from escapestat.table._records import Columns
 
 COVERAGE_BAND = (0.92, 0.98)
 

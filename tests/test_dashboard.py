@@ -23,7 +23,7 @@ from test_search import STUDY  # a tiny grokking search with max_final_test_erro
 
 dashboard = pytest.importorskip("optuna_dashboard")
 
-from escapestat.optimize import optimize  # noqa: E402
+from escapestat.search._optimize import optimize  # noqa: E402
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from escapestat.detector import EscapeDetector, EscapeRule
+from escapestat.engine._detector import EscapeDetector, EscapeRule
 
 RULE = EscapeRule(threshold=0.5, fallback=0.25, commit_steps=30)
 NAN = math.nan

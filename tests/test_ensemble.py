@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from escapestat import ensemble as E
-from escapestat import tasks as T
+from escapestat.models.deep_linear import _ensemble as E
+from escapestat.models.deep_linear import _tasks as T
 
 
 def _setup(depth=3, replicas=5, seed=0):

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat.arrhenius import fit_arrhenius
-from escapestat.frailty import fit_frailty_arrhenius
-from escapestat.records import Columns
+from escapestat.stats._arrhenius import fit_arrhenius
+from escapestat.stats._frailty import fit_frailty_arrhenius
+from escapestat.table._records import Columns
 
 BARRIER, GRID, BUDGET = 0.0164, 10.0, 40_000.0
 COLS = Columns(temperature="temperature")

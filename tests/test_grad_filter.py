@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from escapestat.errors import EscapestatError
-from escapestat.grad_filter import EmaFilter, MovingAverageFilter, parse_grad_filter
+from escapestat.models._grad_filter import EmaFilter, MovingAverageFilter, parse_grad_filter
 
 SHAPES = [(3, 2), ()]  # per-replica parameter shapes: a matrix and a scalar
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from escapestat.config._study import parse_study
+from escapestat.engine._trials import run_study
 from escapestat.errors import EscapestatError
-from escapestat.study import parse_study
-from escapestat.trials import run_study
 
 GROK = """
 name = "grok-fast"
@@ -149,7 +149,7 @@ def test_grokking_models_on_cuda(kind, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mlp_gradients_on_cuda_equal_the_cpu():
-    from escapestat.mlp_ensemble import MLPEnsemble
+    from escapestat.models.grokking.mlp._ensemble import MLPEnsemble
 
     g = torch.Generator().manual_seed(0)
     cpu = MLPEnsemble.random(4, 11, 16, generator=g, dtype=torch.float64)
@@ -165,8 +165,8 @@ def test_mlp_gradients_on_cuda_equal_the_cpu():
 
 def test_the_curves_carry_each_replicas_weight_norm():
     """‖θ‖ per replica (what weight decay acts on), beside train and test accuracy."""
-    from escapestat.models.registry import model_class
-    from escapestat.study import conditions, parse_study
+    from escapestat.config._registry import model_class
+    from escapestat.config._study import conditions, parse_study
 
     study = parse_study(GROK.replace("p = 23", "p = 11").replace("batch_size = 64",
                                                                  "batch_size = 16"))

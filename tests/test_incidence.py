@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from escapestat.arm_contrast import MedianRatio, incidence_median_ratio, median_ratio
 from escapestat.errors import EscapestatError
-from escapestat.incidence import (
+from escapestat.stats._contrast import MedianRatio, incidence_median_ratio, median_ratio
+from escapestat.stats._incidence import (
     EscapeIncidence,
     _medians,
     _weighted_cif,
@@ -17,7 +17,7 @@ from escapestat.incidence import (
     incidence_median_ci,
     weighted_medians,
 )
-from escapestat.survival import KaplanMeierMedian, kaplan_meier, restricted_mean
+from escapestat.stats._survival import KaplanMeierMedian, kaplan_meier, restricted_mean
 
 
 def _competing(n, k1, k2, budget, seed):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from escapestat.monitor import EscapeMonitor
+from escapestat.monitor._monitor import EscapeMonitor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"
 SAME = ["duration", "event", "status", "first_cross_time", "last_step", "lr", "seed"]

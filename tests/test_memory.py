@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from escapestat import memory
-from escapestat.study import conditions, load_study, parse_study
-from escapestat.trials import plan_chunks
+from escapestat.config._study import conditions, load_study, parse_study
+from escapestat.engine import _memory as memory
+from escapestat.engine._trials import plan_chunks
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 GROK = (STUDIES / "grok-modadd.toml").read_text(encoding="utf-8")

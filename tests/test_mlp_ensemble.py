@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from escapestat import native
 from escapestat.errors import EscapestatError
-from escapestat.mlp_ensemble import ACTIVATIONS, MLPEnsemble
-from escapestat.modular import MinibatchPairs, make_task
-from escapestat.optimizers import SGD, AdamW
+from escapestat.models import _native as native
+from escapestat.models._optimizers import SGD, AdamW
+from escapestat.models.grokking._modular import MinibatchPairs, make_task
+from escapestat.models.grokking.mlp._ensemble import ACTIVATIONS, MLPEnsemble
 
 P, WIDTH = 7, 6
 
@@ -216,8 +216,8 @@ def test_the_torch_route_repeats_bit_for_bit_at_one_and_two_threads(tmp_path):
         "import sys, torch\n"
         "torch.set_num_threads(int(sys.argv[1]))\n"
         "from escapestat.models.grokking.mlp.model import MLPTrial as GrokTrial\n"
-        "from escapestat.study import conditions, parse_study\n"
-        "from escapestat.trials import HyperSchedules\n"
+        "from escapestat.config._study import conditions, parse_study\n"
+        "from escapestat.engine._trials import HyperSchedules\n"
         "from test_grok_model import GROK\n"
         "study = parse_study(GROK.replace('p = 23', 'p = 11').replace('batch_size = 64', "
         "'batch_size = 16'))\n"

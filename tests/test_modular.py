@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from escapestat.errors import EscapestatError
-from escapestat.modular import (
+from escapestat.models.grokking._modular import (
     OPERATIONS,
     MinibatchPairs,
     make_splits,

@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat import monitor as mon
-from escapestat import table_append
 from escapestat.errors import EscapestatError
-from escapestat.monitor import EscapeMonitor
-from escapestat.records import load, read_table
+from escapestat.monitor import _monitor as mon
+from escapestat.monitor._monitor import EscapeMonitor
+from escapestat.table import _append as table_append
+from escapestat.table._records import load, read_table
 
 NAN, INF = math.nan, math.inf
 RULE = dict(threshold=0.5, fallback=0.25, commit_steps=30)
@@ -162,7 +162,7 @@ def test_steps_must_increase(tmp_path, steps, message):
 
 def test_matches_the_engine_detector_on_random_sequences(tmp_path):
     torch = pytest.importorskip("torch")
-    from escapestat.detector import EscapeDetector, EscapeRule
+    from escapestat.engine._detector import EscapeDetector, EscapeRule
 
     rng = np.random.default_rng(7)
     rule, budget, every = EscapeRule(0.5, 0.25, 30), 200, 10
@@ -348,7 +348,7 @@ def test_ignored_signal_and_other_threads_leave_handlers_alone(tmp_path):
 
 SCRIPT = textwrap.dedent("""
     import json, signal, sys, time
-    from escapestat.monitor import EscapeMonitor
+    from escapestat.monitor._monitor import EscapeMonitor
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "chain":
         def handler(signum, frame):
@@ -619,7 +619,7 @@ def test_appends_lock_without_fcntl_where_there_is_none(tmp_path, monkeypatch):
     ``filelock`` on TABLE.lock (here with fcntl hidden)."""
     import builtins
 
-    from escapestat.table_append import append_row
+    from escapestat.table._append import append_row
 
     real = builtins.__import__
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from escapestat import native
-from escapestat.mlp_ensemble import MLPEnsemble
-from escapestat.optimizers import AdamW
-from escapestat.transformer_ensemble import TransformerEnsemble
+from escapestat.models import _native as native
+from escapestat.models._optimizers import AdamW
+from escapestat.models.grokking.mlp._ensemble import MLPEnsemble
+from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
 needs_kernels = pytest.mark.skipif(native.kernels() is None,
                                    reason=f"no C kernels here: {native.why_not()}")
@@ -249,7 +249,7 @@ def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, size=45_000)
     import sys
 
     env = {**os.environ, "ESCAPESTAT_CACHE_DIR": str(tmp_path)}
-    code = ("from escapestat import native; k = native.kernels(); "
+    code = ("from escapestat.models import _native as native; k = native.kernels(); "
             "print(k.path if k else native.why_not())")
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, timeout=600)

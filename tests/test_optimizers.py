@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from escapestat.errors import EscapestatError
-from escapestat.optimizers import SGD, AdamW, flat_view, keep_packed_, pack
+from escapestat.models._optimizers import SGD, AdamW, flat_view, keep_packed_, pack
 
 R = 3
 LR = torch.tensor([1e-2, 3e-2, 5e-3], dtype=torch.float64)

@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-from escapestat import ensemble as ens
-from escapestat import tasks
+from escapestat.config._study import conditions, parse_study
+from escapestat.engine._trials import run_study
 from escapestat.errors import EscapestatError
-from escapestat.linear_model import rounding_floor, seed_mode, trapped_component
-from escapestat.stability import Trend
-from escapestat.study import conditions, parse_study
-from escapestat.summary import run_summary
-from escapestat.theory import stationary_points
-from escapestat.trials import run_study
-from escapestat.verdict import ABSORBING, ACTIVATED, DETERMINISTIC, NOT_REACHED, mechanism
+from escapestat.models.deep_linear import _ensemble as ens
+from escapestat.models.deep_linear import _tasks as tasks
+from escapestat.models.deep_linear.model import rounding_floor, seed_mode, trapped_component
+from escapestat.stats._stability import Trend
+from escapestat.stats._summary import run_summary
+from escapestat.stats._verdict import ABSORBING, ACTIVATED, DETERMINISTIC, NOT_REACHED, mechanism
+from escapestat.theory._landscape import stationary_points
 
 
 def _aligned(strengths=(1.5, 1.0), amps=(1.1, 0.0), widths=(2, 4, 4, 2), r=6):
@@ -113,7 +113,7 @@ def test_seeded_amplitude_escapes_iff_past_the_saddle_with_or_without_noise(tmp_
     assert rows[(1.6, 64)]["verdict"] == DETERMINISTIC
     assert "full-batch twin" in rows[(1.6, 64)]["verdict_reason"]
     assert rows[(1.6, 64)]["twin_logrank_p"] >= 0.05
-    from escapestat.report_page import condition_labels
+    from escapestat.report._page import condition_labels
 
     labels = condition_labels(df)  # the report tells the seeded conditions apart
     assert len(set(labels.values())) == len(labels) and "b₀/saddle = 1.6" in labels[3]

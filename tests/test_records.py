@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.records import (
+from escapestat.table._records import (
     Columns,
     grid_from_run,
     load,

@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import escapestat_cli.regress_cmd  # noqa: F401  (registers `regress` until commands.py does)
-from escapestat.arrhenius import fit_arrhenius, moderated_scale
 from escapestat.errors import EscapestatError
-from escapestat.records import Columns
-from escapestat.regress import RateRegression, fit_regression, regress_strata
-from escapestat.synthetic import arrhenius_table
+from escapestat.stats._arrhenius import fit_arrhenius, moderated_scale
+from escapestat.stats._regress import RateRegression, fit_regression, regress_strata
+from escapestat.stats._synthetic import arrhenius_table
+from escapestat.table._records import Columns
 
 TAU_EXPONENTS = {"log(lr)": -1.0, "log(weight_decay)": -0.5}  # τ ∝ lr^-1 · wd^-0.5
 C = 2000.0

@@ -7,12 +7,12 @@ import torch
 from fake_models import ScriptedEscapes
 from test_trials import FAST
 
-from escapestat import ensemble
-from escapestat.linear_model import DeepLinearTrial
-from escapestat.models.registry import kinds, model_class
-from escapestat.replica_model import ReplicaModel
-from escapestat.study import conditions, parse_study
-from escapestat.trials import HyperSchedules
+from escapestat.config._registry import kinds, model_class
+from escapestat.config._study import conditions, parse_study
+from escapestat.engine._trials import HyperSchedules
+from escapestat.models.base import ReplicaModel
+from escapestat.models.deep_linear import _ensemble as ensemble
+from escapestat.models.deep_linear.model import DeepLinearTrial
 
 SGD_FIXED = FAST.replace('kind = "population"', 'kind = "fixed"\nn_train = 64\nn_test = 64') \
     .replace('noise = "langevin"', 'noise = "sgd"') \

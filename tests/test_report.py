@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-import escapestat_cli.report_cmd  # noqa: F401  (registers `report` until commands.py does)
-from escapestat.arrhenius import fit_arrhenius
-from escapestat.records import Columns
-from escapestat.report import (
+from escapestat.config._study import parse_study
+from escapestat.engine._trials import run_study
+from escapestat.report._figures import (
     arrhenius_figure,
     figure_png,
     fmt3,
@@ -27,10 +26,10 @@ from escapestat.report import (
     plot_survival,
     survival_figure,
 )
-from escapestat.report_page import build_report, write_report
-from escapestat.study import parse_study
-from escapestat.synthetic import arrhenius_table
-from escapestat.trials import run_study
+from escapestat.report._page import build_report, write_report
+from escapestat.stats._arrhenius import fit_arrhenius
+from escapestat.stats._synthetic import arrhenius_table
+from escapestat.table._records import Columns
 
 matplotlib.use("Agg")
 
@@ -331,8 +330,8 @@ def test_km_figure_states_n_budget_and_censoring_and_draws_a_group_without_escap
     import numpy as np
     import pandas as pd
 
-    from escapestat.records import Columns
-    from escapestat.report import survival_figure
+    from escapestat.report._figures import survival_figure
+    from escapestat.table._records import Columns
 
     df = pd.DataFrame({"duration": np.r_[np.arange(10, 110, 10.0), np.full(8, 500.0)],
                        "event": np.r_[np.ones(10, int), np.zeros(8, int)],
@@ -364,8 +363,8 @@ def test_report_draws_a_given_theory_barrier_and_flags_heterogeneity(cli, tmp_pa
 def test_learning_curves_draw_the_threshold_and_labels_say_full_batch():
     import pandas as pd
 
-    from escapestat.report import curves_figure
-    from escapestat.report_page import condition_labels
+    from escapestat.report._figures import curves_figure
+    from escapestat.report._page import condition_labels
 
     curves = pd.DataFrame({"condition": 0, "metric": ["train_accuracy", "test_accuracy"] * 2,
                            "step": [0, 0, 50, 50], "n": 4, "q10": 0.1, "median": 0.5,
@@ -384,8 +383,8 @@ def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
     import matplotlib.pyplot as plt
     import optuna
 
-    from escapestat.report_page import _objective_name, _pruned_marks
-    from escapestat.search_identity import IDENTITY_ATTR
+    from escapestat.report._page import _objective_name, _pruned_marks
+    from escapestat.search._identity import IDENTITY_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -410,7 +409,7 @@ def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
 def test_arm_schedules_show_a_constant_that_differs_between_arms():
     """lr 0.02 in one arm, 7e-4 in another (28×), weight decay scheduled in one: both are
     drawn (0.6 drew only the schedule)."""
-    from escapestat.report_page import _arm_schedules
+    from escapestat.report._page import _arm_schedules
 
     arms = [{"arm": "best-1", "params": {"dynamics.lr": 0.02,
                                          "dynamics.weight_decay.shape": "cosine",

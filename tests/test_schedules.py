@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from escapestat.errors import EscapestatError
-from escapestat.schedules import (
+from escapestat.config._schedules import (
     SHAPES,
     Constant,
     Cosine,
@@ -14,12 +13,13 @@ from escapestat.schedules import (
     Linear,
     Logarithmic,
     Pulse,
-    ReplicaSchedules,
     Steps,
     Warmup,
     parse_ladder,
     parse_schedule,
 )
+from escapestat.engine._hyper import ReplicaSchedules
+from escapestat.errors import EscapestatError
 
 HALF_ROOT2 = math.sqrt(2) / 2
 

@@ -11,10 +11,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from escapestat.detector import CENSORED, DIVERGED, ESCAPED
-from escapestat.search import ArmRun, Objective, censored_rmst, objective_value, outcome
-from escapestat.search_space import load_search
-from escapestat.survival import KaplanMeierMedian
+from escapestat.engine._detector import CENSORED, DIVERGED, ESCAPED
+from escapestat.search._search import ArmRun, Objective, censored_rmst, objective_value, outcome
+from escapestat.search._space import load_search
+from escapestat.stats._survival import KaplanMeierMedian
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -214,7 +214,7 @@ def test_optimize_workers_share_a_postgres_search(postgres_url, tmp_path):
     import subprocess
     import sys
 
-    from escapestat.search_storage import open_storage
+    from escapestat.search._storage import open_storage
 
     path = tmp_path / "tiny.toml"
     path.write_text(STUDY.replace("trials = 2", "trials = 4"), encoding="utf-8")
@@ -257,7 +257,7 @@ def test_optimize_workers_share_a_postgres_search(postgres_url, tmp_path):
 
 def test_the_median_pruner_stops_a_trial_slower_than_the_others(raw_spec):
     raw, spec = raw_spec
-    from escapestat.search import make_pruner
+    from escapestat.search._search import make_pruner
     study = optuna.create_study(pruner=make_pruner(spec, 600))
     fast = {"dynamics.lr": 3e-2, "dynamics.weight_decay.shape": "constant",
             "dynamics.weight_decay.value": 1.0}
@@ -326,8 +326,8 @@ def test_final_test_error_is_measured_at_the_budget(raw_spec):
     looked feasible when measured at escape) but forgets again by the budget."""
     import copy
 
-    from escapestat.search import run_arm
-    from escapestat.search_space import build_study
+    from escapestat.search._search import run_arm
+    from escapestat.search._space import build_study
     raw, spec = copy.deepcopy(raw_spec[0]), raw_spec[1]
     raw["dynamics"]["batch_size"], raw["model"]["width"] = 256, 128
     raw["run"].update(replicas=8, max_steps=1000)
@@ -352,8 +352,8 @@ def test_final_test_error_is_measured_at_the_budget(raw_spec):
 
 def test_a_replica_that_diverges_after_its_escape_has_no_final_accuracy(raw_spec):
     raw, _ = raw_spec
-    from escapestat.search import run_arm
-    from escapestat.search_space import build_study
+    from escapestat.search._search import run_arm
+    from escapestat.search._space import build_study
     blow_up = {"shape": "steps", "values": [0.03, 1e30], "at": [400]}
     study = build_study(raw, {"dynamics.lr": blow_up}, "tiny.toml")
     held = run_arm(study, "cpu", hold=True)
@@ -370,7 +370,7 @@ class _Trial:
 
 
 def test_failed_trials_that_are_retried_or_interrupted_do_not_spend_the_budget(monkeypatch):
-    from escapestat import search
+    from escapestat.search import _search as search
     S = optuna.trial.TrialState
     trials = [_Trial(0, S.COMPLETE, {}), _Trial(1, S.PRUNED, {}),
               _Trial(2, S.FAIL, {}),                    # a worker died: retried as 4
@@ -383,7 +383,7 @@ def test_failed_trials_that_are_retried_or_interrupted_do_not_spend_the_budget(m
 
 def test_a_best_value_at_the_edge_of_its_range_gets_a_note(raw_spec):
     _, spec = raw_spec
-    from escapestat.search import SearchOutcome, edge_notes
+    from escapestat.search._search import SearchOutcome, edge_notes
     study = optuna.create_study()
     for lr, wd in ((0.0299, 1.0), (0.02, 1.0)):
         study.enqueue_trial({"dynamics.lr": lr, "dynamics.weight_decay.shape": "constant",
@@ -409,7 +409,7 @@ def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
     import sys
     import time
 
-    from escapestat.search import spent
+    from escapestat.search._search import spent
 
     path, out = tmp_path / "tiny.toml", tmp_path / "out"
     path.write_text(STUDY.replace("max_steps = 600", "max_steps = 200000"), encoding="utf-8")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from escapestat.search_sampling import make_sampler, trial_seed
-from escapestat.search_space import load_search, suggest
+from escapestat.search._sampling import make_sampler, trial_seed
+from escapestat.search._space import load_search, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from escapestat.config._schedules import Constant, Cosine, Pulse
 from escapestat.errors import EscapestatError
-from escapestat.schedules import Constant, Cosine, Pulse
-from escapestat.search_space import apply_overrides, build_study, load_search, suggest
+from escapestat.search._space import apply_overrides, build_study, load_search, suggest
 
 BASE = """
 name = "s"
@@ -219,7 +219,7 @@ def test_ranges_sample_the_type_their_key_takes():
 def test_a_long_whole_grid_is_not_walked():
     # A float step over whole numbers samples only whole numbers; deciding that looks at
     # low and low + step only, never at each of a grid's 10⁸ points (0.6's first check did).
-    from escapestat import search_space
+    from escapestat.search import _space as search_space
 
     seen = []
     real = search_space.Param

@@ -1,4 +1,4 @@
-"""escapestat.search_storage: the embedded SQLite default, its errors, and a study shared by
+"""escapestat.search._storage: the embedded SQLite default, its errors, and a study shared by
 worker processes on a real PostgreSQL server (fixture ``postgres_url``, tests/postgres.py)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.search_storage import embedded_url, open_storage, retried_from
+from escapestat.search._storage import embedded_url, open_storage, retried_from
 
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import optuna
 
-from escapestat.search_storage import open_storage
+from escapestat.search._storage import open_storage
 
 cfg = json.loads(sys.argv[1])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,7 +230,7 @@ def test_workers_starting_together_on_a_fresh_database_all_open_it(postgres_url,
     start = time.time() + 3.0
     script = (
         "import time, sys\n"
-        "from escapestat.search_storage import open_storage\n"
+        "from escapestat.search._storage import open_storage\n"
         f"time.sleep(max(0.0, {start} - time.time()))\n"
         f"open_storage({url!r})\n"
         "print('opened')\n")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from escapestat.stability import Q_END, Q_MID, Q_MID_STEP
-from escapestat.study import parse_study
-from escapestat.summary import run_summary
-from escapestat.trials import run_study
-from escapestat.verdict import ABSORBING, NOT_REACHED
+from escapestat.config._study import parse_study
+from escapestat.engine._trials import run_study
+from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP
+from escapestat.stats._summary import run_summary
+from escapestat.stats._verdict import ABSORBING, NOT_REACHED
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

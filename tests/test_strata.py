@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.strata import (
+from escapestat.stats._strata import (
     CONDITION_COLUMNS,
     arrhenius_strata,
     condition_columns,

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from escapestat.config._schedules import Constant
+from escapestat.config._study import conditions, load_study, parse_study
 from escapestat.errors import EscapestatError
-from escapestat.schedules import Constant
-from escapestat.study import conditions, load_study, parse_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -12,7 +12,7 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_studies_load(path):
     if "[sweep]" in path.read_text(encoding="utf-8"):  # `escapestat sweep` files
-        from escapestat.sweep_study import load_sweep
+        from escapestat.sweep._study import load_sweep
 
         assert load_sweep(path).study.name
         return

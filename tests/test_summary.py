@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat.summary import run_summary
-from escapestat.synthetic import arrhenius_table
+from escapestat.stats._summary import run_summary
+from escapestat.stats._synthetic import arrhenius_table
 
 
 def _replicas(barrier: float, beta: float, schedule: str = "constant", seed: int = 0):

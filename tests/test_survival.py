@@ -7,7 +7,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times, restricted_mean_survival_time
 
-from escapestat.survival import (
+from escapestat.stats._survival import (
     ExponentialRate,
     KaplanMeierMedian,
     RestrictedMean,
@@ -20,7 +20,7 @@ from escapestat.survival import (
     summarize,
     weibull_shape,
 )
-from escapestat.synthetic import censored_exponential
+from escapestat.stats._synthetic import censored_exponential
 
 
 def test_garwood_matches_known_values():

@@ -8,17 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-import escapestat_cli.sweep_cmd  # noqa: F401  (registers `sweep` on the app)
 from escapestat.errors import EscapestatError
-from escapestat.hysteresis import (
+from escapestat.report._sweep_figure import write_sweep
+from escapestat.sweep._hysteresis import (
     find_loop,
     jump_betas,
     jump_quantiles,
     mode_loop,
     reference_strength,
 )
-from escapestat.sweep import SweepResult, parse_sweep_study, run_sweep, write_sweep
-from escapestat.theory import critical_beta, spinodal, stationary_points
+from escapestat.sweep._sweep import SweepResult, parse_sweep_study, run_sweep
+from escapestat.theory._landscape import critical_beta, spinodal, stationary_points
 
 
 def sweep_toml(depth=3, strengths=(0.9, 0.8), temperature=0.0015, beta_low=0.05,
@@ -170,7 +170,7 @@ def test_outputs(two_modes, tmp_path):
 
 
 def test_report_of_a_sweep_folder(two_modes, tmp_path):
-    from escapestat.report_page import build_report, kind_of
+    from escapestat.report._page import build_report, kind_of
 
     write_sweep(two_modes, tmp_path, study_text="x")
     assert kind_of(tmp_path) == "sweep"

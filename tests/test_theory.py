@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from escapestat.errors import EscapestatError
-from escapestat.theory import (
+from escapestat.theory._landscape import (
     barrier,
     critical_beta,
     landscape,

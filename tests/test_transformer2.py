@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from escapestat.models._optimizers import Adam, AdamW
 from escapestat.models.grokking.transformer2.network import Transformer2Ensemble
-from escapestat.optimizers import Adam, AdamW
 
 P, D, HEADS, LAYERS, D_MLP, R = 11, 16, 4, 2, 32, 3
 
@@ -166,8 +166,8 @@ seed = 1
 def test_runs_through_the_engine_as_any_model(tmp_path):
     """The registry line is all the engine needs: a run fits x·y mod 11 (every replica
     reaches train accuracy 0.99 within 500 steps), with curves and the config hash."""
-    from escapestat.study import parse_study
-    from escapestat.trials import run_study
+    from escapestat.config._study import parse_study
+    from escapestat.engine._trials import run_study
 
     study = parse_study(STUDY)
     assert study.model.kind == "transformer2" and study.model.n_layers == 2

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from escapestat import native
-from escapestat.transformer_ensemble import TransformerEnsemble
+from escapestat.models import _native as native
+from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
 P, D, H, D_MLP = 23, 128, 4, 512  # Nanda et al.'s sizes at a small modulus
 

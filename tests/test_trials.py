@@ -8,11 +8,11 @@ import pytest
 import torch
 from fake_models import ScriptedEscapes
 
-from escapestat import trials
+from escapestat.config._study import conditions, parse_study
+from escapestat.engine import _trials as trials
+from escapestat.engine._trials import plan_chunks, run_chunk, run_study
 from escapestat.errors import EscapestatError
-from escapestat.study import conditions, parse_study
-from escapestat.survival import ExponentialRate
-from escapestat.trials import plan_chunks, run_chunk, run_study
+from escapestat.stats._survival import ExponentialRate
 
 FAST = """
 name = "fast"
@@ -259,7 +259,7 @@ SCHEDULED = FAST.replace("barrier_over_temperature = [1.5, 2.5]", "temperature =
 
 
 def _temperature_study(temp: str):
-    from escapestat.theory import barrier, critical_beta
+    from escapestat.theory._landscape import barrier, critical_beta
 
     beta = 0.5 * critical_beta(3, 1.0)
     de = barrier(3, 1.0, beta)
@@ -302,7 +302,7 @@ def test_hold_trains_escaped_replicas_to_the_budget_and_measures_their_final_los
     """With ``hold``, escapes are still recorded when they commit, nothing is dropped, and
     every replica gets a final loss at the budget: low for the escaped (they sit in the
     learned state), high for those still trapped."""
-    from escapestat.trials import run_chunk_output
+    from escapestat.engine._trials import run_chunk_output
 
     conds = conditions(study)
     chunk = plan_chunks(study, conds)[0]

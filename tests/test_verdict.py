@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escapestat.stability import Q_END, Q_MID, Q_MID_STEP, trend
-from escapestat.survival import describe
-from escapestat.verdict import MIN_N, mechanism
+from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP, trend
+from escapestat.stats._survival import describe
+from escapestat.stats._verdict import MIN_N, mechanism
 
 
 def test_exponential_escapes_are_activated():

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from escapestat import native
-from escapestat.mlp_ensemble import MLPEnsemble
-from escapestat.xent import cross_entropy, xent_and_delta
+from escapestat.models import _native as native
+from escapestat.models._xent import cross_entropy, xent_and_delta
+from escapestat.models.grokking.mlp._ensemble import MLPEnsemble
 
 FLOOR32 = math.log(torch.finfo(torch.float32).tiny) + 8 * math.log(10)
 FLOOR64 = math.log(torch.finfo(torch.float64).tiny) + 8 * math.log(10)

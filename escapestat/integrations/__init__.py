@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from ..errors import EscapestatError
+from escapestat.errors import EscapestatError
 
 
 class MissingIntegration(EscapestatError, ImportError):

@@ -16,8 +16,8 @@ The Trainer prefixes evaluation metrics with ``eval_`` (``metric_key_prefix``). 
 
 from __future__ import annotations
 
-from ..monitor import EscapeMonitor
-from . import import_first, scalar_metrics
+from escapestat.integrations import import_first, scalar_metrics
+from escapestat.monitor._monitor import EscapeMonitor
 
 TrainerCallback = import_first(["transformers"], "TrainerCallback", "'escapestat[huggingface]'",
                                "escapestat.integrations.huggingface")

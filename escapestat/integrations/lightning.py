@@ -15,8 +15,8 @@ Needs ``lightning`` (``lightning.pytorch``) or the older ``pytorch_lightning``.
 
 from __future__ import annotations
 
-from ..monitor import EscapeMonitor
-from . import import_first, scalar_metrics
+from escapestat.integrations import import_first, scalar_metrics
+from escapestat.monitor._monitor import EscapeMonitor
 
 Callback = import_first(["lightning.pytorch", "pytorch_lightning"], "Callback",
                         "'escapestat[lightning]'", "escapestat.integrations.lightning")

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from escapestat.arrhenius import fit_arrhenius
-from escapestat.records import Columns, write_table
-from escapestat.synthetic import censored_exponential
+from escapestat.stats._arrhenius import fit_arrhenius
+from escapestat.stats._synthetic import censored_exponential
+from escapestat.table._records import Columns, write_table
 
 HERE = Path(__file__).resolve().parent
 BARRIER = 0.03

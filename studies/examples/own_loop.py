@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from escapestat.monitor import EscapeMonitor
+from escapestat.monitor._monitor import EscapeMonitor
 
 
 class MLP(nn.Module):

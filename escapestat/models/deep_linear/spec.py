@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..spec import Bad, ModelSpec
+from escapestat.config._model_spec import Bad, ModelSpec
 
 #: Deepest linear net accepted: each layer is its own weight per replica and step, so set-up
 #: and every step grow with depth (10⁶ layers spent minutes building the start alone).
@@ -62,7 +62,7 @@ class DeepLinearSpec(ModelSpec):
 
     def check(self, study, bad: Bad) -> None:
         """Teacher, data, trap, dynamics and order parameter."""
-        from ..registry import task_kinds
+        from escapestat.config._registry import task_kinds
 
         m, d, i, y, e = self, study.data, study.init, study.dynamics, study.escape
         if m.depth < 2:

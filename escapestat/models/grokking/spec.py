@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..spec import Bad, ModelSpec
+from escapestat.config._model_spec import Bad, ModelSpec
 
 #: The optimizers a grokking model trains with (``[optimizer] kind``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -37,7 +37,7 @@ class GrokkingSpec(ModelSpec):
         raise NotImplementedError
 
     def replica_bytes(self, study) -> int:
-        from ...modular import table_size
+        from escapestat.config._task import table_size
 
         item = 8 if study.run.dtype == "float64" else 4
         t = study.task
@@ -48,7 +48,8 @@ class GrokkingSpec(ModelSpec):
 
     def check(self, study, bad: Bad) -> None:
         """Task, optimizer, minibatch SGD noise and accuracy escape."""
-        from ...modular import OPERATIONS, table_size, train_size
+        from escapestat.config._task import OPERATION_NAMES as OPERATIONS
+        from escapestat.config._task import table_size, train_size
 
         t, o, y, e = study.task, study.optimizer, study.dynamics, study.escape
         if t is None:

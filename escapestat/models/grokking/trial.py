@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ...detector import EscapeRule
-from ...modular import MinibatchPairs, make_task
-from ...optimizers import SGD, Adam, AdamW
-from ...study import Condition, OptimizerSpec, Study
-from ..base import Hyper, ReplicaModel
+from escapestat.config._escape_rule import EscapeRule
+from escapestat.config._study import Condition, OptimizerSpec, Study
+from escapestat.models._grad_filter import build_grad_filter
+from escapestat.models._optimizers import SGD, Adam, AdamW
+from escapestat.models.base import Hyper, ReplicaModel
+from escapestat.models.grokking._modular import MinibatchPairs, make_task
 
 
 def build_optimizer(spec: OptimizerSpec | None, params: Sequence[torch.Tensor]):
@@ -58,7 +59,7 @@ class GrokTrial(ReplicaModel):
         self.batches = MinibatchPairs(self.task, batch_size or t.p * t.p, generator)
         self.full_batch = self.batches.batch_size >= self.batches.n  # no minibatch noise
         spec = study.dynamics.grad_filter
-        self.grad_filter = None if spec is None else spec.build()
+        self.grad_filter = None if spec is None else build_grad_filter(spec.as_dict())
         self.milestone_rules = {"fit": EscapeRule(esc.fit_threshold, esc.fit_fallback,
                                                   esc.commit_steps)}
         self.loss = torch.zeros(n, dtype=dtype, device=device)

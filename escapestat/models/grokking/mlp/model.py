@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ....mlp_ensemble import MLPEnsemble
-from ..trial import GrokTrial
+from escapestat.models.grokking.mlp._ensemble import MLPEnsemble
+from escapestat.models.grokking.trial import GrokTrial
 
 
 class MLPTrial(GrokTrial):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ....transformer_ensemble import TransformerEnsemble
-from ..trial import GrokTrial
+from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
+from escapestat.models.grokking.trial import GrokTrial
 
 
 class TransformerTrial(GrokTrial):

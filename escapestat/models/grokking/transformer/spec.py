@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import GrokkingSpec
+from escapestat.models.grokking.spec import GrokkingSpec
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..trial import GrokTrial
-from .network import Transformer2Ensemble
+from escapestat.models.grokking.transformer2.network import Transformer2Ensemble
+from escapestat.models.grokking.trial import GrokTrial
 
 
 class Transformer2Trial(GrokTrial):

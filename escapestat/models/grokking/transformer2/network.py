@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ....xent import cross_entropy
+from escapestat.models._xent import cross_entropy
 
 LAYER_PARAMS = ("ln1_w", "ln1_b", "W_qkv", "b_qkv", "W_o", "b_o", "ln2_w", "ln2_b", "W_1",
                 "b_1", "W_2", "b_2")
