@@ -190,6 +190,21 @@ def test_on_the_grid_the_time_ratio_sees_what_the_median_ratio_cannot():
     assert _verdict(c) == "faster"
 
 
+def test_no_time_ratio_when_the_escapes_sit_on_one_or_two_checks():
+    """Each arm's escapes within a check or two (a tiny search): the Weibull shape runs
+    off (≈ 120) and the AFT's interval spans 10⁻¹⁷ to 10¹⁶; no time ratio is reported,
+    while spread-out arms keep theirs."""
+    from escapestat.stats._contrast import time_ratio
+
+    arm, ref = np.full(8, 300.0), np.r_[np.full(6, 200.0), np.full(2, 250.0)]
+    none = time_ratio(arm, np.ones(8), ref, np.ones(8), grid=50)
+    assert none.ratio is None and none.ci == (None, None) and none.detectable is None
+    rng = np.random.default_rng(2)
+    spread = time_ratio(np.ceil(rng.exponential(300, 16) / 50) * 50, np.ones(16),
+                        np.ceil(rng.exponential(200, 16) / 50) * 50, np.ones(16), grid=50)
+    assert spread.ratio is not None and spread.ci[0] < spread.ratio < spread.ci[1]
+
+
 def test_a_median_not_reached_bounds_one_side_of_the_ratio():
     """21 of 64 escape by the budget against a reference with median ≈ 700: the ratio of
     medians is unbounded above, but it is > budget / 700, and the verdict says slower."""

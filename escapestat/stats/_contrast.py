@@ -221,6 +221,10 @@ class TimeRatio:
 
 
 _POWER_Z = 1.959964 + 0.841621  # two-sided 5% test, 80% power
+#: A fitted Weibull shape above this means each arm's escapes sit within a check or two:
+#: the grid, not the model, sets their spread, and no time ratio is estimated (a tiny
+#: search printed "time 1.38 [4.18e-17, 4.57e+16]" and "detectable ×1.84e+32" there).
+MAX_SHAPE = 50.0
 
 
 def time_ratio(durations, events, ref_durations, ref_events, grid: float | None = None,
@@ -254,9 +258,10 @@ def time_ratio(durations, events, ref_durations, ref_events, grid: float | None 
                 aft = WeibullAFTFitter(alpha=1 - level).fit_interval_censoring(df, "lo", "hi")
         beta = float(aft.params_[("lambda_", "arm")])
         se = float(aft.standard_errors_[("lambda_", "arm")])
+        shape = math.exp(min(float(aft.params_[("rho_", "Intercept")]), 700.0))
     except Exception:  # lifelines raises several types when a fit cannot converge
         return none
-    if not (math.isfinite(beta) and math.isfinite(se)) or se > 50:
+    if not (math.isfinite(beta) and math.isfinite(se)) or se > 50 or shape > MAX_SHAPE:
         return none
     z = float(stats.norm.ppf(0.5 + level / 2))
     return TimeRatio(math.exp(beta), (math.exp(beta - z * se), math.exp(beta + z * se)),
