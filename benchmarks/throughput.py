@@ -56,7 +56,7 @@ boundary) and asserts the same weights (|Δw| < 1e-10): at paper size with 512 r
 (the engine's vector path, timed at R ≥ 1024; naive on 4 of them) and at width 128 with
 8 replicas (bmm path). The sampler's rules (each replica its own permutation, every
 sample once per epoch, a new permutation every epoch) are checked in
-tests/test_ensemble.py, not here.
+tests/models/test_deep_linear.py, not here.
 
 Sizes: the paper's 2 → 10 → 10 → 2 (teacher strengths 0.9, 0.8) at R = 64, 1024, 4096; and
 128 → 128 → 128 → 128 (an 8-mode teacher, B 64) at R = 256, where the engine's GFLOP/s

@@ -4,14 +4,15 @@ fails only at import)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
+from testdata import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT
 
 
 def test_pyproject_lists_every_package():

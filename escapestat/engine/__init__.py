@@ -3,12 +3,28 @@ memory checks and mid-chunk checkpoints."""
 
 from __future__ import annotations
 
+from ._chunks import (  # noqa: F401
+    Chunk,
+    plan_chunks,
+    resolve_device,
+)
 from ._detector import (  # noqa: F401
     Decisions,
     EscapeDetector,
 )
 from ._hyper import (  # noqa: F401
     ReplicaSchedules,
+)
+from ._loop import (  # noqa: F401
+    ChunkOutput,
+    ChunkProgress,
+    ChunkStarted,
+    HyperSchedules,
+    Progress,
+    Watch,
+    build_model,
+    run_chunk,
+    run_chunk_output,
 )
 from ._memory import (  # noqa: F401
     available_bytes,
@@ -29,40 +45,40 @@ from ._trials import (  # noqa: F401
     ESCAPES,
     REPLICAS,
     UNTRAPPED,
-    Chunk,
-    ChunkProgress,
-    ChunkStarted,
     RunResult,
-    plan_chunks,
-    resolve_device,
-    run_chunk,
     run_study,
 )
 
 __all__ = [
-    "Decisions",
-    "EscapeDetector",
-    "ReplicaSchedules",
     "available_bytes",
     "replica_bytes",
     "check_memory",
+    "Chunk",
+    "plan_chunks",
+    "resolve_device",
+    "Decisions",
+    "EscapeDetector",
+    "ReplicaSchedules",
     "now",
     "versions",
     "device_text",
     "RunStore",
     "ChunkCheckpoint",
+    "ChunkStarted",
+    "ChunkProgress",
+    "Progress",
+    "HyperSchedules",
+    "build_model",
+    "ChunkOutput",
+    "run_chunk",
+    "Watch",
+    "run_chunk_output",
     "CENSORED",
     "DIVERGED",
     "ESCAPED",
     "ESCAPES",
     "REPLICAS",
     "UNTRAPPED",
-    "Chunk",
-    "ChunkProgress",
-    "ChunkStarted",
     "RunResult",
-    "plan_chunks",
-    "resolve_device",
-    "run_chunk",
     "run_study",
 ]

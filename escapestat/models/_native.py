@@ -14,7 +14,7 @@ a cache folder (``$ESCAPESTAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/escapestat`` o
 ctypes. OpenMP threads follow ``torch.set_num_threads`` (the library shares torch's
 libgomp). Without a compiler, after a failed build, or with ``ESCAPESTAT_NATIVE=0``,
 ``kernels()`` is None and the callers run their torch code, which has the same formulas
-(tests/test_native.py holds the two together).
+(tests/models/test_native.py holds the two together).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from ._arrhenius import (  # noqa: F401
     with_temperature,
 )
 from ._contrast import (  # noqa: F401
+    MAX_SHAPE,
     MedianRatio,
     TimeRatio,
     incidence_median_ratio,
@@ -170,6 +171,7 @@ __all__ = [
     "incidence_median_ratio",
     "scaled",
     "TimeRatio",
+    "MAX_SHAPE",
     "time_ratio",
     "logrank_p",
     "QUANTILES",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from testdata import ROOT
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "studies" / "examples" / "escapes.csv"
+EXAMPLE = ROOT / "studies" / "examples" / "escapes.csv"
 PROBE = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'optuna') "

@@ -19,42 +19,7 @@ from escapestat.stats._survival import KaplanMeierMedian
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # lr 1e-2 to 3e-2 on (a + b) mod 23 groks within a few hundred steps (tests/test_grok_model).
-STUDY = """
-name = "tiny-search"
-[task]
-operation = "add"
-p = 23
-train_fraction = 0.7
-[model]
-kind = "mlp"
-width = 64
-[dynamics]
-noise = "sgd"
-lr = 2e-2
-weight_decay = 1.0
-batch_size = 64
-[escape]
-commit_steps = 40
-check_every = 20
-[run]
-replicas = 4
-max_steps = 600
-seed = 1
-[search]
-trials = 2
-checkpoints = 4
-compare_replicas = 4
-max_final_test_error = 0.5
-[search.space]
-"dynamics.lr" = {low = 1e-2, high = 3e-2, log = true}
-"dynamics.weight_decay.shape" = {choices = ["constant", "cosine"]}
-"dynamics.weight_decay.value" = {low = 0.5, high = 2.0}
-"dynamics.weight_decay.start" = {low = 0.5, high = 2.0}
-"dynamics.weight_decay.end" = {low = 0.1, high = 1.0}
-"dynamics.weight_decay.steps" = {low = 100, high = 600}
-[search.baselines]
-default = {"dynamics.lr" = 2e-2, "dynamics.weight_decay" = 1.0}
-"""
+from testdata import TINY_SEARCH as STUDY  # noqa: E402
 
 
 def test_censored_rmst_is_the_km_area_with_undecided_replicas_censored_now():

@@ -7,37 +7,13 @@ import pandas as pd
 import pytest
 import torch
 from fake_models import ScriptedEscapes
+from testdata import FAST  # noqa: E402
 
 from escapestat.config._study import conditions, parse_study
-from escapestat.engine import _trials as trials
+from escapestat.engine import _loop
 from escapestat.engine._trials import plan_chunks, run_chunk, run_study
 from escapestat.errors import EscapestatError
 from escapestat.stats._survival import ExponentialRate
-
-FAST = """
-name = "fast"
-[model]
-depth = 3
-strengths = [1.5, 1.0]
-[data]
-kind = "population"
-[init]
-kind = "aligned"
-noise = 0.001
-[dynamics]
-noise = "langevin"
-lr = 0.25
-beta_over_beta_c = 0.5
-barrier_over_temperature = [1.5, 2.5]
-[escape]
-commit_steps = 50
-check_every = 10
-[run]
-replicas = 24
-max_steps = 3000
-seed = 3
-chunk_replicas = 20
-"""
 
 
 @pytest.fixture
@@ -142,7 +118,7 @@ def _scripted(monkeypatch, escape_rate, divergence_rate):
     def factory(study, conds, generator, device, batch_size):
         return ScriptedEscapes(len(conds), escape_rate, divergence_rate, generator, device)
 
-    monkeypatch.setattr(trials, "build_model", factory)
+    monkeypatch.setattr(_loop, "build_model", factory)  # the loop builds the model
 
 
 def test_divergence_does_not_inflate_the_rate(monkeypatch, tmp_path):

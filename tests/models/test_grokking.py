@@ -6,33 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from testdata import GROK  # noqa: E402
 
 from escapestat.config._study import parse_study
 from escapestat.engine._trials import run_study
 from escapestat.errors import EscapestatError
-
-GROK = """
-name = "grok-fast"
-[task]
-operation = "add"
-p = 23
-train_fraction = 0.7
-[model]
-kind = "mlp"
-width = 128
-[dynamics]
-noise = "sgd"
-lr = 2e-2
-weight_decay = 1.0
-batch_size = 64
-[escape]
-commit_steps = 40
-check_every = 20
-[run]
-replicas = 8
-max_steps = 800
-seed = 1
-"""
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-from pathlib import Path
 
 import pytest
+from testdata import ROOT
 
 from escapestat.config._schedules import Constant
 from escapestat.config._study import conditions, load_study, parse_study
 from escapestat.errors import EscapestatError
 
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
+STUDIES = ROOT / "studies"
 
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)

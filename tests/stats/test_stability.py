@@ -4,9 +4,8 @@ trap (which never moves) is still "absorbing"."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from testdata import ROOT
 
 from escapestat.config._study import parse_study
 from escapestat.engine._trials import run_study
@@ -14,7 +13,7 @@ from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP
 from escapestat.stats._summary import run_summary
 from escapestat.stats._verdict import ABSORBING, NOT_REACHED
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = ROOT / "studies"
 
 
 def _run(tmp_path, name: str, replace: dict[str, str], replicas: int, max_steps: int):

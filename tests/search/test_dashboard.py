@@ -19,7 +19,7 @@ import urllib.request
 
 import optuna
 import pytest
-from test_search import STUDY  # a tiny grokking search with max_final_test_error
+from testdata import TINY_SEARCH as STUDY  # a grokking search, max_final_test_error
 
 dashboard = pytest.importorskip("optuna_dashboard")
 

@@ -105,7 +105,7 @@ def test_a_non_finite_logit_gives_a_nan_loss():
 
 @needs_kernels
 def test_saturated_softmax_leaves_no_subnormal_gradients_in_the_kernel():
-    """As tests/test_mlp_ensemble.py checks for the torch route: probabilities e^-95 would be
+    """As tests/models/test_mlp.py checks for the torch route: probabilities e^-95 would be
     subnormal in float32; the floor keeps δ normal and still pushes W down."""
     p, width = 5, 16
     model = MLPEnsemble.random(2, p, width)

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_trials import FAST
+from testdata import FAST
 
 
 @pytest.fixture

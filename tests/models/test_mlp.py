@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from testdata import TESTS
 from torch import nn
 
 from escapestat.errors import EscapestatError
@@ -218,7 +218,7 @@ def test_the_torch_route_repeats_bit_for_bit_at_one_and_two_threads(tmp_path):
         "from escapestat.models.grokking.mlp.model import MLPTrial as GrokTrial\n"
         "from escapestat.config._study import conditions, parse_study\n"
         "from escapestat.engine._trials import HyperSchedules\n"
-        "from test_grok_model import GROK\n"
+        "from testdata import GROK\n"
         "study = parse_study(GROK.replace('p = 23', 'p = 11').replace('batch_size = 64', "
         "'batch_size = 16'))\n"
         "conds = conditions(study) * 4\n"
@@ -234,7 +234,7 @@ def test_the_torch_route_repeats_bit_for_bit_at_one_and_two_threads(tmp_path):
         out = tmp_path / f"p{threads}.pt"
         done = subprocess.run([sys.executable, "-c", code, str(threads), str(out)],
                               capture_output=True, text=True, timeout=300,
-                              cwd=str(Path(__file__).parent),
+                              cwd=str(TESTS),
                               env={**os.environ, "ESCAPESTAT_NATIVE": "0"})
         assert done.returncode == 0, done.stderr
         outs.append(torch.load(out))

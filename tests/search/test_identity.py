@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_search import STUDY
+from testdata import TINY_SEARCH as STUDY
 
 
 def test_a_changed_study_file_is_a_different_search(cli, tmp_path):

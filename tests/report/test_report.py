@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.text import Text
+from testdata import ladder
 
 from escapestat.config._study import parse_study
 from escapestat.engine._trials import run_study
@@ -347,7 +348,6 @@ def test_km_figure_states_n_budget_and_censoring_and_draws_a_group_without_escap
 
 def test_report_draws_a_given_theory_barrier_and_flags_heterogeneity(cli, tmp_path):
     import numpy as np
-    from test_frailty import ladder
 
     path = tmp_path / "het.csv"
     ladder(np.random.default_rng(1), theta=0.5).to_csv(path, index=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fake_models import ScriptedEscapes
-from test_trials import FAST
+from testdata import FAST
 
 from escapestat.config._registry import kinds, model_class
 from escapestat.config._study import conditions, parse_study
@@ -36,7 +36,7 @@ SMALL = {"mlp": "width = 128", "transformer": "d_model = 32",
 
 def _grok(kind: str):
     def make(replicas: int, generator: torch.Generator):
-        from test_grok_model import GROK
+        from testdata import GROK
 
         text = GROK.replace('kind = "mlp"\nwidth = 128', f'kind = "{kind}"\n{SMALL[kind]}')
         study = parse_study(text.replace("p = 23", "p = 7").replace("batch_size = 64",

@@ -3,15 +3,14 @@ with one line naming the need, the memory available and the key to lower."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from testdata import ROOT
 
 from escapestat.config._study import conditions, load_study, parse_study
 from escapestat.engine import _memory as memory
 from escapestat.engine._trials import plan_chunks
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = ROOT / "studies"
 GROK = (STUDIES / "grok-modadd.toml").read_text(encoding="utf-8")
 
 

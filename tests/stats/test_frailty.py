@@ -7,27 +7,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
+from testdata import BARRIER, GRID, ladder
 
 from escapestat.stats._arrhenius import fit_arrhenius
 from escapestat.stats._frailty import fit_frailty_arrhenius
 from escapestat.table._records import Columns
 
-BARRIER, GRID, BUDGET = 0.0164, 10.0, 40_000.0
 COLS = Columns(temperature="temperature")
 
 
-def ladder(rng, theta: float, n: int = 256) -> pd.DataFrame:
-    """The quickstart's ladder (ΔE/T = 3 … 8, τ 1200 steps at ΔE/3), times on a grid of 10."""
-    parts = []
-    for r in (3, 4, 5, 6, 8):
-        z = rng.gamma(1 / theta, theta, n) if theta > 0 else np.ones(n)
-        t = np.ceil(rng.exponential(1.0, n) / (np.exp(3 - r) / 1200.0 * z) / GRID) * GRID
-        parts.append(pd.DataFrame({"duration": np.minimum(t, BUDGET),
-                                   "event": (t <= BUDGET).astype(int),
-                                   "temperature": BARRIER / r}))
-    return pd.concat(parts, ignore_index=True)
 
 
 def test_heterogeneous_replicas_bias_the_poisson_barrier_and_the_frailty_fit_is_unbiased():

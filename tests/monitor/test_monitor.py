@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from testdata import ROOT
 
 from escapestat.errors import EscapestatError
 from escapestat.monitor import _monitor as mon
@@ -598,7 +599,7 @@ def test_missing_framework_is_one_clear_error(monkeypatch, module, hide, pip):
 
 # ------------------------------------------------------------------------------ example
 def test_example_own_loop_smoke(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "studies" / "examples" / "own_loop.py"
+    path = ROOT / "studies" / "examples" / "own_loop.py"
     spec = importlib.util.spec_from_file_location("own_loop", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
