@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from ._document import (  # noqa: F401
+    CSS,
+    KM_PER_FIGURE,
+    MIN_IMPORTANCE_TRIALS,
+    TRIALS_CSV,
+    Figure,
+    Report,
+    Section,
+    Table,
+)
 from ._figures import (  # noqa: F401
     arrhenius_figure,
     check_plot_path,
@@ -20,20 +30,14 @@ from ._figures import (  # noqa: F401
     theory_barrier_of,
 )
 from ._page import (  # noqa: F401
-    CSS,
-    KM_PER_FIGURE,
-    MIN_IMPORTANCE_TRIALS,
-    TRIALS_CSV,
-    Figure,
-    Report,
-    Section,
-    Table,
     build_report,
-    condition_labels,
     default_out,
-    fixed_settings,
     kind_of,
     write_report,
+)
+from ._run_page import (  # noqa: F401
+    condition_labels,
+    fixed_settings,
 )
 from ._sweep_figure import (  # noqa: F401
     plot_sweep,
@@ -65,12 +69,12 @@ __all__ = [
     "Section",
     "Report",
     "CSS",
+    "fixed_settings",
+    "condition_labels",
     "kind_of",
     "default_out",
     "build_report",
     "write_report",
-    "fixed_settings",
-    "condition_labels",
     "sweep_figure",
     "plot_sweep",
     "write_sweep",

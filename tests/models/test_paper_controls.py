@@ -113,7 +113,7 @@ def test_seeded_amplitude_escapes_iff_past_the_saddle_with_or_without_noise(tmp_
     assert rows[(1.6, 64)]["verdict"] == DETERMINISTIC
     assert "full-batch twin" in rows[(1.6, 64)]["verdict_reason"]
     assert rows[(1.6, 64)]["twin_logrank_p"] >= 0.05
-    from escapestat.report._page import condition_labels
+    from escapestat.report._run_page import condition_labels
 
     labels = condition_labels(df)  # the report tells the seeded conditions apart
     assert len(set(labels.values())) == len(labels) and "b₀/saddle = 1.6" in labels[3]

@@ -364,7 +364,7 @@ def test_learning_curves_draw_the_threshold_and_labels_say_full_batch():
     import pandas as pd
 
     from escapestat.report._figures import curves_figure
-    from escapestat.report._page import condition_labels
+    from escapestat.report._run_page import condition_labels
 
     curves = pd.DataFrame({"condition": 0, "metric": ["train_accuracy", "test_accuracy"] * 2,
                            "step": [0, 0, 50, 50], "n": 4, "q10": 0.1, "median": 0.5,
@@ -383,7 +383,7 @@ def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
     import matplotlib.pyplot as plt
     import optuna
 
-    from escapestat.report._page import _objective_name, _pruned_marks
+    from escapestat.report._search_page import _objective_name, _pruned_marks
     from escapestat.search._identity import IDENTITY_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -409,7 +409,7 @@ def test_history_names_the_objective_and_shows_pruned_trials(tmp_path):
 def test_arm_schedules_show_a_constant_that_differs_between_arms():
     """lr 0.02 in one arm, 7e-4 in another (28×), weight decay scheduled in one: both are
     drawn (0.6 drew only the schedule)."""
-    from escapestat.report._page import _arm_schedules
+    from escapestat.report._search_page import _arm_schedules
 
     arms = [{"arm": "best-1", "params": {"dynamics.lr": 0.02,
                                          "dynamics.weight_decay.shape": "cosine",
