@@ -15,32 +15,12 @@ The conventions follow the paper's reference code (the ``gradfilter_ema`` and
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 
 import torch
 
-from escapestat.errors import EscapestatError, FieldError, build_keyed, did_you_mean
-
-
-class _Invalid(FieldError):
-    """A bad parameter; ``parse_grad_filter`` re-raises it naming where it was."""
-
-    def __init__(self, key: str, why: str):
-        super().__init__("grad_filter", key, why)
-
-
-def _number(key: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _Invalid(key, f"must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _check_lamb(lamb) -> float:
-    lamb = _number("lamb", lamb)
-    if lamb < 0:
-        raise _Invalid("lamb", f"must be ≥ 0, got {lamb}")
-    return lamb
+from escapestat.config._grad_filter import check_alpha, check_lamb, check_window
+from escapestat.errors import EscapestatError, build_keyed, did_you_mean
 
 
 def _positions(idx, device: torch.device) -> torch.Tensor:
@@ -61,10 +41,8 @@ class EmaFilter:
     kind = "ema"
 
     def __init__(self, alpha: float, lamb: float):
-        self.alpha = _number("alpha", alpha)
-        if not 0 <= self.alpha < 1:
-            raise _Invalid("alpha", f"must be in [0, 1), got {self.alpha}")
-        self.lamb = _check_lamb(lamb)
+        self.alpha = check_alpha(alpha)
+        self.lamb = check_lamb(lamb)
         self.reset()
 
     def reset(self) -> None:
@@ -117,14 +95,8 @@ class MovingAverageFilter:
     kind = "ma"
 
     def __init__(self, window: int, lamb: float):
-        if isinstance(window, float) and window.is_integer():
-            window = int(window)
-        if isinstance(window, bool) or not isinstance(window, int):
-            raise _Invalid("window", f"must be an integer, got {window!r}")
-        if window < 1:
-            raise _Invalid("window", f"must be ≥ 1, got {window}")
-        self.window = window
-        self.lamb = _check_lamb(lamb)
+        self.window = check_window(window)
+        self.lamb = check_lamb(lamb)
         self.reset()
 
     def reset(self) -> None:

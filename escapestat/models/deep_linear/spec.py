@@ -12,12 +12,6 @@ from escapestat.config._model_spec import Bad, ModelSpec
 MAX_DEPTH = 1000
 
 
-def _min(schedule) -> float:
-    return schedule.min_value
-
-
-def _max(schedule) -> float:
-    return schedule.max_value
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,7 @@ class DeepLinearSpec(ModelSpec):
             bad("[dynamics] lr", "must be positive")
         if bool(y.beta) == bool(y.beta_over_beta_c):
             bad("[dynamics]", "needs exactly one of beta or beta_over_beta_c")
-        if any(_min(v) < 0 for v in y.beta) or any(v < 0 for v in y.beta_over_beta_c):
+        if any(v.min_value < 0 for v in y.beta) or any(v < 0 for v in y.beta_over_beta_c):
             bad("[dynamics] beta", "must be ≥ 0")
         if y.noise == "langevin":
             if bool(y.temperature) == bool(y.barrier_over_temperature):
@@ -113,7 +107,7 @@ class DeepLinearSpec(ModelSpec):
             if y.batch_size:
                 bad("[dynamics] batch_size", "is for noise = 'sgd'; Langevin uses the full data")
         else:
-            if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
+            if not y.batch_size or any(b.min_value < 1 for b in y.batch_size):
                 bad("[dynamics] batch_size", "must list batch sizes ≥ 1 for noise = 'sgd'")
             if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
                 bad("[dynamics] batch_size", "must be whole numbers")
@@ -121,7 +115,7 @@ class DeepLinearSpec(ModelSpec):
                 bad("[dynamics] temperature", "is set by lr / batch_size for noise = 'sgd'")
             if d.kind == "population":
                 bad("[data] kind", "must be 'fixed' or 'fresh' for SGD (minibatches need samples)")
-            if d.kind == "fixed" and max(_max(b) for b in y.batch_size) > d.n_train:
+            if d.kind == "fixed" and max(b.max_value for b in y.batch_size) > d.n_train:
                 bad("[dynamics] batch_size", f"cannot exceed [data] n_train = {d.n_train}")
         if not 0 < e.threshold < 1:
             bad("[escape] threshold", f"is a fraction of the way to the learned state, in (0, 1); "

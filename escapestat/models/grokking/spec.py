@@ -11,12 +11,6 @@ from escapestat.config._model_spec import Bad, ModelSpec
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
-def _min(schedule) -> float:
-    return schedule.min_value
-
-
-def _max(schedule) -> float:
-    return schedule.max_value
 
 
 @dataclass(frozen=True)
@@ -86,14 +80,14 @@ class GrokkingSpec(ModelSpec):
                 "models take weight_decay and batch_size")
         if not y.lr or not all(v.positive for v in y.lr):
             bad("[dynamics] lr", "must be positive")
-        if not y.weight_decay or any(_min(v) < 0 for v in y.weight_decay):
+        if not y.weight_decay or any(v.min_value < 0 for v in y.weight_decay):
             bad("[dynamics] weight_decay", "is required, ≥ 0")
-        if not y.batch_size or any(_min(b) < 1 for b in y.batch_size):
+        if not y.batch_size or any(b.min_value < 1 for b in y.batch_size):
             bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
         if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
             bad("[dynamics] batch_size", "must be whole numbers")
         n_train = train_size(table_size(t.operation, t.p), t.train_fraction)
-        if any(_max(b) > n_train for b in y.batch_size):
+        if any(b.max_value > n_train for b in y.batch_size):
             bad("[dynamics] batch_size", f"cannot exceed the {n_train} training pairs of "
                 f"p = {t.p} at train_fraction {t.train_fraction:g}; \"full\" trains on all "
                 f"of them")
