@@ -176,6 +176,11 @@ class RunSpec:
     curves: bool = False  # deep linear nets: record per-check curves (grokking models always)
     hold: bool = False  # escaped replicas train on to the budget (curves show the whole run)
 
+    @property
+    def item_bytes(self) -> int:
+        """Bytes per number of ``dtype`` (the one place the dtype's name is read)."""
+        return 8 if self.dtype == "float64" else 4
+
 
 @dataclass(frozen=True)
 class Study:

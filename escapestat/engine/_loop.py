@@ -30,7 +30,7 @@ from escapestat.engine._storage import (
     device_text,
 )
 from escapestat.models._threads import cpu_threads
-from escapestat.models.base import Hyper, ReplicaModel
+from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP
 from escapestat.vocab import UNFIT
 
@@ -186,7 +186,7 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
                progress: Progress | None = None, watch: Watch | None = None,
                hold: bool = False, checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
     run, esc = study.run, study.escape
-    dtype = torch.float64 if run.dtype == "float64" else torch.float32
+    dtype = torch_dtype(study)
     cs = [conds[i] for i in chunk.condition]
     n, budget, every = len(cs), run.max_steps, esc.check_every
     saved = checkpoint.load(device) if checkpoint is not None else None

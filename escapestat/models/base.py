@@ -28,6 +28,11 @@ class Hyper:
     batch_size: int | None = None  # minibatch size for this step; None: full data
 
 
+def torch_dtype(study) -> torch.dtype:
+    """The study's ``[run] dtype`` as a torch dtype."""
+    return torch.float64 if study.run.item_bytes == 8 else torch.float32
+
+
 class ReplicaModel:
     """R replicas in one batched model; ``keep`` shrinks every per-replica state in place.
 

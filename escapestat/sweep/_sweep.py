@@ -49,7 +49,7 @@ from escapestat.engine._storage import (
 )
 from escapestat.models._integrators import select_integrator
 from escapestat.models._threads import cpu_threads
-from escapestat.models.base import Hyper
+from escapestat.models.base import Hyper, torch_dtype
 from escapestat.models.deep_linear import _ensemble as ens
 from escapestat.models.deep_linear import _tasks as tasks
 from escapestat.sweep._hysteresis import (
@@ -181,7 +181,7 @@ def run_sweep(sw: SweepStudy, device: str | torch.device = "cpu",
 def _run(sw: SweepStudy, device: torch.device, progress: Progress | None) -> SweepResult:
     study, spec = sw.study, sw.sweep
     m, run = study.model, study.run
-    dtype = torch.float64 if run.dtype == "float64" else torch.float32
+    dtype = torch_dtype(study)
     gen = torch.Generator(device=device).manual_seed(run.seed)
     teacher = tasks.make_teacher(m.strengths, study.widths[0], study.widths[-1],
                                  rotate=m.rotate, generator=gen, dtype=dtype, device=device)

@@ -116,3 +116,16 @@ def test_grokfast_filter_reaches_the_step():
                    for w, gi, hi in zip(weights, g, h, strict=True)]
     for w, ref in zip(model.net.weights, weights, strict=True):
         torch.testing.assert_close(w, ref)
+
+
+@pytest.mark.parametrize("name, dtype, item", [("float32", torch.float32, 4),
+                                                ("float64", torch.float64, 8)])
+def test_the_dtype_is_read_in_one_place(name, dtype, item):
+    """``[run] dtype`` → bytes per number (config, torch-free) → torch dtype (models)."""
+    from escapestat.models.base import torch_dtype
+
+    study = parse_study(FAST.replace("seed = 3", f"seed = 3\ndtype = \"{name}\""))
+    assert study.run.item_bytes == item and torch_dtype(study) is dtype
+    model, _ = _linear(FAST.replace("seed = 3", f"seed = 3\ndtype = \"{name}\""))(
+        2, torch.Generator().manual_seed(0))
+    assert model.order_parameter().dtype is dtype

@@ -21,7 +21,7 @@ from escapestat.errors import EscapestatError
 from escapestat.models._grad_filter import build_grad_filter
 from escapestat.models._integrators import select_integrator
 from escapestat.models._threads import small_work
-from escapestat.models.base import Hyper, ReplicaModel
+from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.models.deep_linear import _ensemble as ens
 from escapestat.models.deep_linear import _tasks as tasks
 from escapestat.theory._landscape import stationary_points
@@ -152,7 +152,7 @@ class DeepLinearTrial(ReplicaModel):
                  device: torch.device, batch_size: int | None = None):
         self.study, self.gen, self.device = study, generator, device
         m, run = study.model, study.run
-        self.dtype = torch.float64 if run.dtype == "float64" else torch.float32
+        self.dtype = torch_dtype(study)
         self.limit = run.divergence_limit
         n = len(conds)
         self.teacher = tasks.make_teacher(

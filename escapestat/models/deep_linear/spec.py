@@ -45,7 +45,7 @@ class DeepLinearSpec(ModelSpec):
         return [self.d_in or k, *hidden, self.d_out or k]
 
     def replica_bytes(self, study) -> int:
-        item = 8 if study.run.dtype == "float64" else 4
+        item = study.run.item_bytes
         widths = self.widths
         params = sum(a * b for a, b in zip(widths, widths[1:], strict=False))
         d = study.data

@@ -33,7 +33,7 @@ class GrokkingSpec(ModelSpec):
     def replica_bytes(self, study) -> int:
         from escapestat.config._task import table_size
 
-        item = 8 if study.run.dtype == "float64" else 4
+        item = study.run.item_bytes
         t = study.task
         batch = max(b.max_value for b in study.dynamics.batch_size)
         params, acts = self.sizes(t.p, int(batch))

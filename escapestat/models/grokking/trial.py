@@ -19,7 +19,7 @@ from escapestat.config._escape_rule import EscapeRule
 from escapestat.config._study import Condition, OptimizerSpec, Study
 from escapestat.models._grad_filter import build_grad_filter
 from escapestat.models._optimizers import SGD, Adam, AdamW
-from escapestat.models.base import Hyper, ReplicaModel
+from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.models.grokking._modular import MinibatchPairs, make_task
 
 
@@ -51,7 +51,7 @@ class GrokTrial(ReplicaModel):
     def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
                  device: torch.device, batch_size: int | None = None):
         t, esc, n = study.task, study.escape, len(conds)
-        dtype = torch.float64 if study.run.dtype == "float64" else torch.float32
+        dtype = torch_dtype(study)
         self.task = make_task(t.operation, t.p, n, t.train_fraction, t.label_noise,
                               generator, device)
         self.net = self.build_network(study, n, generator, dtype, device)
