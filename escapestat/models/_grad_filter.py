@@ -19,8 +19,13 @@ from collections.abc import Sequence
 
 import torch
 
-from escapestat.config._grad_filter import check_alpha, check_lamb, check_window
-from escapestat.errors import EscapestatError, build_keyed, did_you_mean
+from escapestat.config._grad_filter import (
+    KINDS,
+    check_alpha,
+    check_grad_filter,
+    check_lamb,
+    check_window,
+)
 
 
 def _positions(idx, device: torch.device) -> torch.Tensor:
@@ -134,7 +139,8 @@ class MovingAverageFilter:
 
 
 GradFilter = EmaFilter | MovingAverageFilter
-_KINDS = {"ema": (EmaFilter, ("alpha", "lamb")), "ma": (MovingAverageFilter, ("window", "lamb"))}
+#: kind → (its filter, its keys in the order ``config`` checks them).
+_KINDS = {"ema": (EmaFilter, KINDS["ema"][1]), "ma": (MovingAverageFilter, KINDS["ma"][1])}
 
 
 def build_grad_filter(spec: dict) -> GradFilter:
@@ -144,15 +150,10 @@ def build_grad_filter(spec: dict) -> GradFilter:
 
 def parse_grad_filter(spec: dict | None, where: str) -> GradFilter | None:
     """A fresh filter from ``{kind = "ema", alpha, lamb}`` or ``{kind = "ma", window,
-    lamb}``; None for no filter. Errors are one line naming ``where`` and the key."""
+    lamb}``; None for no filter. Errors are one line naming ``where`` and the key (the
+    table is checked by ``config._grad_filter.check_grad_filter``)."""
     if spec is None:
         return None
-    if not isinstance(spec, dict):
-        raise EscapestatError(f"{where} must be a table such as "
-                              f'{{kind = "ema", alpha = 0.98, lamb = 2.0}}, got {spec!r}')
-    kind = spec.get("kind")
-    if kind not in _KINDS:
-        raise EscapestatError(f"{where}.kind must be 'ema' or 'ma', got {kind!r}"
-                              f"{did_you_mean(str(kind), _KINDS)}")
-    cls, keys = _KINDS[kind]
-    return build_keyed(cls, keys, spec, where, "kind")
+    check_grad_filter(spec, where)
+    cls, keys = _KINDS[spec["kind"]]
+    return cls(*(spec[k] for k in keys))
