@@ -47,6 +47,7 @@ from escapestat.errors import EscapestatError
 from escapestat.models import _native as native
 from escapestat.models._optimizers import keep_packed_, pack
 from escapestat.models._xent import floor_logp, xent_and_delta
+from escapestat.models.grokking._scores import finite_replicas
 
 ACTIVATIONS = ("quadratic", "relu", "gelu")
 
@@ -279,10 +280,7 @@ class MLPEnsemble:
 
     def finite(self) -> torch.Tensor:
         """[R] bool: every parameter of the replica is finite."""
-        ok = torch.ones(self.replicas, dtype=torch.bool, device=self.weight.device)
-        for t in self.params:
-            ok &= torch.isfinite(t).view(self.replicas, -1).all(1)
-        return ok
+        return finite_replicas(self.params)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep, in place, only the replicas at ``idx``: the same ``params`` tensor objects."""

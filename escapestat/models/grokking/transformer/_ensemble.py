@@ -48,6 +48,7 @@ import torch
 from escapestat.models import _native as native
 from escapestat.models._optimizers import pack
 from escapestat.models._xent import floor_logp, xent_and_delta
+from escapestat.models.grokking._scores import chunked_accuracy, finite_replicas
 
 
 @dataclass
@@ -288,19 +289,12 @@ class TransformerEnsemble:
         """Per-replica fraction [R] of ``pairs`` [R, N, 2] whose argmax logit is ``labels``
         [R, N], ``chunk`` samples per replica at a time (default 32768 // R: about 64 MB of
         MLP activations in float32)."""
-        chunk = chunk or max(1, 32768 // self.replicas)
-        right = torch.zeros(self.replicas, dtype=torch.long, device=labels.device)
-        for start in range(0, labels.shape[1], chunk):
-            guess = self.forward(pairs[:, start:start + chunk]).argmax(-1)
-            right += (guess == labels[:, start:start + chunk]).sum(1)
-        return right.to(self.params[0].dtype) / labels.shape[1]
+        return chunked_accuracy(self.forward, pairs, labels,
+                                chunk or max(1, 32768 // self.replicas), self.params[0].dtype)
 
     def finite(self) -> torch.Tensor:
         """[R] bool: every parameter of the replica is finite."""
-        ok = torch.ones(self.replicas, dtype=torch.bool, device=self.params[0].device)
-        for w in self.params:
-            ok &= torch.isfinite(w).flatten(1).all(1)
-        return ok
+        return finite_replicas(self.params)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep, in place, only the replicas at positions ``idx`` (1-D integers, in that order).

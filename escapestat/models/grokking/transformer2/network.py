@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from escapestat.models._xent import cross_entropy
+from escapestat.models.grokking._scores import chunked_accuracy, finite_replicas
 
 LAYER_PARAMS = ("ln1_w", "ln1_b", "W_qkv", "b_qkv", "W_o", "b_o", "ln2_w", "ln2_b", "W_1",
                 "b_1", "W_2", "b_2")
@@ -155,19 +156,12 @@ class Transformer2Ensemble:
     def accuracy(self, pairs: torch.Tensor, labels: torch.Tensor, chunk: int | None = None
                  ) -> torch.Tensor:
         """Per-replica fraction [R] of ``pairs`` [R, N, 2] whose argmax logit is ``labels``."""
-        chunk = chunk or max(1, 16384 // self.replicas)
-        right = torch.zeros(self.replicas, dtype=torch.long, device=labels.device)
-        for start in range(0, labels.shape[1], chunk):
-            guess = self.forward(pairs[:, start:start + chunk]).argmax(-1)
-            right += (guess == labels[:, start:start + chunk]).sum(1)
-        return right.to(self.params[0].dtype) / labels.shape[1]
+        return chunked_accuracy(self.forward, pairs, labels,
+                                chunk or max(1, 16384 // self.replicas), self.params[0].dtype)
 
     def finite(self) -> torch.Tensor:
         """[R] bool: every parameter of the replica is finite."""
-        ok = torch.ones(self.replicas, dtype=torch.bool, device=self.params[0].device)
-        for p in self.params:
-            ok &= torch.isfinite(p).flatten(1).all(1)
-        return ok
+        return finite_replicas(self.params)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep only the replicas at positions ``idx`` (new tensors; the trial hands them to
