@@ -14,9 +14,7 @@ import pandas as pd
 from escapestat.report._figures import (
     fmt3,
 )
-from escapestat.vocab import TRIALS
 
-TRIALS_CSV = TRIALS
 KM_PER_FIGURE = 6  # more curves than this in one KM plot cannot be told apart
 MIN_IMPORTANCE_TRIALS = 5  # fANOVA on fewer complete trials is noise
 

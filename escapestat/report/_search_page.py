@@ -14,7 +14,6 @@ from escapestat import vocab
 from escapestat.errors import EscapestatError
 from escapestat.report._document import (
     MIN_IMPORTANCE_TRIALS,
-    TRIALS_CSV,
     Figure,
     Report,
     Section,
@@ -32,7 +31,7 @@ from escapestat.report._figures import (
 )
 from escapestat.report._run_page import _km_figures, _short
 from escapestat.table import _records as records
-from escapestat.vocab import COMPARE_ARMS, COMPARE_JSON, OPTUNA_DB
+from escapestat.vocab import COMPARE_ARMS, COMPARE_JSON, OPTUNA_DB, TRIALS
 
 
 # ---------------------------------------------------------------- an optimisation folder
@@ -134,7 +133,7 @@ def _optuna_sections(path: Path) -> list[Section]:
 
 
 def _best_trials(path: Path) -> Section | None:
-    trials = records.read_table(path / TRIALS_CSV)
+    trials = records.read_table(path / TRIALS)
     if "value" not in trials.columns or not len(trials):
         return None
     ok = trials[(trials["state"] == "complete") & trials["feasible"].astype(bool)]
@@ -259,7 +258,7 @@ def _search_report(path: Path) -> Report:
     else:
         sections.append(Section("Searches", [f"no {OPTUNA_DB} here (an external storage?): "
                                              f"no optimisation history"]))
-    if (path / TRIALS_CSV).is_file():
+    if (path / TRIALS).is_file():
         best = _best_trials(path)
         if best is not None:
             sections.append(best)
