@@ -11,7 +11,8 @@ from .common import usage_error
 try:  # typer ≥ 0.2x vendors click as typer._click; older typer uses click itself
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    # the same classes from click itself (mypy sees both imports)
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 
 def _one_line(exc: UsageError, ctx=None) -> Exception:

@@ -71,8 +71,8 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
     # "hi", so a narrow terminal never splits a number (1.66e-06–3 / .78e-06).
     widths = [max(len(f"{v[0]}–{v[1]}" if isinstance(v, tuple) else v) for v in column)
               for column in zip(*cells.values(), strict=True)]
-    label = max(len(name) for name in [*cells, group_col or "group"])
-    stacked = label + sum(w + 3 for w in widths) + 4 > out_console.width
+    label_width = max(len(name) for name in [*cells, group_col or "group"])
+    stacked = label_width + sum(w + 3 for w in widths) + 4 > out_console.width
     for name, row in cells.items():
         table.add_row(name, *(("{}–\n{}" if stacked else "{}–{}").format(*v)
                               if isinstance(v, tuple) else v for v in row))
@@ -135,7 +135,7 @@ def fit(
                                    for s, summaries in results]})
         else:
             s, summaries = results[0]
-            payload = {"groups": [g.as_dict() for g in summaries]}
+            payload: dict[str, list] = {"groups": [g.as_dict() for g in summaries]}
             if s.pooled:
                 payload["pooled"] = list(s.pooled)
             print_json(payload)

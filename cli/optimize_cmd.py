@@ -83,6 +83,7 @@ def _ratio(r: dict, key: str) -> str:
     t, tci = r.get(f"time_ratio_vs_{key}"), r.get(f"time_ratio_vs_{key}_ci")
     if t is None:
         return median
+    assert tci is not None  # the compare rows hold a time ratio with its CI (_time_columns)
     return f"{median}\ntime {_fmt(t)} [{_fmt(tci[0])}, {_fmt(tci[1])}]"
 
 

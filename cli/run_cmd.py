@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from escapestat.stats._survival import KS_BOOTSTRAP
@@ -23,7 +30,8 @@ class _Bar:
     """Renders the engine's progress events as a rich bar on stderr."""
 
     def __init__(self, progress: Progress):
-        self.progress, self.task = progress, None
+        self.progress = progress
+        self.task: TaskID | None = None
 
     def __call__(self, event) -> None:
         """``trials.ChunkStarted`` opens a bar; ``trials.ChunkProgress`` moves it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 
 
 class EscapestatError(Exception):
@@ -24,7 +25,7 @@ def did_you_mean(key: str, allowed) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def build_keyed(cls, keys: list[str], spec: dict, where: str, tag: str):
+def build_keyed(cls, keys: Sequence[str], spec: dict, where: str, tag: str):
     """``cls(*values)`` from a TOML table holding exactly ``keys`` besides its ``tag`` key.
 
     An unknown key (with a suggestion), a missing key, or a bad value (``FieldError``) is

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 Bad = Callable[[str, str], Any]  # bad(key, why) raises one error line naming the key
 
@@ -41,3 +41,25 @@ class ModelSpec:
     def replica_bytes(self, study) -> int:
         """A lower bound on the memory one replica needs (parameters ×4, data, one batch)."""
         raise NotImplementedError
+
+
+class LinearTrapSpec(Protocol):
+    """What the config reads of a deep linear trap's ``[model]`` (a kind that does not
+    learn a task): ``models.deep_linear.spec.DeepLinearSpec``, which config cannot import."""
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def strengths(self) -> tuple[float, ...]: ...
+
+    @property
+    def trapped_index(self) -> int: ...
+
+    @property
+    def widths(self) -> list[int]: ...
+
+
+def linear_trap(spec: ModelSpec) -> LinearTrapSpec:
+    """``spec`` as a deep linear trap's, for a study whose model does not learn a task."""
+    return cast(LinearTrapSpec, spec)

@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from escapestat.errors import EscapestatError, FieldError, build_keyed, did_you_mean
 
@@ -79,7 +79,8 @@ class Schedule:
 
     def __post_init__(self):
         for key, f in zip(self.keys(), dataclasses.fields(self), strict=True):
-            value = _CONVERT[f.type](self.shape, key, getattr(self, f.name))
+            # The annotation is its text (postponed evaluation), a key of _CONVERT.
+            value = _CONVERT[cast(str, f.type)](self.shape, key, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
         self._check()
 
@@ -108,7 +109,7 @@ class Schedule:
 
     def describe(self) -> str:
         """Canonical compact JSON: the shape, then the keys in declaration order."""
-        d = {"shape": self.shape}
+        d: dict[str, Any] = {"shape": self.shape}
         for key, f in zip(self.keys(), dataclasses.fields(self), strict=True):
             v = getattr(self, f.name)
             d[key] = list(v) if isinstance(v, tuple) else v

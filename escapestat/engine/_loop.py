@@ -5,9 +5,9 @@ saved at a check (``ChunkCheckpoint``) so a stopped chunk continues where it was
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -15,12 +15,14 @@ import torch
 
 from escapestat.config._registry import model_class
 from escapestat.config._study import Condition, Study
+from escapestat.engine._chunk_table import _chunk_table, _milestone_columns
 from escapestat.engine._chunks import Chunk
 from escapestat.engine._detector import (
     CENSORED,
     DIVERGED,
     ESCAPED,
     UNTRAPPED,
+    Decisions,
     EscapeDetector,
     EscapeRule,
 )
@@ -32,7 +34,9 @@ from escapestat.engine._storage import (
 from escapestat.models._threads import cpu_threads
 from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP
-from escapestat.vocab import UNFIT
+
+if TYPE_CHECKING:
+    from escapestat.config._schedules import Schedule
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,9 @@ class HyperSchedules:
         self.lr = ReplicaSchedules([c.lr for c in conds], dtype, device)
         self.beta = ReplicaSchedules([c.beta for c in conds], dtype, device)
         temps = [c.temperature for c in conds]
+        # One noise per study: every condition has a T (Langevin) or none has (SGD).
         self.temperature = (None if temps[0] is None
-                            else ReplicaSchedules(temps, dtype, device))
+                            else ReplicaSchedules(cast("list[Schedule]", temps), dtype, device))
         self.batch = conds[0].batch_size  # one per chunk (plan_chunks)
 
     def batch_size(self, t: int) -> int | None:
@@ -182,188 +187,197 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
             torch.set_flush_denormal(False)
 
 
-def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
-               progress: Progress | None = None, watch: Watch | None = None,
-               hold: bool = False, checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
-    run, esc = study.run, study.escape
-    dtype = torch_dtype(study)
-    cs = [conds[i] for i in chunk.condition]
-    n, budget, every = len(cs), run.max_steps, esc.check_every
-    saved = checkpoint.load(device) if checkpoint is not None else None
-    if saved is None:
-        generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
-        hyper = HyperSchedules(cs, dtype, device)
-        model = build_model(study, cs, generator, device, hyper.batch_size(0))
-        detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
-                                  budget, n, device)
-        rules = model.milestone_rules
-        marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
-        state = {
-            "model": model, "hyper": hyper, "detector": detector, "marks": marks,
-            "switch": dict(model.switch_values),  # per replica, before any leave
-            "curves": {name: [] for name in model.curve_names},
-            "steps": [], "status": np.full(n, CENSORED, dtype=object),
-            "duration": np.full(n, float(budget)), "active": np.arange(n),
-            "open_": np.ones(n, dtype=bool),  # undecided, per position in ``active``
-            "finals": {},  # with ``hold``: final values (NaN if diverged)
-            # The order parameter at the first check past half the budget and where each
-            # replica was decided: whether a trap held to the budget was still moving.
-            "trend": {name: np.full(n, np.nan) for name in (Q_MID, Q_MID_STEP, Q_END)},
-            "late": np.zeros(n, dtype=bool),  # with ``hold``: decided, then diverged while held
-            "t": 0, "mid_seen": False,
-        }
-        state["last"] = {name: np.full(n, np.nan) for name in state["curves"]}
-    else:
-        state = saved
-    model, hyper, detector, marks = (state[k] for k in ("model", "hyper", "detector", "marks"))
-    switch, curves, last, steps = (state[k] for k in ("switch", "curves", "last", "steps"))
-    status, duration, finals, trend, late = (
-        state[k] for k in ("status", "duration", "finals", "trend", "late"))
-    active, open_, t, mid_seen = (state[k] for k in ("active", "open_", "t", "mid_seen"))
-    # No minibatch noise at all: full batch at a constant size (Langevin runs have noise).
-    full_batch = model.full_batch and all(
-        c.batch_size is None or c.batch_size.is_constant for c in cs)
+@dataclass
+class _LoopState:
+    """Everything the loop carries from check to check; a checkpoint saves it as a dict.
 
-    def retire(done: np.ndarray) -> None:
-        nonlocal active, open_
+    ``status``, ``duration`` and the other columns are per replica of the chunk;
+    ``active`` holds the positions still training and ``open_`` which of them are
+    undecided (with ``hold``, decided replicas train on to the budget).
+    """
+
+    model: ReplicaModel
+    hyper: HyperSchedules
+    detector: EscapeDetector
+    marks: _Milestones | None
+    switch: dict[str, np.ndarray]  # per replica, before any leave
+    curves: dict[str, list[np.ndarray]]
+    steps: list[int]
+    status: np.ndarray
+    duration: np.ndarray
+    active: np.ndarray
+    open_: np.ndarray
+    finals: dict[str, np.ndarray]  # with ``hold``: final values (NaN if diverged)
+    # The order parameter at the first check past half the budget and where each
+    # replica was decided: whether a trap held to the budget was still moving.
+    trend: dict[str, np.ndarray]
+    late: np.ndarray  # with ``hold``: decided, then diverged while held
+    t: int
+    mid_seen: bool
+    last: dict[str, np.ndarray]  # each curve's latest value per replica
+
+    def as_dict(self) -> dict:
+        """The checkpoint's state: these fields by name, in this order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def running(self, hold: bool, budget: int) -> bool:
+        """Replicas still undecided, or (``hold``) decided ones training to the budget."""
+        return bool(self.open_.any() or (hold and self.active.size and self.t < budget))
+
+    def retire(self, done: np.ndarray, device: torch.device) -> None:
+        """The replicas at positions ``done`` of ``active`` stop training."""
         keep = ~done
         if keep.all():
             return
         idx = torch.as_tensor(np.flatnonzero(keep), device=device)
-        active, open_ = active[keep], open_[keep]
-        for part in (model, detector, hyper, marks):
+        self.active, self.open_ = self.active[keep], self.open_[keep]
+        for part in (self.model, self.detector, self.hyper, self.marks):
             if part is not None:
                 part.keep(idx)
 
-    def record(t: int) -> None:
-        if not curves:
+    def record(self) -> None:
+        """The curves at this check; decided replicas carry their last value."""
+        if not self.curves:
             return
-        for name, values in model.curve_values().items():
-            last[name][active] = values.cpu().numpy()
-            curves[name].append(last[name].copy())  # decided replicas carry their last value
-        steps.append(t)
+        for name, values in self.model.curve_values().items():
+            self.last[name][self.active] = values.cpu().numpy()
+            self.curves[name].append(self.last[name].copy())
+        self.steps.append(self.t)
 
+
+def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
+               progress: Progress | None = None, watch: Watch | None = None,
+               hold: bool = False, checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
+    """Start the chunk (or continue its checkpoint), train and check until every replica
+    is decided, then write its table."""
+    cs = [conds[i] for i in chunk.condition]
+    n, budget = len(cs), study.run.max_steps
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    loop = _start(study, cs, chunk, device) if saved is None else _LoopState(**saved)
+    # No minibatch noise at all: full batch at a constant size (Langevin runs have noise).
+    full_batch = loop.model.full_batch and all(
+        c.batch_size is None or c.batch_size.is_constant for c in cs)
     with torch.no_grad():
         if saved is None:
-            untrapped = detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
-            record(0)
-            status[untrapped], duration[untrapped] = UNTRAPPED, 0.0
-            retire(untrapped)
-        while open_.any() or (hold and active.size and t < budget):
-            for _ in range(min(every, budget - t) if t < budget else every):
-                model.step(t, hyper.at(t))
-                t += 1
-            q, finite = model.order_parameter(), model.finite()
-            if marks is not None:
-                marks.check(t, q, model.milestones(), finite, active)
-            record(t)
-            if t >= budget / 2 and not mid_seen:
-                trend[Q_MID][active], trend[Q_MID_STEP][active] = q.cpu().numpy(), t
-                mid_seen = True
-            d = detector.check(t, q, finite)
-            escaped, censored, diverged = torch.stack(
-                [d.escaped, d.censored, d.diverged]).cpu().numpy()  # host sync, once per check
-            # Held replicas were decided before: only a divergence still matters for them.
-            diverged_held = diverged & ~open_ if hold else np.zeros_like(diverged)
-            escaped, censored, diverged = escaped & open_, censored & open_, diverged & open_
-            decided = escaped | censored | diverged
-            if decided.any() or diverged_held.any():
-                times = d.time.cpu().numpy()
-                trend[Q_END][active[decided]] = q.cpu().numpy()[decided]
-                for now, label in ((escaped, ESCAPED), (censored, CENSORED),
-                                   (diverged, DIVERGED)):
-                    status[active[now]], duration[active[now]] = label, times[now]
-                if marks is not None:
-                    marks.settle(decided, active)
-                late[active[diverged_held]] = True
-                open_ &= ~decided
-                retire(diverged | diverged_held if hold else decided)  # held: the rest stay
-            if progress is not None:
-                progress(ChunkProgress(chunk.index, min(t, budget), budget, int(active.size), n))
-            if watch is not None:  # ``active`` less the held (decided) replicas
-                watch(t, status, duration, active[open_], last)
-            if checkpoint is not None and checkpoint.due() and (
-                    open_.any() or (hold and active.size and t < budget)):
-                state.update(active=active, open_=open_, t=t, mid_seen=mid_seen)
-                checkpoint.save(state)
+            _leave_untrapped(loop, device)
+        while loop.running(hold, budget):
+            _train_to_next_check(loop, study.escape.check_every, budget)
+            _check(loop, budget, hold, device)
+            _report(loop, chunk, n, budget, progress, watch)
+            _save_if_due(loop, checkpoint, hold, budget)
+    return _output(study, cs, chunk, loop, full_batch, hold)
+
+
+def _start(study: Study, cs: list[Condition], chunk: Chunk, device: torch.device) -> _LoopState:
+    """A fresh chunk: its model built and trapped, every replica active and undecided."""
+    run, esc = study.run, study.escape
+    n, budget = len(cs), run.max_steps
+    generator = torch.Generator(device=device).manual_seed(chunk.seed(run.seed))
+    hyper = HyperSchedules(cs, torch_dtype(study), device)
+    model = build_model(study, cs, generator, device, hyper.batch_size(0))
+    detector = EscapeDetector(EscapeRule(esc.threshold, esc.fallback, esc.commit_steps),
+                              budget, n, device)
+    rules = model.milestone_rules
+    marks = _Milestones(rules, esc.threshold, budget, n, device) if rules else None
+    switch = dict(model.switch_values)
+    curves: dict[str, list[np.ndarray]] = {name: [] for name in model.curve_names}
+    return _LoopState(
+        model=model, hyper=hyper, detector=detector, marks=marks, switch=switch,
+        curves=curves, steps=[], status=np.full(n, CENSORED, dtype=object),
+        duration=np.full(n, float(budget)), active=np.arange(n),
+        open_=np.ones(n, dtype=bool), finals={},
+        trend={name: np.full(n, np.nan) for name in (Q_MID, Q_MID_STEP, Q_END)},
+        late=np.zeros(n, dtype=bool), t=0, mid_seen=False,
+        last={name: np.full(n, np.nan) for name in curves})
+
+
+def _leave_untrapped(loop: _LoopState, device: torch.device) -> None:
+    """Step 0: replicas not in the trap are ``untrapped`` (duration 0) and leave at once."""
+    model = loop.model
+    untrapped = loop.detector.untrapped(model.order_parameter(), model.finite()).cpu().numpy()
+    loop.record()
+    loop.status[untrapped], loop.duration[untrapped] = UNTRAPPED, 0.0
+    loop.retire(untrapped, device)
+
+
+def _train_to_next_check(loop: _LoopState, every: int, budget: int) -> None:
+    """``every`` training steps; fewer where the budget comes first."""
+    for _ in range(min(every, budget - loop.t) if loop.t < budget else every):
+        loop.model.step(loop.t, loop.hyper.at(loop.t))
+        loop.t += 1
+
+
+def _check(loop: _LoopState, budget: int, hold: bool, device: torch.device) -> None:
+    """A check: the milestones, the curves, the order parameter at mid-budget, and the
+    escape detector's decisions."""
+    q, finite = loop.model.order_parameter(), loop.model.finite()
+    if loop.marks is not None:
+        loop.marks.check(loop.t, q, loop.model.milestones(), finite, loop.active)
+    loop.record()
+    if loop.t >= budget / 2 and not loop.mid_seen:
+        trend, active = loop.trend, loop.active
+        trend[Q_MID][active], trend[Q_MID_STEP][active] = q.cpu().numpy(), loop.t
+        loop.mid_seen = True
+    decisions = loop.detector.check(loop.t, q, finite)
+    _decide(loop, decisions, q, hold, device)
+
+
+def _decide(loop: _LoopState, d: Decisions, q: torch.Tensor, hold: bool,
+            device: torch.device) -> None:
+    """Write down the replicas decided at this check and retire them (held replicas train
+    on, unless they diverge)."""
+    escaped, censored, diverged = torch.stack(
+        [d.escaped, d.censored, d.diverged]).cpu().numpy()  # host sync, once per check
+    # Held replicas were decided before: only a divergence still matters for them.
+    open_ = loop.open_
+    diverged_held = diverged & ~open_ if hold else np.zeros_like(diverged)
+    escaped, censored, diverged = escaped & open_, censored & open_, diverged & open_
+    decided = escaped | censored | diverged
+    if not (decided.any() or diverged_held.any()):
+        return
+    times = d.time.cpu().numpy()
+    loop.trend[Q_END][loop.active[decided]] = q.cpu().numpy()[decided]
+    for now, label in ((escaped, ESCAPED), (censored, CENSORED), (diverged, DIVERGED)):
+        loop.status[loop.active[now]], loop.duration[loop.active[now]] = label, times[now]
+    if loop.marks is not None:
+        loop.marks.settle(decided, loop.active)
+    loop.late[loop.active[diverged_held]] = True
+    loop.open_ &= ~decided
+    loop.retire(diverged | diverged_held if hold else decided, device)  # held: the rest stay
+
+
+def _report(loop: _LoopState, chunk: Chunk, n: int, budget: int, progress: Progress | None,
+            watch: Watch | None) -> None:
+    if progress is not None:
+        step = min(loop.t, budget)
+        progress(ChunkProgress(chunk.index, step, budget, int(loop.active.size), n))
+    if watch is not None:  # ``active`` less the held (decided) replicas
+        watch(loop.t, loop.status, loop.duration, loop.active[loop.open_], loop.last)
+
+
+def _save_if_due(loop: _LoopState, checkpoint: ChunkCheckpoint | None, hold: bool,
+                 budget: int) -> None:
+    """Save the loop's state every so often, unless this check ended the chunk."""
+    if checkpoint is not None and checkpoint.due() and loop.running(hold, budget):
+        checkpoint.save(loop.as_dict())
+
+
+def _output(study: Study, cs: list[Condition], chunk: Chunk, loop: _LoopState,
+            full_batch: bool, hold: bool) -> ChunkOutput:
+    """The chunk's table, one row per replica, and its curves."""
     if hold:
-        for name, values in model.final_values().items():
-            col = finals.setdefault(name, np.full(n, np.nan))
-            col[active] = values.cpu().numpy()
-    table = _chunk_table(study, cs, chunk, status, duration)
+        for name, values in loop.model.final_values().items():
+            col = loop.finals.setdefault(name, np.full(len(cs), np.nan))
+            col[loop.active] = values.cpu().numpy()
+    table = _chunk_table(study, cs, chunk, loop.status, loop.duration)
     table["full_batch"] = full_batch
-    for name, col in {**switch, **finals, **trend}.items():
+    for name, col in {**loop.switch, **loop.finals, **loop.trend}.items():
         table[name] = col
-    if marks is not None:
-        table = _milestone_columns(table, study, marks, last)
+    if loop.marks is not None:
+        table = _milestone_columns(table, study, loop.marks, loop.last)
     if hold:  # a replica that diverged after its escape has no final value at the budget
-        table["diverged_after_escape"] = late
-        table.loc[late, [c for c in table if c.startswith("final_")]] = np.nan
-    out = None if not curves else {"step": np.asarray(steps),
-                                   **{k: np.stack(v) for k, v in curves.items()}}
-    return ChunkOutput(table, out)
-
-
-def _milestone_columns(table: pd.DataFrame, study: Study, marks: _Milestones,
-                       last: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Fit, first crossing, generalisation and delay times, each curve's final value
-    (``final_test_accuracy``, ``final_test_error`` ...); ``duration`` per ``measure``.
-
-    A replica that never fits is ``unfit`` under ``measure = "delay"`` (no delay exists);
-    a delay of 0 (fit and generalisation seen at the same check) is recorded as half a
-    check interval, since durations must be positive.
-    """
-    esc = study.escape
-    fit = marks.times["fit"]
-    generalize = np.where(table["event"] == 1, table["duration"], np.nan)
-    table = table.assign(
-        fit_time=fit, first_cross_time=marks.first_cross, generalize_time=generalize,
-        delay=generalize - fit,
-        **{f"final_{name}": values for name, values in last.items()},
-        measure=esc.measure)
-    if esc.measure == "delay":
-        unfit = np.isnan(fit) & table["status"].isin([ESCAPED, CENSORED, DIVERGED]).to_numpy()
-        delay = np.where(table["event"] == 1, generalize - fit, table["duration"] - fit)
-        delay = np.where(delay <= 0, esc.check_every / 2, delay)
-        table["duration"] = np.where(unfit, np.nan, delay)
-        table.loc[unfit, "status"] = UNFIT
-        table.loc[unfit, "event"] = 0
-    return table
-
-
-def _label(schedule) -> str:
-    return "constant" if schedule is None or schedule.is_constant else schedule.describe()
-
-
-def _chunk_table(study: Study, cs: list[Condition], chunk: Chunk, status: np.ndarray,
-                 duration: np.ndarray) -> pd.DataFrame:
-    """One row per replica: the survival columns, the conditions and their schedules."""
-    gf = study.dynamics.grad_filter
-    return pd.DataFrame({
-        "duration": duration,
-        "event": (status == ESCAPED).astype(int),
-        "status": status.astype(str),
-        "temperature": [c.reported_temperature for c in cs],
-        "lr": [c.lr.value(0) for c in cs],
-        "batch_size": [None if c.batch_size is None else int(round(c.batch_size.value(0)))
-                       for c in cs],
-        "weight_decay": [c.beta.value(0) for c in cs],
-        "noise": study.dynamics.noise,
-        "barrier_theory": [c.barrier for c in cs],
-        "lr_schedule": [_label(c.lr) for c in cs],
-        "weight_decay_schedule": [_label(c.beta) for c in cs],
-        "temperature_schedule": [
-            "constant" if c.temperature_is_constant
-            else (_label(c.temperature) if c.temperature is not None else "lr / batch_size")
-            for c in cs],
-        "batch_size_schedule": [_label(c.batch_size) for c in cs],
-        "grad_filter": "none" if gf is None else json.dumps(gf.as_dict(), sort_keys=True),
-        **({"seed_over_saddle": [c.seed_over_saddle for c in cs]}
-           if any(c.seed_over_saddle is not None for c in cs) else {}),
-        "condition": list(chunk.condition),
-        "replica": list(chunk.replica),
-        "chunk": chunk.index,
-        "seed": chunk.seed(study.run.seed),
-    })
-
-
+        table["diverged_after_escape"] = loop.late
+        table.loc[loop.late, [c for c in table if c.startswith("final_")]] = np.nan
+    curves = None if not loop.curves else {
+        "step": np.asarray(loop.steps), **{k: np.stack(v) for k, v in loop.curves.items()}}
+    return ChunkOutput(table, curves)

@@ -16,8 +16,9 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def device_text(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads{extra})"
 
 
-def _save_npz(tmp: str, arrays: dict[str, np.ndarray]) -> None:
+def _save_npz(tmp: str, arrays: Mapping[str, Any]) -> None:
     with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(handle, **arrays)
 

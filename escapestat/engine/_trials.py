@@ -107,7 +107,8 @@ def _route_notes(study: Study, dev: torch.device) -> list[str]:
 
 
 def _ranges(ids: list[int]) -> str:
-    out, start = [], ids[0]
+    out: list[str] = []
+    start: int | None = ids[0]
     for a, b in zip(ids, ids[1:] + [None], strict=True):
         if b != a + 1:
             out.append(str(start) if start == a else f"{start}–{a}")
@@ -223,8 +224,8 @@ def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: l
 def _bands(store: RunStore, chunks: list[Chunk], frames: list[pd.DataFrame]):
     """Per-condition curve bands from the chunks' per-replica curves (None without curves)."""
     pairs = [(f, store.chunk_curves(c.index)) for c, f in zip(chunks, frames, strict=True)]
-    pairs = [(f, c) for f, c in pairs if c is not None]
-    return curve_bands(pairs) if pairs else None
+    recorded = [(f, c) for f, c in pairs if c is not None]
+    return curve_bands(recorded) if recorded else None
 
 
 def _read_curves(store: RunStore) -> pd.DataFrame | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from typing import Any
 
 from escapestat.errors import EscapestatError
 
@@ -36,7 +37,7 @@ def import_first(modules: list[str], name: str, pip: str, integration: str):
                              f"installed: pip install {pip}")
 
 
-def scalar_metrics(metrics: Mapping[str, object] | None) -> dict[str, float]:
+def scalar_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     """The numeric scalars of a framework's metrics dict (tensors of one element included);
     text, bools, lists and larger tensors are left out."""
     out = {}

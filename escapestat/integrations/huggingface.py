@@ -16,11 +16,14 @@ The Trainer prefixes evaluation metrics with ``eval_`` (``metric_key_prefix``). 
 
 from __future__ import annotations
 
+from typing import Any
+
 from escapestat.integrations import import_first, scalar_metrics
 from escapestat.monitor._monitor import EscapeMonitor
 
-TrainerCallback = import_first(["transformers"], "TrainerCallback", "'escapestat[huggingface]'",
-                               "escapestat.integrations.huggingface")
+TrainerCallback: Any = import_first(["transformers"], "TrainerCallback",
+                                    "'escapestat[huggingface]'",
+                                    "escapestat.integrations.huggingface")
 
 
 class EscapeCallback(TrainerCallback):
@@ -59,6 +62,7 @@ class EscapeCallback(TrainerCallback):
 
     def _flush(self) -> None:
         if self._pending and not self.monitor.closed:
+            assert self._step is not None  # on_evaluate sets the step before it adds metrics
             self.monitor.update(self._step, self._pending)
         self._pending = {}
 

@@ -15,11 +15,13 @@ Needs ``lightning`` (``lightning.pytorch``) or the older ``pytorch_lightning``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from escapestat.integrations import import_first, scalar_metrics
 from escapestat.monitor._monitor import EscapeMonitor
 
-Callback = import_first(["lightning.pytorch", "pytorch_lightning"], "Callback",
-                        "'escapestat[lightning]'", "escapestat.integrations.lightning")
+Callback: Any = import_first(["lightning.pytorch", "pytorch_lightning"], "Callback",
+                             "'escapestat[lightning]'", "escapestat.integrations.lightning")
 
 
 class EscapeCallback(Callback):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 
@@ -140,12 +141,21 @@ class MovingAverageFilter:
 
 GradFilter = EmaFilter | MovingAverageFilter
 #: kind → (its filter, its keys in the order ``config`` checks them).
-_KINDS = {"ema": (EmaFilter, KINDS["ema"][1]), "ma": (MovingAverageFilter, KINDS["ma"][1])}
+_KINDS: dict[str, tuple[type[GradFilter], Sequence[str]]] = {
+    "ema": (EmaFilter, KINDS["ema"][1]), "ma": (MovingAverageFilter, KINDS["ma"][1])}
 
 
 def build_grad_filter(spec: dict) -> GradFilter:
     """A fresh filter (it holds per-replica state) from a table ``config`` has checked."""
     return parse_grad_filter(spec, "[dynamics] grad_filter")
+
+
+@overload
+def parse_grad_filter(spec: dict, where: str) -> GradFilter: ...
+
+
+@overload
+def parse_grad_filter(spec: None, where: str) -> None: ...
 
 
 def parse_grad_filter(spec: dict | None, where: str) -> GradFilter | None:

@@ -29,6 +29,7 @@ def sgd(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], hyper: Hy
 def langevin(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], hyper: Hyper,
              generator: torch.Generator | None = None) -> None:
     """θ ← θ − lr ∇θ + √(2 lr T) ξ: stationary law ∝ exp(−loss / T) for small lr."""
+    assert hyper.temperature is not None  # Langevin steps always carry T
     kick = torch.sqrt(2 * hyper.lr * hyper.temperature)
     for p, g in zip(params, grads, strict=True):
         xi = torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)

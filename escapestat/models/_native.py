@@ -265,6 +265,13 @@ def kernels() -> NativeKernels | None:
         return _loaded
 
 
+def required() -> NativeKernels:
+    """``kernels()`` for a caller that ``usable`` has cleared to run on them (never None)."""
+    loaded_kernels = kernels()
+    assert loaded_kernels is not None  # usable() said the kernels can be had
+    return loaded_kernels
+
+
 def loaded() -> NativeKernels | None:
     """The kernels if an earlier call built or loaded them (never starts a build)."""
     return _loaded

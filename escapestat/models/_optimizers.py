@@ -41,7 +41,7 @@ def pack(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out, offset = [], 0
     for t in tensors:
         chunk = torch.empty(0, dtype=first.dtype, device=first.device)
-        chunk.set_(flat.untyped_storage(), offset, t.shape)
+        chunk.set_(flat.untyped_storage(), offset, t.shape, ())  # no strides: contiguous
         out.append(chunk.copy_(t))
         offset += t.numel()
     return out
@@ -62,7 +62,14 @@ def flat_view(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
 def keep_packed_(tensors: Sequence[torch.Tensor], idx: torch.Tensor) -> None:
     """Keep rows ``idx`` of each tensor, in place: same tensor objects, a new packed buffer."""
     for t, kept in zip(tensors, pack([t[idx] for t in tensors]), strict=True):
-        t.set_(kept)
+        t.set_(kept.untyped_storage(), kept.storage_offset(), kept.shape, kept.stride())
+
+
+def _packed_view(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``flat_view`` of tensors that ``pack`` laid out (one buffer, so never None)."""
+    flat = flat_view(tensors)
+    assert flat is not None  # pack's chunks are consecutive and contiguous
+    return flat
 
 
 def _per_replica(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -94,7 +101,7 @@ class _Fused:
         self._state = [pack([torch.zeros_like(p) for p in self.params]) for _ in range(buffers)]
 
     def _flat(self, k: int) -> torch.Tensor:
-        return flat_view(self._state[k])
+        return _packed_view(self._state[k])
 
     def _flat_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         if len(grads) != len(self.params):
@@ -151,15 +158,16 @@ class AdamW(_Fused):
         self.steps += 1
         first = self.params[0]
         if self.backend == "native":
-            kernels = native.kernels()
-            kernels.adamw(self.params, [g.contiguous() for g in grads], *self._state,
-                          _per_replica(lr, first), _per_replica(weight_decay, first),
-                          self.decay_mask, self.betas, self.eps, self.steps)
+            exp_avg, exp_avg_sq = self._state
+            native.required().adamw(
+                self.params, [g.contiguous() for g in grads], exp_avg, exp_avg_sq,
+                _per_replica(lr, first), _per_replica(weight_decay, first),
+                self.decay_mask, self.betas, self.eps, self.steps)
             return
         g = self._flat_grads(grads)
         if self._direction is None or self._direction[0].shape != first.shape:
             self._direction = pack([torch.zeros_like(p) for p in self.params])
-        self._minus_direction(g, self._flat(0), self._flat(1), flat_view(self._direction))
+        self._minus_direction(g, self._flat(0), self._flat(1), _packed_view(self._direction))
         lr = torch.as_tensor(lr, dtype=first.dtype, device=first.device)
         shrink = 1 - lr * torch.as_tensor(weight_decay, dtype=first.dtype, device=first.device)
         for p, minus, decay in zip(self.params, self._direction, self.decay_mask, strict=True):
@@ -217,7 +225,7 @@ class Adam(AdamW):
         if self._direction is None or self._direction[0].shape != first.shape:
             self._direction = pack([torch.zeros_like(p) for p in self.params])
         self._minus_direction(self._flat_grads(grads), self._flat(0), self._flat(1),
-                              flat_view(self._direction))
+                              _packed_view(self._direction))
         for p, minus in zip(self.params, self._direction, strict=True):
             p.addcmul_(_column(lr, p), minus)
 

@@ -29,11 +29,11 @@ def cpu_threads(threads: int | None, device: torch.device | str) -> Iterator[Non
     """Run the block with ``threads`` CPU threads (None, or a non-CPU device: unchanged);
     the caller's setting is restored afterwards."""
     before = torch.get_num_threads()
-    change = threads is not None and torch.device(device).type == "cpu"
-    if change:
-        torch.set_num_threads(threads)
+    change = threads if threads is not None and torch.device(device).type == "cpu" else None
+    if change is not None:
+        torch.set_num_threads(change)
     try:
         yield
     finally:
-        if change:
+        if change is not None:
             torch.set_num_threads(before)

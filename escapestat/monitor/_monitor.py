@@ -26,198 +26,41 @@ import atexit
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import uuid
 from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from escapestat.errors import EscapestatError, did_you_mean
+from escapestat.errors import EscapestatError
+from escapestat.monitor._criterion import (  # noqa: F401
+    DIRECTIONS,
+    Criterion,
+    _Commitment,
+    _number,
+)
+from escapestat.monitor._end_paths import (  # noqa: F401
+    _ATEXIT,
+    _OPEN,
+    _close_all,
+    _install_handlers,
+    _on_signal,
+    _restore_handlers,
+    _writing,
+)
 from escapestat.stats._strata import CONDITION_COLUMNS, SCHEDULE_SUFFIX
 from escapestat.table._append import append_row, cell_text, column_mismatch, existing_columns
 from escapestat.table._records import _format
 
 ESCAPED, CENSORED, DIVERGED, UNTRAPPED, RUNNING = (
     "escaped", "censored", "diverged", "untrapped", "running")
-DIRECTIONS = ("higher", "lower")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def _number(value, what: str) -> float:
-    """A metric or option value as a float: numbers, numpy scalars, one-element tensors."""
-    if isinstance(value, bool):
-        raise EscapestatError(f"{what} must be a number, not a bool ({value!r})")
-    try:
-        return float(value.item() if hasattr(value, "item") else value)
-    except (TypeError, ValueError, RuntimeError):
-        raise EscapestatError(f"{what} must be a number; got {value!r}") from None
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """A committed crossing of one metric: the engine's escape rule for a single run.
-
-    The run *crosses* at the first evaluation with the metric on the good side of
-    ``threshold`` (≥ for ``direction="higher"``, ≤ for ``"lower"``). The crossing is
-    *pending* until ``commit_steps`` steps have passed with no evaluation past
-    ``fallback`` on the bad side; then it commits, and its time is the **crossing step**.
-    A fall-back forgets the crossing; a later crossing starts afresh.
-
-    Parameters
-    ----------
-    metric : str
-        Name of the metric as passed to ``EscapeMonitor.update``.
-    threshold : float
-        Level whose crossing is an escape.
-    fallback : float, optional
-        Level whose crossing back cancels a pending crossing; on the bad side of
-        ``threshold`` or equal to it (the default: any step back over the threshold).
-    direction : {"higher", "lower"}
-        Whether larger metric values are better (accuracy) or smaller ones (loss, error).
-    commit_steps : int or float
-        How many steps a crossing must hold, > 0 (the engine's default is 200).
-    """
-
-    metric: str
-    threshold: float
-    fallback: float | None = None
-    direction: str = "higher"
-    commit_steps: float = 200
-
-    def __post_init__(self):
-        if not isinstance(self.metric, str) or not self.metric:
-            raise EscapestatError(f"the metric name must be a non-empty string; got "
-                                  f"{self.metric!r}")
-        if self.direction not in DIRECTIONS:
-            raise EscapestatError(f"{self.metric}: direction must be 'higher' or 'lower'; got "
-                                  f"{self.direction!r}{did_you_mean(self.direction, DIRECTIONS)}")
-        threshold = _number(self.threshold, f"{self.metric}: threshold")
-        fallback = threshold if self.fallback is None else _number(
-            self.fallback, f"{self.metric}: fallback")
-        commit = _number(self.commit_steps, f"{self.metric}: commit_steps")
-        if not (math.isfinite(threshold) and math.isfinite(fallback)):
-            raise EscapestatError(f"{self.metric}: threshold and fallback must be finite")
-        if not (math.isfinite(commit) and commit > 0):
-            raise EscapestatError(f"{self.metric}: commit_steps must be > 0; got "
-                                  f"{self.commit_steps!r}")
-        if self.sign * fallback > self.sign * threshold:
-            side = "above" if self.direction == "higher" else "below"
-            raise EscapestatError(
-                f"{self.metric}: fallback {fallback:g} is {side} the threshold {threshold:g}; "
-                f"with direction {self.direction!r} it must be on the other side (or equal)")
-        object.__setattr__(self, "threshold", threshold)
-        object.__setattr__(self, "fallback", fallback)
-        object.__setattr__(self, "commit_steps", commit)
-
-    @property
-    def sign(self) -> int:
-        return 1 if self.direction == "higher" else -1
-
-    def crossed(self, value: float) -> bool:
-        return self.sign * value >= self.sign * self.threshold
-
-    def fell_back(self, value: float) -> bool:
-        return self.sign * value < self.sign * self.fallback
-
-
-class _Commitment:
-    """One metric's pending crossing; ``check`` mirrors ``detector.EscapeDetector.check``."""
-
-    def __init__(self, criterion: Criterion):
-        self.criterion, self.pending, self.time = criterion, None, None
-
-    def check(self, step: int, value: float) -> bool:
-        """True when the crossing commits at this evaluation (its time is ``self.time``)."""
-        c = self.criterion
-        if self.pending is None and c.crossed(value):
-            self.pending = step
-        if c.fell_back(value):
-            self.pending = None
-        if self.pending is not None and step - self.pending >= c.commit_steps:
-            self.time = self.pending
-            return True
-        return False
-
-
-# ------------------------------------------------------------------ process-wide end paths
-_OPEN: dict[int, EscapeMonitor] = {}  # id -> monitors that hold an unwritten row
-_PREVIOUS: dict[int, object] = {}  # signal -> handler before ours
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_WRITING = [0]  # > 0 while a row is being written; a signal then waits for it
-_DEFERRED: list[tuple[int, object]] = []
-_ATEXIT = [False]
-
-
-def _close_all(ended_by: str) -> None:
-    """Write the row of every open monitor of this process (atexit and signal path)."""
-    for monitor in list(_OPEN.values()):
-        if monitor._pid != os.getpid():  # inherited through fork: the parent writes it
-            continue
-        try:
-            monitor._finish(ended_by)
-        except Exception as exc:  # never lose the signal chain over one bad row
-            print(f"escapestat: could not write the escape row of run {monitor.run_id}: "
-                  f"{exc}", file=sys.stderr)
-
-
-def _on_signal(signum, frame) -> None:
-    if _WRITING[0]:  # interrupted in the middle of writing a row: finish it, then come back
-        _DEFERRED.append((signum, frame))
-        return
-    previous = _PREVIOUS.get(signum, signal.SIG_DFL)
-    _close_all(signal.Signals(signum).name)
-    _restore_handlers()
-    if callable(previous):
-        previous(signum, frame)
-    elif previous != signal.SIG_IGN:  # SIG_DFL, or a handler not installed from Python
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-@contextmanager
-def _writing():
-    """Hold signals off while a row is being made and written; then deliver them."""
-    _WRITING[0] += 1
-    try:
-        yield
-    finally:
-        _WRITING[0] -= 1
-        if not _WRITING[0] and _DEFERRED:
-            _on_signal(*_DEFERRED.pop(0))
-
-
-def _install_handlers() -> None:
-    if not _ATEXIT[0]:
-        atexit.register(_close_all, "exit")
-        _ATEXIT[0] = True
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread
-    for sig in _SIGNALS:
-        current = signal.getsignal(sig)
-        if current is _on_signal or current == signal.SIG_IGN:
-            continue  # installed already, or ignored: the signal does not end the run
-        _PREVIOUS[sig] = current
-        signal.signal(sig, _on_signal)
-
-
-def _restore_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig, previous in list(_PREVIOUS.items()):
-        if signal.getsignal(sig) is _on_signal:  # nobody replaced ours since
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        del _PREVIOUS[sig]
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# ------------------------------------------------------------------------------ monitor
 class EscapeMonitor:
     """Escape time of one training run that you drive yourself; writes one table row.
 
@@ -314,7 +157,7 @@ class EscapeMonitor:
         self.path = Path(path)
         _format(self.path)  # an unknown suffix is one clear error, now
         self.criterion = Criterion(metric, threshold, fallback, direction, commit_steps)
-        self.fit_criterion = None
+        self.fit_criterion: Criterion | None = None
         if fit_metric is not None:
             if fit_threshold is None:
                 raise EscapestatError(f"fit_metric {fit_metric!r} needs a fit_threshold")
@@ -340,9 +183,14 @@ class EscapeMonitor:
         if error is not None:
             raise error
         self.started_at = _now()
-        self.status, self.row = RUNNING, None
-        self.escape_time = self.fit_time = self.first_cross_time = None
-        self.last_step = self._risk_step = self._end_step = None
+        self.status = RUNNING
+        self.row: dict | None = None
+        self.escape_time: int | None = None
+        self.fit_time: int | None = None
+        self.first_cross_time: int | None = None
+        self.last_step: int | None = None
+        self._risk_step: int | None = None
+        self._end_step: int | None = None
         self.nonfinite_updates, self.closed = 0, False
         self._escape, self._fit = _Commitment(self.criterion), (
             _Commitment(self.fit_criterion) if self.fit_criterion else None)
@@ -434,8 +282,8 @@ class EscapeMonitor:
         if not finite:
             self._decide(DIVERGED, self._capped(step))
             return
-        if self._fit is not None and self.fit_criterion.metric in values:
-            if self.fit_time is None and self._fit.check(step, values[self.fit_criterion.metric]):
+        if self._fit is not None and self._fit.criterion.metric in values:
+            if self.fit_time is None and self._fit.check(step, values[self._fit.criterion.metric]):
                 self.fit_time = self._fit.time
         if name not in values:
             return
@@ -454,10 +302,10 @@ class EscapeMonitor:
     def _registered(self) -> bool:
         return id(self) in _OPEN
 
-    def _capped(self, step: int):
+    def _capped(self, step: int) -> int:
         return step if self.max_steps is None else min(step, self.max_steps)
 
-    def _decide(self, status: str, duration) -> None:
+    def _decide(self, status: str, duration: int | None) -> None:
         self.status, self._end_step = status, duration
         if self._fit is not None and self.fit_time is None and self._fit.pending is not None:
             self.fit_time = self._fit.pending  # the engine's settle: pending counts at its step
@@ -499,12 +347,15 @@ class EscapeMonitor:
         escaped = self.status == ESCAPED
         nan = float("nan")
         row = self._empty_row()
+        assert self._end_step is not None  # _finish writes a row only for a decided duration
         row.update(duration=float(self._end_step), event=int(escaped), status=self.status,
                    first_cross_time=nan if self.first_cross_time is None
                    else float(self.first_cross_time))
         if self.fit_criterion is not None:
             fit = nan if self.fit_time is None else float(self.fit_time)
-            generalize = float(self.escape_time) if escaped else nan
+            # An escaped run has its escape time (``update`` sets both at once).
+            generalize = (float(self.escape_time) if escaped and self.escape_time is not None
+                          else nan)
             row.update(fit_time=fit, generalize_time=generalize, delay=generalize - fit)
         row.update({f"final_{n}": self._final.get(n, nan) for n in self._recorded})
         row.update(nonfinite_updates=self.nonfinite_updates, last_step=self.last_step,

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ import pandas as pd
 from escapestat.errors import EscapestatError
 from escapestat.stats._arrhenius import ArrheniusFit
 from escapestat.table._records import TEMPERATURE, Columns, round_significant
+
+if TYPE_CHECKING:
+    from escapestat.config._schedules import Schedule
 
 
 def _pyplot():
@@ -373,7 +377,7 @@ def curves_figure(curves: pd.DataFrame, labels: Mapping | None = None,
     return fig
 
 
-def schedules_figure(schedules: Mapping[str, Mapping[str, object]], horizon: float,
+def schedules_figure(schedules: Mapping[str, Mapping[str, Schedule]], horizon: float,
                      title: str = "Schedules over the run"):
     """One panel per quantity (``schedules[name][label]`` has ``value(t)``), over 0..horizon."""
     plt = _pyplot()

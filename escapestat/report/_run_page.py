@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -24,6 +25,10 @@ from escapestat.report._figures import (
     theory_barrier_of,
 )
 from escapestat.table import _records as records
+
+if TYPE_CHECKING:
+    from escapestat.config._schedules import Schedule
+    from escapestat.stats._arrhenius import ArrheniusFit
 
 
 # ---------------------------------------------------------------- a run directory
@@ -132,7 +137,7 @@ def _km_figures(rows: pd.DataFrame, columns: records.Columns, labels: dict | Non
                 stem: str) -> list[Figure]:
     """KM curves, at most KM_PER_FIGURE groups a figure, with at-risk and event counts."""
     keys = sorted(rows[columns.group].unique()) if columns.group else [None]
-    out = []
+    out: list[Figure] = []
     for i in range(0, len(keys), KM_PER_FIGURE):
         part = rows if columns.group is None else rows[rows[columns.group].isin(
             keys[i:i + KM_PER_FIGURE])]
@@ -170,7 +175,7 @@ def _diagnostics(rows: pd.DataFrame, columns: records.Columns, labels: dict | No
 
 
 def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
-                       theory_barrier: float | None = None) -> Section | None:
+                       theory_barrier: float | None = None) -> Section:
     sec = Section("Arrhenius", [
         "Poisson GLM of escapes on −1/T with offset log(exposure): rates with exact 95% CIs, "
         "the fitted line with its 95% band, and the theory slope where the run knows the "
@@ -203,12 +208,13 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
     return sec
 
 
-def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None):
+def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None
+          ) -> list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]]:
     """(label, rows, fit, error) per stratum of ``by``, each fitted with ``fit_arrhenius``."""
     from escapestat.stats._arrhenius import fit_arrhenius
     from escapestat.stats._strata import arrhenius_strata
 
-    out = []
+    out: list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]] = []
     parts = rows.groupby(by, sort=True) if by else [((), rows)]
     for key, part in parts:
         key = key if isinstance(key, tuple) else (key,)
@@ -225,12 +231,12 @@ def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None):
     return out
 
 
-def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, object]]:
+def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, Schedule]]:
     """quantity → condition label → Schedule, for each non-constant ``*_schedule`` column
     (a condition held constant there is drawn at its value)."""
     from escapestat.config._schedules import Constant, parse_schedule
 
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Schedule]] = {}
     for col in first.columns:
         if not col.endswith("_schedule") or (first[col].astype(str) == "constant").all():
             continue
@@ -328,6 +334,7 @@ def _table_report(path: Path, n_bootstrap: int, seed: int,
     columns = records.Columns(group=group)
     summaries = summarize(df, columns, n_bootstrap=n_bootstrap, seed=seed, grid=grid,
                           threshold=records.run_meta_value(path, "threshold"))
+    labels: dict | None  # condition → text, or a group's value → text
     labels = ({int(k): v for k, v in condition_labels(df).items()}
               if group == "condition" and {"temperature", "lr"} <= set(df.columns) else
               {k: k for k in df[group].unique()} if group == "conditions" else

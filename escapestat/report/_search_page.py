@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
@@ -32,6 +33,11 @@ from escapestat.report._figures import (
 from escapestat.report._run_page import _km_figures, _short
 from escapestat.table import _records as records
 from escapestat.vocab import COMPARE_ARMS, COMPARE_JSON, OPTUNA_DB, TRIALS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
+
+    from escapestat.config._schedules import Schedule
 
 
 # ---------------------------------------------------------------- an optimisation folder
@@ -60,7 +66,7 @@ def _objective_name(study) -> str:
     from escapestat.search._identity import IDENTITY_ATTR
 
     kind = (study.user_attrs.get(IDENTITY_ATTR) or {}).get("search.objective")
-    return _OBJECTIVES.get(kind, "objective")
+    return "objective" if kind is None else _OBJECTIVES.get(kind, "objective")
 
 
 def _pruned_marks(ax, trials) -> None:
@@ -100,7 +106,7 @@ def _study_section(study) -> Section:
     with matplotlib.rc_context():  # Optuna's plots switch the style to ggplot: keep it here
         if any(t.state == optuna.trial.TrialState.COMPLETE for t in out.trials):
             ax = ovm.plot_optimization_history(study)
-            ax.figure.set_size_inches(7, 4)
+            cast("MplFigure", ax.figure).set_size_inches(7, 4)  # Optuna's axes: on a Figure
             ax.set_ylabel(f"{_objective_name(study)} (lower is better)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             _pruned_marks(ax, out.trials)
@@ -118,7 +124,7 @@ def _study_section(study) -> Section:
             matplotlib.pyplot.close("all")
             sec.blocks.append(f"Parameter importances not shown: {str(exc)[:160]}")
         else:
-            ax.figure.set_size_inches(7, 1.2 + 0.4 * len(ax.get_yticks()))
+            cast("MplFigure", ax.figure).set_size_inches(7, 1.2 + 0.4 * len(ax.get_yticks()))
             sec.blocks.append(Figure(f"importance-{name}", figure_png(ax.figure),
                                      f"parameter importances (fANOVA) of {study.study_name}"))
     return sec
@@ -154,11 +160,11 @@ def _best_trials(path: Path) -> Section | None:
 
 
 
-def _arm_schedules(arms: list[dict]) -> dict[str, dict[str, object]]:
+def _arm_schedules(arms: list[dict]) -> dict[str, dict[str, Schedule]]:
     """quantity → arm → Schedule, from the arms' ``dynamics.*`` parameters."""
     from escapestat.config._schedules import parse_schedule
 
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Schedule]] = {}
     for arm in arms:
         specs: dict[str, object] = {}
         for key, value in (arm.get("params") or {}).items():
@@ -167,8 +173,10 @@ def _arm_schedules(arms: list[dict]) -> dict[str, dict[str, object]]:
                 continue
             if len(parts) == 2:
                 specs[parts[1]] = value
-            elif isinstance(specs.setdefault(parts[1], {}), dict):
-                specs[parts[1]][parts[2]] = value
+            else:
+                table = specs.setdefault(parts[1], {})
+                if isinstance(table, dict):
+                    table[parts[2]] = value
         for name, spec in specs.items():
             if name in ("batch_size", "grad_filter"):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,9 @@ from escapestat.table._records import atomic_write, write_json
 from escapestat.theory._landscape import stationary_points
 from escapestat.vocab import STUDY_TOML, SWEEP_CSV, SWEEP_JSON, SWEEP_PNG
 
-_UP = {"ls": "-", "marker": "^"}
-_DOWN = {"ls": "-.", "marker": "v"}
+# Line styles, passed to matplotlib as keyword arguments.
+_UP: dict[str, Any] = {"ls": "-", "marker": "^"}
+_DOWN: dict[str, Any] = {"ls": "-.", "marker": "v"}
 
 
 def _learned_curve(depth: int, strength: float, beta_low: float, beta_sp: float):

@@ -23,7 +23,7 @@ ablation on the same data favours the ablation, so the test leans against the sc
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ def pick_arms(spec: SearchSpec, search: SearchOutcome,
 class _Arms:
     """Arms in order, one per distinct setting: a setting met again keeps its first name."""
 
-    def __init__(self, arms: list[Arm] = ()):
+    def __init__(self, arms: Sequence[Arm] = ()):
         self.arms: list[Arm] = []
         self._names: dict[str, str] = {}
         for arm in arms:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,7 +259,8 @@ class Objective:
         # value there (its survival curve is known to the budget): report it, so that the
         # pruner compares later trials with the fast ones too, not only with the slow.
         for t in marks:
-            trial.report(math.log(censored_rmst(t, *final, np.array([], dtype=int)) / t), t)
+            rmst = censored_rmst(t, final[0], final[1], np.array([], dtype=int))
+            trial.report(math.log(rmst / t), t)
         summary = arm.summary()
         for key, value in summary.items():
             trial.set_user_attr(key, value)
@@ -345,14 +346,15 @@ EDGE = 0.05
 def edge_notes(spec: SearchSpec, out: SearchOutcome | None) -> list[str]:
     """A note per searched range whose best value lies in the outer ``EDGE`` of it (on a
     log scale for a log range): the optimum may lie beyond, so the range should widen."""
-    best = out.best if out is not None else None
-    if best is None:
+    if out is None or out.best is None:
         return []
+    best = out.best
     notes = []
     for p in spec.space:
         v = best.params.get(p.path)
         if p.choices is not None or v is None:
             continue
+        assert p.low is not None and p.high is not None  # a range: the parser sets both
         scale = math.log if p.log else float
         pos = (scale(v) - scale(p.low)) / (scale(p.high) - scale(p.low))
         if EDGE < pos < 1 - EDGE:
@@ -379,7 +381,7 @@ def open_search(storage, name: str, spec: SearchSpec, budget: int,
 
 
 def run_search(study: optuna.Study, objective: Objective, n_trials: int,
-               callbacks: list[Callable] = ()) -> SearchOutcome:
+               callbacks: Sequence[Callable] = ()) -> SearchOutcome:
     """Run trials until the study has spent ``n_trials`` (shared by all workers; see
     ``spent``).
 

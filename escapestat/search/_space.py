@@ -75,6 +75,7 @@ class Param:
                 self.step, float):
             return trial.suggest_int(self.path, self.low, self.high, step=self.step or 1,
                                      log=self.log)
+        assert self.low is not None and self.high is not None  # a range: the parser sets both
         return trial.suggest_float(self.path, float(self.low), float(self.high),
                                    step=self.step, log=self.log)
 
@@ -90,19 +91,38 @@ class SearchSpec:
     ``run.seed + 1``), never used in the search."""
 
     trials: int = 40
+    """Trials per search (the constant-only search gets as many)."""
     sampler: str = "tpe"
+    """`tpe` (multivariate, grouped), `gp`, `cmaes` or `random`."""
     seed: int = 0
+    """The sampler's seed; each trial's sampler is seeded from it and the trial's number, so
+    workers never repeat each other."""
     objective: str = "rmst"
+    """`rmst`: log of the restricted mean time not yet escaped (a diverged replica never
+    escapes); `log_tau`: log(exposure / escapes)."""
     max_final_test_error: float | None = None
+    """Grokking models: a constraint on the mean test error at the budget."""
     max_final_loss: float | None = None
+    """Deep linear nets: a constraint on the mean loss at the budget."""
     pruner: str = "median"
+    """`median`, `hyperband` or `none`."""
     checkpoints: int = 10
+    """Intermediate values per trial, for the pruner."""
     top: int = 3
+    """How many best trials `compare` re-runs."""
     compare_replicas: int | None = None
+    """Replicas per arm in `compare` (default: `[run] replicas`)."""
     compare_seed: int | None = None
+    """The seed of `compare`'s arms (default: `[run] seed` + 1, never used by the search)."""
     constant_search: bool = True
+    """Also search the same space with every schedule held constant (the bar a schedule must
+    clear)."""
     space: tuple[Param, ...] = ()
+    """`[search.space]`: dotted paths into the study (`"dynamics.lr"`,
+    `"dynamics.weight_decay.shape"`, `"dynamics.weight_decay@pulse.start"`), each a range
+    `{low, high, log, step}` or `{choices = [...]}`."""
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """`[search.baselines]`: named arms `compare` always runs, each a table of overrides."""
 
     def param(self, path: str) -> Param:
         return next(p for p in self.space if p.path == path)
@@ -234,6 +254,7 @@ def suggest(spec: SearchSpec, trial: optuna.trial.BaseTrial,
 def _shape_cases(spec: SearchSpec) -> list[dict[str, Any]]:
     """Override sets covering every searched shape and every range's ends."""
     shapes = spec.shape_params
+    cases: list[dict[str, Any]]
     if not shapes:
         cases = [{}]
     else:
@@ -321,15 +342,18 @@ def _fractional(p: Param) -> float | None:
     (``{low = 1, high = 1e9, step = 1.0}``) is never walked. ``step ≤ high − low`` (checked
     when the range was read) puts the next point inside the range.
     """
+    low, high = p.low, p.high
+    assert low is not None and high is not None  # a range: the parser sets both
     if p.step is None:
-        v = p.low + 0.4937 * (p.high - p.low)
-        return v if not float(v).is_integer() else v + (p.high - p.low) / 10
-    return next((v for v in (p.low, p.low + p.step) if not float(v).is_integer()), None)
+        v = low + 0.4937 * (high - low)
+        return v if not float(v).is_integer() else v + (high - low) / 10
+    return next((v for v in (low, low + p.step) if not float(v).is_integer()), None)
 
 
 def _whole_near(v: float, p: Param) -> int:
     """A whole number next to ``v``, inside ``p``'s range where the range holds one."""
     up = math.ceil(v)
+    assert p.high is not None  # a range: the parser sets both ends
     return up if up <= p.high else math.floor(v)
 
 

@@ -4,13 +4,10 @@ Arrhenius and rate regressions, strata, verdicts, arm contrasts and run summarie
 from __future__ import annotations
 
 from ._arrhenius import (  # noqa: F401
-    MODERATED,
-    PRIOR_DF,
     ArrheniusFit,
     aggregate,
     check_theory_barrier,
     fit_arrhenius,
-    moderated_scale,
     temperature_from_lr_batch,
     with_temperature,
 )
@@ -44,6 +41,13 @@ from ._incidence import (  # noqa: F401
     check_causes,
     incidence_median_ci,
     weighted_medians,
+)
+from ._poisson_glm import (  # noqa: F401
+    MODERATED,
+    PRIOR_DF,
+    PoissonGLMFit,
+    fit_poisson_glm,
+    moderated_scale,
 )
 from ._regress import (  # noqa: F401
     NAMESPACE,
@@ -150,6 +154,8 @@ __all__ = [
     "PRIOR_DF",
     "MODERATED",
     "moderated_scale",
+    "PoissonGLMFit",
+    "fit_poisson_glm",
     "ArrheniusFit",
     "check_theory_barrier",
     "aggregate",

@@ -23,31 +23,14 @@ import pandas as pd
 from scipy import stats
 
 from escapestat.errors import EscapestatError
+from escapestat.stats._poisson_glm import (  # noqa: F401 (re-exported)
+    MODERATED,
+    PRIOR_DF,
+    fit_poisson_glm,
+    moderated_scale,
+)
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import Columns, round_significant
-
-#: Prior degrees of freedom d₀ of the moderated dispersion, placed at the Poisson value 1.
-PRIOR_DF = 1.0
-
-MODERATED = "quasi-poisson (moderated)"
-
-
-def moderated_scale(
-    pearson_chi2: float, df_resid: int, level: float = LEVEL, prior_df: float = PRIOR_DF
-) -> tuple[float, float, float]:
-    """Moderated quasi-Poisson scale φ̃, CI quantile and its degrees of freedom ν.
-
-    φ̃ = (d₀·1 + χ²_P) / (d₀ + df): the Pearson dispersion φ̂ = χ²_P/df shrunk towards the
-    Poisson value 1 with d₀ prior degrees of freedom. The quantile is Student t on
-    ν = (d₀ + df)²/df, the Satterthwaite degrees of freedom of φ̃ when the Poisson model
-    holds (Var φ̃ = 2·df/(d₀ + df)²), so the interval covers ~95% then; ν → ∞ (normal
-    quantile, plain Poisson) with no residual df. Both are continuous in φ̂: no switch.
-    """
-    if df_resid <= 0:
-        return 1.0, float(stats.norm.ppf(0.5 + level / 2)), math.inf
-    scale = (prior_df + pearson_chi2) / (prior_df + df_resid)
-    nu = (prior_df + df_resid) ** 2 / df_resid
-    return float(scale), float(stats.t.ppf(0.5 + level / 2, nu)), float(nu)
 
 
 @dataclass
@@ -196,7 +179,6 @@ def fit_arrhenius(
     overflow, no escapes at all, or escapes at only one temperature (then the barrier is
     not identified).
     """
-    import statsmodels.api as sm
 
     agg = aggregate(df, columns)
     if len(agg) < 2:
@@ -226,48 +208,29 @@ def fit_arrhenius(
     temps = agg["temperature"].to_numpy(dtype=float)
     events = agg["events"].to_numpy(dtype=float)
     exposure = agg["exposure"].to_numpy(dtype=float)
-    design = np.column_stack([np.ones_like(temps), -1.0 / temps])
-    # Centre the covariate for a well-conditioned fit; map back to (log k₀, ΔE) after.
-    centre = float(np.mean(design[:, 1]))
-    spread = float(np.std(design[:, 1])) or 1.0
-    scaled = np.column_stack([np.ones_like(temps), (design[:, 1] - centre) / spread])
-    model = sm.GLM(events, scaled, family=sm.families.Poisson(), offset=np.log(exposure))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = model.fit()
-    if not result.converged:
-        raise EscapestatError("the Poisson GLM did not converge")
-    df_resid = len(temps) - 2
-    dispersion = float(result.pearson_chi2 / df_resid) if df_resid > 0 else None
-    # Quasi-Poisson with a moderated scale: same estimates, covariance × φ̃, t quantile.
-    scale, q, nu = moderated_scale(float(result.pearson_chi2), df_resid, level)
-    method = MODERATED if df_resid > 0 else "poisson"
-    cov_scaled = np.asarray(result.cov_params()) * scale
-    # Back-transform: β_raw = J β_scaled with log k₀ = b0 − b1·centre/spread, ΔE = b1/spread.
-    jac = np.array([[1.0, -centre / spread], [0.0, 1.0 / spread]])
-    params = jac @ np.asarray(result.params)
-    cov = jac @ cov_scaled @ jac.T
-    se = np.sqrt(np.diag(cov))
-    log_k0, barrier = (float(v) for v in params)
+    # The one censored Poisson GLM, on the design [1, −1/T]: (log k₀, ΔE).
+    glm = fit_poisson_glm(events, exposure, np.column_stack([np.ones_like(temps), -1.0 / temps]),
+                          intercept=0, level=level)
+    log_k0, barrier = (float(v) for v in glm.params)
     rate_ci = [poisson_rate_ci(int(d), e, level) for d, e in zip(events, exposure, strict=True)]
     return ArrheniusFit(
         barrier=barrier,
-        barrier_ci=(barrier - q * se[1], barrier + q * se[1]),
+        barrier_ci=glm.ci(1),
         log_prefactor=log_k0,
-        log_prefactor_ci=(log_k0 - q * se[0], log_k0 + q * se[0]),
-        dispersion=dispersion,
-        method=method,
+        log_prefactor_ci=glm.ci(0),
+        dispersion=glm.dispersion,
+        method=glm.method,
         temperatures=temps.tolist(),
         rates=(events / exposure).tolist(),
         rates_ci=rate_ci,
         events=events.astype(int).tolist(),
         exposure=exposure.tolist(),
         n=agg["n"].astype(int).tolist(),
-        scale=scale,
-        quantile=q,
-        quantile_df=nu,
+        scale=glm.scale,
+        quantile=glm.quantile,
+        quantile_df=glm.quantile_df,
         weibull_aft=_weibull_aft(df, columns, level) if crosscheck else {},
-        covariance=cov.tolist(),
+        covariance=glm.covariance.tolist(),
         frailty=_frailty(df, columns, level, grid),
     )
 

@@ -96,6 +96,10 @@ def fit_frailty_arrhenius(df: pd.DataFrame, columns: Columns, level: float = LEV
         def loglikeobs(self, params):
             return _loglike(params, x, t, event, grid)
 
+    class Exponential(GenericLikelihoodModel):
+        def loglikeobs(self, params):  # θ fixed at 0
+            return _loglike(np.append(params, _MIN_LOG_THETA), x, t, event, grid)
+
     exog = np.column_stack([np.ones_like(x), x, np.ones_like(x)])
     rate = event.sum() / t.sum()
     best = None
@@ -107,9 +111,8 @@ def fit_frailty_arrhenius(df: pd.DataFrame, columns: Columns, level: float = LEV
                                                       maxiter=2000, disp=False)
             if best is None or result.llf > best.llf:
                 best = result
-        exponential = Model(np.zeros_like(x), exog[:, :2])
-        exponential.loglikeobs = lambda p: _loglike(  # θ fixed at 0
-            np.append(p, _MIN_LOG_THETA), x, t, event, grid)
+        assert best is not None  # the loop above fits at least once
+        exponential = Exponential(np.zeros_like(x), exog[:, :2])
         null = exponential.fit(start_params=best.params[:2], method="bfgs", maxiter=2000,
                                disp=False)
     params = np.asarray(best.params)

@@ -88,11 +88,6 @@ class EscapeIncidence:
     below ½ — which it does whenever half the replicas or more diverge. The restricted
     mean time not yet escaped ∫₀^h (1 − F) counts a diverged replica as trapped to h.
 
-    Parameters
-    ----------
-    durations : steps (> 0) at which each replica escaped, diverged or was censored.
-    cause : 0 censored, 1 escaped, 2 diverged.
-
     Attributes
     ----------
     times_ : distinct times t_j.
@@ -103,6 +98,13 @@ class EscapeIncidence:
     """
 
     def fit(self, durations, cause) -> EscapeIncidence:
+        """Fit to each replica's time and how it ended; returns self.
+
+        Parameters
+        ----------
+        durations : steps (> 0) at which each replica escaped, diverged or was censored.
+        cause : 0 censored, 1 escaped, 2 diverged.
+        """
         d, c = check_causes(durations, cause)
         times, cif, surv = _weighted_cif(d, c, np.ones((1, d.size), dtype=np.int64))
         self.times_, self.cif_ = times, cif[0]

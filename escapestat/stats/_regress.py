@@ -10,10 +10,11 @@ design, e.g. ``log(lr) + log(weight_decay)``. Summing D and t over cells of iden
 covariates leaves the likelihood unchanged, so the Poisson GLM is fitted per cell, where
 the Pearson dispersion means something. A rate coefficient a on log(x) means k ∝ x^a,
 so τ = 1/k ∝ x^(−a): the *τ exponent* is the negated rate coefficient. Covariance and
-intervals use the moderated quasi-Poisson scale and t quantile of the Arrhenius fit
-(``arrhenius.moderated_scale``). A lifelines Weibull AFT model on the same covariates,
-fitted to the replica rows, is a cross-check that does not assume a constant hazard: its
-coefficients are exponents of τ directly, and they agree with the GLM's when ρ ≈ 1.
+intervals use the moderated quasi-Poisson scale and t quantile of the Arrhenius fit: both
+are ``fit_poisson_glm``, the one censored Poisson GLM. A lifelines Weibull AFT model on the
+same covariates, fitted to the replica rows, is a cross-check that does not assume a
+constant hazard: its coefficients are exponents of τ directly, and they agree with the
+GLM's when ρ ≈ 1.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import builtins
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,7 @@ from scipy import stats
 
 from escapestat.errors import EscapestatError, did_you_mean
 from escapestat.stats import _strata
-from escapestat.stats._arrhenius import MODERATED, moderated_scale
+from escapestat.stats._poisson_glm import fit_poisson_glm
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import TEMPERATURE, Columns, round_significant
 
@@ -202,6 +204,15 @@ class Term:
     p: float
 
 
+class Intercept(TypedDict):
+    """``RateRegression.intercept_``: log k at x = 0 and log τ = −log k, with intervals."""
+
+    rate_coef: float
+    rate_coef_ci: tuple[float, float]
+    log_tau: float
+    log_tau_ci: tuple[float, float]
+
+
 def _identify(x: pd.DataFrame, events: np.ndarray) -> None:
     """Refuse terms that take one value, escape at one value only, or are collinear."""
     for name in x.columns:
@@ -224,25 +235,6 @@ def _identify(x: pd.DataFrame, events: np.ndarray) -> None:
             raise EscapestatError(f"term {name!r} is a combination of the terms before it "
                                   "(collinear): its exponent is not identified")
         rank = new
-
-
-def _standardise(x: np.ndarray, intercept: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Columns scaled (and centred when there is an intercept) for the optimiser, and the
-    Jacobian J with β_raw = J β_scaled."""
-    p = x.shape[1]
-    centre = np.zeros(p)
-    spread = np.ones(p)
-    for j in range(p):
-        if j == intercept:
-            continue
-        if intercept is not None:
-            centre[j] = x[:, j].mean()
-        spread[j] = x[:, j].std() or 1.0
-    jac = np.diag(1.0 / spread)
-    if intercept is not None:
-        jac[intercept] -= centre / spread
-        jac[intercept, intercept] = 1.0
-    return (x - centre) / spread, jac
 
 
 def _p_value(estimate: float, se: float, nu: float) -> float:
@@ -294,7 +286,8 @@ class RateRegression:
     with D_c escapes and E_c exposure (Σ durations, censored included) summed over the
     replicas of cell c (identical covariates): the exact censored-exponential MLE. The
     covariance is Poisson's times the moderated scale φ̃ and intervals are ± t_ν·SE
-    (``arrhenius.moderated_scale``); p-values are the matching two-sided t tests.
+    (``fit_poisson_glm``, the GLM ``arrhenius`` uses too); p-values are the matching
+    two-sided t tests.
 
     Parameters
     ----------
@@ -323,7 +316,6 @@ class RateRegression:
     def fit(self, df: pd.DataFrame, formula: str, columns: Columns = Columns()
             ) -> RateRegression:
         """Fit ``formula`` (right-hand side only) to a validated escape table ``df``."""
-        import statsmodels.api as sm
 
         patsy = _patsy()
         parsed = Formula.parse(formula, df.columns)
@@ -363,22 +355,12 @@ class RateRegression:
         _identify(x, d)
         names = list(x.columns)
         intercept = names.index(_INTERCEPT) if _INTERCEPT in names else None
-        scaled, jac = _standardise(x.to_numpy(dtype=float), intercept)
-        model = sm.GLM(d, scaled, family=sm.families.Poisson(), offset=np.log(e))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = model.fit()
-        params = jac @ np.asarray(result.params)
-        if not result.converged or not np.isfinite(params).all():
-            raise EscapestatError("the Poisson GLM did not converge")
-        df_resid = len(cells) - len(names)
-        scale, q, nu = moderated_scale(float(result.pearson_chi2), df_resid, self.level)
-        cov = jac @ (np.asarray(result.cov_params()) * scale) @ jac.T
-        se = np.sqrt(np.diag(cov))
+        glm = fit_poisson_glm(d, e, x.to_numpy(dtype=float), intercept, self.level)
+        params, q, nu, se = glm.params, glm.quantile, glm.quantile_df, glm.se
 
         self.formula_ = formula
         self.terms_ = []
-        self.intercept_ = None
+        self.intercept_: Intercept | None = None
         for j, name in enumerate(names):
             b, lo, hi = float(params[j]), float(params[j] - q * se[j]), float(params[j] + q * se[j])
             if j == intercept:
@@ -386,13 +368,13 @@ class RateRegression:
                                    "log_tau": -b, "log_tau_ci": (-hi, -lo)}
                 continue
             self.terms_.append(Term(name, -b, (-hi, -lo), b, (lo, hi), _p_value(b, se[j], nu)))
-        self.dispersion_ = float(result.pearson_chi2 / df_resid) if df_resid > 0 else None
-        self.scale_, self.quantile_, self.quantile_df_ = scale, q, nu
-        self.method_ = MODERATED if df_resid > 0 else "poisson"
+        self.dispersion_ = glm.dispersion
+        self.scale_, self.quantile_, self.quantile_df_ = glm.scale, q, nu
+        self.method_ = glm.method
         self.n_rows_, self.n_cells_ = len(df), len(cells)
         self.events_, self.exposure_ = int(events.sum()), float(durations.sum())
         self.cells_ = cells.rename(columns={_EVENTS: "events", _EXPOSURE: "exposure", _N: "n"})
-        self.covariance_ = cov
+        self.covariance_ = glm.covariance
         self.aft_ = (_weibull_aft(rows_x, durations, events, self.level)
                      if self.crosscheck else {})
         return self

@@ -7,6 +7,8 @@ counted only. The CLI and the report only render what this returns.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from escapestat.table._records import Columns
@@ -76,7 +78,8 @@ def grokking_times(part: pd.DataFrame, budget: float) -> dict:
     fit = part["fit_time"].to_numpy(dtype=float)
     gen = part["generalize_time"].to_numpy(dtype=float)
     fitted = np.isfinite(fit)
-    out = {"grokked": float(np.isfinite(gen).mean()), "fitted": float(fitted.mean())}
+    out: dict[str, Any] = {"grokked": float(np.isfinite(gen).mean()),
+                           "fitted": float(fitted.mean())}
     series = {"fit": (np.where(fitted, fit, budget), fitted),
               "generalize": (np.where(np.isfinite(gen), gen, budget), np.isfinite(gen))}
     if fitted.any():
@@ -107,11 +110,11 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
     grokking = "fit_time" in replicas.columns
-    conditions = []
+    conditions: list[dict[str, Any]] = []
     for key, part in replicas.groupby("condition", sort=True):
         usable = part[part["status"].isin(SURVIVAL)]
         first = part.iloc[0]
-        row = {
+        row: dict[str, Any] = {
             "condition": int(key),
             "weight_decay": float(first["weight_decay"]),
             "temperature": float(first["temperature"]),
@@ -148,13 +151,13 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
             row.update(n=0, events=0, verdict="", verdict_reason="no usable replicas")
         conditions.append(row)
     _full_batch_twins(replicas, conditions)
-    fits = []
+    fits: list[dict[str, Any]] = []
     if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law
         return {"conditions": conditions, "arrhenius": fits}
     by = strata_columns(replicas)
     for key, part in survival_rows.groupby(by, sort=True):
         theory = part["barrier_theory"].dropna()
-        entry = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
+        entry: dict[str, Any] = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
                  "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
         if "seed_over_saddle" in by:
             entry["seed_over_saddle"] = float(part["seed_over_saddle"].iloc[0])

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import TypeGuard
 
 from escapestat.stats._stability import Trend
 
@@ -52,7 +53,7 @@ class Verdict:
     reason: str
 
 
-def _finite(x) -> bool:
+def _finite(x: object) -> TypeGuard[float]:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 

@@ -37,7 +37,9 @@ from escapestat.theory._landscape import (
 def reference_strength(depth: int, strength: float, beta_low: float) -> float:
     """w_ref: the spinodal strength w* for L ≥ 3; the learned strength at beta_low for L = 2."""
     if depth == 2:
-        return float(stationary_points(depth, strength, beta_low)[1] ** 2)
+        learned = stationary_points(depth, strength, beta_low)[1]
+        assert learned is not None  # the sweep's checks put beta_low below every spinodal
+        return float(learned**2)
     return float(spinodal_amplitude(depth, strength) ** depth)
 
 
@@ -140,9 +142,10 @@ def mode_loop(mode: int, depth: int, strength: float, betas: np.ndarray, values:
     down = np.where(np.isposinf(up), np.nan, down)  # never dropped: cannot relearn
     width, loop = find_loop(up, down, grid_step)
     (u, u10, u90), (d, d10, d90) = jump_quantiles(up), jump_quantiles(down)
-    gap = None
+    gap_over_t = None
     if depth > 2 and temperature and d is not None:
         gap = barrier(depth, strength, d)
+        gap_over_t = None if gap is None else gap / temperature
     return ModeLoop(
         mode=mode, strength=float(strength), beta_c=critical_beta(depth, strength),
         beta_sp=spinodal(depth, strength), reference=ref, threshold=theta,
@@ -150,7 +153,7 @@ def mode_loop(mode: int, depth: int, strength: float, betas: np.ndarray, values:
         down_jump=d, down_jump_q10=d10, down_jump_q90=d90,
         dropped=_fraction(up), relearned=_fraction(down),
         width=width, loop=loop, closed=d is not None,
-        down_barrier_over_t=None if gap is None else gap / temperature,
+        down_barrier_over_t=gap_over_t,
     )
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from escapestat.config._study import Study, read_toml, study_from_dict
 from escapestat.errors import EscapestatError, did_you_mean
+from escapestat.models.deep_linear.spec import DeepLinearSpec
 from escapestat.theory._landscape import spinodal, stationary_points
 
 
@@ -31,13 +33,21 @@ class SweepSpec:
     """
 
     beta_low: float
+    """The lowest β of the staircase (where the sweep starts and ends)."""
     beta_high: float
+    """The highest β of the staircase."""
     points: int = 30
+    """Evenly spaced β values, swept up and then down."""
     steps_per_point: int = 500
+    """Training steps on each β plateau."""
     settle_steps: int | None = None
+    """Steps at `beta_low` before the sweep (default: one plateau)."""
     average_last: float = 0.5
+    """The fraction of each plateau whose mean strength is recorded."""
     threshold: float = 0.5
+    """The learned/zero boundary, as a fraction of the reference strength w_ref."""
     init_noise: float = 1e-3
+    """Standard deviation of the Gaussian noise on every weight of the learned start."""
 
     @property
     def grid(self) -> np.ndarray:
@@ -60,7 +70,8 @@ class SweepSpec:
         """The β staircase as (branch, point, β, steps): the settling plateau at beta_low
         (branch None), then the up branch, then the down branch on the same β values."""
         grid = [float(b) for b in self.grid]
-        out = [(None, 0, self.beta_low, self.settle)] if self.settle else []
+        out: list[tuple[str | None, int, float, int]] = (
+            [(None, 0, self.beta_low, self.settle)] if self.settle else [])
         for branch, betas in (("up", grid), ("down", grid[::-1])):
             out += [(branch, p, b, self.steps_per_point) for p, b in enumerate(betas)]
         return out
@@ -135,7 +146,8 @@ def parse_sweep(raw, source: str = "study") -> SweepSpec:
     for key in _REQUIRED:
         if key not in raw:
             raise EscapestatError(f"{source}: [sweep] {key} is required")
-    spec = SweepSpec(**{k: _value(k, v, source) for k, v in raw.items()})
+    values: dict[str, Any] = {k: _value(k, v, source) for k, v in raw.items()}
+    spec = SweepSpec(**values)
 
     def bad(key: str, why: str):
         raise EscapestatError(f"{source}: [sweep] {key} {why}")
@@ -175,7 +187,9 @@ def sweep_from_dict(raw: dict, source: str = "study") -> SweepStudy:
     base = {k: v for k, v in raw.items() if k != "sweep"}
     for section, keys in _NOT_HERE.items():
         table = base.get(section)
-        for key in keys if isinstance(table, dict) else ():
+        if not isinstance(table, dict):
+            continue
+        for key in keys:
             if key in table:
                 raise EscapestatError(f"{source}: [{section}] {key} is not used by a sweep: "
                                       f"{keys[key]}")
@@ -198,7 +212,7 @@ def sweep_from_dict(raw: dict, source: str = "study") -> SweepStudy:
                                   "(β is the one thing that changes)")
     if y.grad_filter is not None:
         raise EscapestatError(f"{source}: [dynamics] grad_filter is not supported by a sweep")
-    m = study.model
+    m = cast(DeepLinearSpec, study.model)  # the kind is deep_linear (checked above)
     for k, s in enumerate(m.strengths):
         if stationary_points(m.depth, s, spec.beta_low)[1] is None:
             raise EscapestatError(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,7 @@ from escapestat.models._threads import cpu_threads
 from escapestat.models.base import Hyper, torch_dtype
 from escapestat.models.deep_linear import _ensemble as ens
 from escapestat.models.deep_linear import _tasks as tasks
+from escapestat.models.deep_linear.model import deep_linear_spec
 from escapestat.sweep._hysteresis import (
     ModeLoop,
     find_loop,
@@ -123,9 +125,10 @@ class SweepResult:
     def as_dict(self) -> dict:
         """``sweep.json`` and ``escapestat sweep --json``."""
         sw, spec, study = self.sweep, self.sweep.sweep, self.sweep.study
+        m = deep_linear_spec(study)
         return {
-            "name": study.name, "depth": study.model.depth,
-            "strengths": list(study.model.strengths), "widths": study.widths,
+            "name": study.name, "depth": m.depth,
+            "strengths": list(m.strengths), "widths": study.widths,
             "noise": sw.noise, "temperature": sw.temperature, "lr": sw.lr,
             "batch_size": sw.batch_size, "data": study.data.kind,
             "replicas": study.run.replicas, "seed": study.run.seed, "dtype": study.run.dtype,
@@ -180,12 +183,13 @@ def run_sweep(sw: SweepStudy, device: str | torch.device = "cpu",
 
 def _run(sw: SweepStudy, device: torch.device, progress: Progress | None) -> SweepResult:
     study, spec = sw.study, sw.sweep
-    m, run = study.model, study.run
+    m, run = deep_linear_spec(study), study.run
     dtype = torch_dtype(study)
     gen = torch.Generator(device=device).manual_seed(run.seed)
     teacher = tasks.make_teacher(m.strengths, study.widths[0], study.widths[-1],
                                  rotate=m.rotate, generator=gen, dtype=dtype, device=device)
-    amps = [stationary_points(m.depth, s, spec.beta_low)[1] for s in m.strengths]
+    # Each mode has a learned state at beta_low (sweep_from_dict checks it).
+    amps = [cast(float, stationary_points(m.depth, s, spec.beta_low)[1]) for s in m.strengths]
     net = ens.DeepLinearEnsemble.aligned(run.replicas, teacher, study.widths, amps,
                                          spec.init_noise, generator=gen, dtype=dtype,
                                          device=device)

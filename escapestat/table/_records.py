@@ -68,7 +68,12 @@ def _format(path: Path) -> str:
 
 def _duplicates(names) -> list[str]:
     seen: set[str] = set()
-    return sorted({n for n in names if n in seen or seen.add(n)})
+    twice: set[str] = set()
+    for n in names:
+        if n in seen:
+            twice.add(n)
+        seen.add(n)
+    return sorted(twice)
 
 
 _DELIMITERS = (",", "\t", ";", "|")
@@ -87,7 +92,7 @@ def delimiter(path: Path, fmt: str) -> str:
     if default in header:
         return default
     counts = {d: header.count(d) for d in _DELIMITERS}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=counts.__getitem__)
     return best if counts[best] else default
 
 
@@ -161,7 +166,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place.
 
     Readers never see half a file and a crash leaves the old one intact; the file gets

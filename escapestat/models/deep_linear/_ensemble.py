@@ -14,27 +14,35 @@ The moments come from a sampler (``MomentSampler``): the population (``Populatio
 fresh samples every step (``FreshSampler``) or minibatches without replacement from each
 replica's own training set (``MinibatchSampler``). Models and samplers shrink the same
 way: ``keep(idx)`` keeps, in place, the replicas at positions ``idx``.
+
+Here: the ensemble and ``MinibatchSampler``, whose CPU path lays its moments out as the
+ensemble's replica-last weights; the update rules are in ``_steps``, the other samplers in
+``_samplers``, the replica-axis tensor ops in ``_replica_ops``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import torch
 
-from escapestat.models.deep_linear._tasks import Dataset, Teacher, sample
-
-Scalar = float | torch.Tensor
-Moments = tuple[torch.Tensor, torch.Tensor]
-
-
-def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
-    """A float or an [R] tensor, shaped [R, 1, 1] (or scalar) to broadcast over weights."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0:
-        return value.to(like.dtype).reshape(-1, 1, 1)
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
-
+from escapestat.models.deep_linear._replica_ops import (  # noqa: F401
+    Scalar,
+    _per_replica,
+    _replica_last,
+    _vector_matmul,
+)
+from escapestat.models.deep_linear._samplers import (  # noqa: F401
+    FreshSampler,
+    Moments,
+    MomentSampler,
+    PopulationMoments,
+    _batch,
+    _permutations_by_keys,
+    permutations,
+)
+from escapestat.models.deep_linear._steps import langevin_step, sgd_step  # noqa: F401
+from escapestat.models.deep_linear._tasks import Dataset, Teacher
 
 #: Small nets on CPU with many replicas — up to ``VECTOR_MAX_MADDS`` multiply-adds per
 #: replica in one gradient (d_in · (3 Σ_{l≥2} w_l w_{l−1} + d_out d_in): 728 for the paper's
@@ -45,22 +53,6 @@ def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
 #: With fewer replicas (a chunk's tail) bmm's fewer ops win; at width 16 bmm wins at any R.
 VECTOR_MAX_MADDS = 2048
 VECTOR_MIN_REPLICAS = 512
-
-
-def _replica_last(t: torch.Tensor) -> torch.Tensor:
-    """``t`` [R, a, b] with the R entries of each (a, b) adjacent in memory (a view if so)."""
-    if t.permute(1, 2, 0).is_contiguous():
-        return t
-    return t.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-
-
-def _vector_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for [R, m, k] @ [R, k, n] as k vector ops over R (replica-last in and out)."""
-    at, bt = a.permute(1, 2, 0), b.permute(1, 2, 0)  # [m, k, R], [k, n, R]
-    out = at[:, 0].unsqueeze(1) * bt[0]  # [m, 1, R] * [n, R] → [m, n, R]
-    for j in range(1, at.shape[1]):
-        out.addcmul_(at[:, j].unsqueeze(1), bt[j])
-    return out.permute(2, 0, 1)
 
 
 def _gradient_madds(widths: Sequence[int]) -> int:
@@ -190,128 +182,15 @@ class DeepLinearEnsemble:
         pre = self.prefixes()
         back = mm(pre[-1], sxx) - syx  # G, then (W_L ··· W_{l+1})ᵀ G going down
         b = _per_replica(beta, back)
-        grads: list[torch.Tensor] = [None] * len(self.weights)  # type: ignore[list-item]
+        grads: list[torch.Tensor] = []  # from the last layer down, reversed at the end
         for layer in range(len(self.weights) - 1, -1, -1):
             w = self.weights[layer]
             g = back if layer == 0 else mm(back, pre[layer - 1].transpose(1, 2))
-            grads[layer] = g.addcmul_(b, w)
+            grads.append(g.addcmul_(b, w))
             if layer:
                 back = mm(w.transpose(1, 2), back)
+        grads.reverse()
         return grads
-
-
-def sgd_step(
-    model: DeepLinearEnsemble, sxx: torch.Tensor, syx: torch.Tensor, lr: Scalar, beta: Scalar
-) -> None:
-    """W_l ← W_l − lr ∇W_l in place (the minibatch noise is in the moments)."""
-    grads = model.gradients(sxx, syx, beta)
-    step = _per_replica(lr, grads[0])
-    for w, g in zip(model.weights, grads, strict=True):
-        w.addcmul_(step, g, value=-1)
-
-
-def langevin_step(
-    model: DeepLinearEnsemble, sxx: torch.Tensor, syx: torch.Tensor, lr: Scalar, beta: Scalar,
-    temperature: Scalar, generator: torch.Generator | None = None,
-) -> None:
-    """W_l ← W_l − lr ∇W_l + √(2 lr T) ξ: Euler–Maruyama, stationary law ∝ exp(−loss / T)."""
-    grads = model.gradients(sxx, syx, beta)
-    step = _per_replica(lr, grads[0])
-    kick = torch.sqrt(2 * step * _per_replica(temperature, grads[0]))
-    for w, g in zip(model.weights, grads, strict=True):
-        xi = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
-        w.addcmul_(step, g, value=-1).addcmul_(kick, xi)
-
-
-
-# ------------------------------------------------------------------------------ samplers
-
-
-@runtime_checkable
-class MomentSampler(Protocol):
-    """Where a batched model's data come from: one (Sxx, Syx) pair per step for all replicas.
-
-    ``next_moments(batch_size)`` returns Sxx [R, d_in, d_in] and Syx [R, d_out, d_in], the
-    moments XᵀX/B and YᵀX/B of each replica's next minibatch (each replica its own, from the
-    sampler's generator). ``batch_size`` is one int for all replicas and may change from
-    call to call (a batch-size schedule); None means the size the sampler was built with.
-    ``keep(idx)`` keeps, in place, only the replicas at positions ``idx`` (a 1-D integer
-    tensor, in that order) — the same meaning as ``DeepLinearEnsemble.keep``.
-    """
-
-    def next_moments(self, batch_size: int | None = None) -> Moments: ...
-
-    def keep(self, idx: torch.Tensor) -> None: ...
-
-
-def _batch(batch_size: int | None, default: int) -> int:
-    b = default if batch_size is None else int(batch_size)
-    if b < 1:
-        raise ValueError(f"batch size must be at least 1, got {b}")
-    return b
-
-
-class PopulationMoments:
-    """The population's moments (Sxx = I, Syx = A): full-gradient dynamics on the true loss.
-
-    The population has no minibatches, so ``batch_size`` is accepted and ignored.
-    """
-
-    def __init__(self, teacher: Teacher, replicas: int):
-        self.teacher, self.replicas = teacher, replicas
-
-    def next_moments(self, batch_size: int | None = None) -> Moments:
-        a = self.teacher.matrix
-        eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
-        return (eye.expand(self.replicas, -1, -1), a.expand(self.replicas, -1, -1))
-
-    def keep(self, idx: torch.Tensor) -> None:
-        self.replicas = int(idx.numel())
-
-
-class FreshSampler:
-    """A fresh minibatch of B samples per replica and step (online SGD)."""
-
-    def __init__(
-        self, teacher: Teacher, replicas: int, batch_size: int, noise_std: float = 0.0,
-        generator: torch.Generator | None = None,
-    ):
-        self.teacher, self.replicas = teacher, replicas
-        self.batch_size = _batch(batch_size, 1)
-        self.noise_std, self.generator = noise_std, generator
-
-    def next_moments(self, batch_size: int | None = None) -> Moments:
-        b = _batch(batch_size, self.batch_size)
-        x, y = sample(self.teacher, self.replicas, b, self.noise_std, self.generator)
-        return x.transpose(1, 2) @ x / b, y.transpose(1, 2) @ x / b
-
-    def keep(self, idx: torch.Tensor) -> None:
-        self.replicas = int(idx.numel())
-
-
-def permutations(
-    replicas: int, n: int, generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """An independent uniform random permutation of range(n) per replica, [R, n] int64.
-
-    On CPU one ``torch.randperm`` per replica (Fisher–Yates in C, from ``generator``): at
-    R 4096, n 512 it takes about half the time of sorting random keys. Elsewhere (CUDA),
-    with no Python loop, ``_permutations_by_keys``.
-    """
-    if torch.device(device).type != "cpu":
-        return _permutations_by_keys(replicas, n, generator, device)
-    out = torch.empty(replicas, n, dtype=torch.long)
-    for row in out.unbind(0):
-        torch.randperm(n, generator=generator, out=row)
-    return out
-
-
-def _permutations_by_keys(replicas: int, n: int, generator, device) -> torch.Tensor:
-    """Per row, the order of n random 62-bit integer keys: uniform up to key ties (~n²/2⁶³)."""
-    keys = torch.randint(0, 2**62, (replicas, n), generator=generator, dtype=torch.long,
-                         device=device)
-    return keys.argsort(dim=1)
 
 
 #: Per-sample moment vectors (x xᵀ's upper triangle and y xᵀ: d_in(d_in + 1)/2 + d_out·d_in
@@ -396,6 +275,7 @@ class MinibatchSampler:
         if not self.per_sample:
             return self._slice_moments(pos, take)
         if not self.scatter:
+            assert self._perm is not None  # drawn by _shuffle at the epoch's start
             idx = self._perm[:, pos : pos + take].unsqueeze(1)
             sums = self._source.gather(2, idx.expand(-1, self._source.shape[1], -1)).sum(2)
             return self._split(sums / take)
@@ -444,7 +324,9 @@ class MinibatchSampler:
         """
         r, n, f = self.replicas, self.n, self._source.shape[1]
         count = -(-(n - pos) // b)
-        label = self._perm - pos if pos else self._perm
+        perm = self._perm
+        assert perm is not None  # drawn by _shuffle at the epoch's start
+        label = perm - pos if pos else perm
         if b & (b - 1) == 0:
             label = label >> (b.bit_length() - 1)  # floor division by a power of two
         else:
@@ -465,6 +347,7 @@ class MinibatchSampler:
         return b, pos, sxx, syx
 
     def _slice_moments(self, pos: int, take: int) -> Moments:
+        assert self._xy is not None  # drawn by _shuffle at the epoch's start
         batch = self._xy[:, pos : pos + take]
         x, y = batch[..., : self.d_in], batch[..., self.d_in :]
         return x.transpose(1, 2) @ x / take, y.transpose(1, 2) @ x / take

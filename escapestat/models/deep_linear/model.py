@@ -11,6 +11,7 @@ objects here, once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,18 +25,25 @@ from escapestat.models._threads import small_work
 from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.models.deep_linear import _ensemble as ens
 from escapestat.models.deep_linear import _tasks as tasks
+from escapestat.models.deep_linear.spec import DeepLinearSpec
 from escapestat.theory._landscape import stationary_points
 
 
+def deep_linear_spec(study: Study) -> DeepLinearSpec:
+    """The study's ``[model]``: a deep linear study's is a ``DeepLinearSpec`` (its kind's
+    spec class, ``config._registry``)."""
+    return cast(DeepLinearSpec, study.model)
+
+
 def _learned_amplitude(study: Study, beta: float, mode: int) -> float | None:
-    m = study.model
+    m = deep_linear_spec(study)
     return stationary_points(m.depth, m.strengths[mode], beta)[1]
 
 
 def trap_amplitudes(study: Study, beta: float) -> list[float]:
     """Per-layer amplitude of each mode in the structured trapped start at β."""
     amps = []
-    for k in range(len(study.model.strengths)):
+    for k in range(len(deep_linear_spec(study).strengths)):
         learned = _learned_amplitude(study, beta, k)
         amps.append(0.0 if k == study.trapped_mode or learned is None else float(learned))
     return amps
@@ -48,21 +56,23 @@ def reference_beta(study: Study, cond: Condition) -> float:
 
 def learned_strength(study: Study, beta: float) -> float:
     """End-to-end strength w = a^L of the trapped mode's learned state at β."""
+    m = deep_linear_spec(study)
     a = _learned_amplitude(study, beta, study.trapped_mode)
     if a is None:
-        s = study.model.strengths[study.trapped_mode]
+        s = m.strengths[study.trapped_mode]
         raise EscapestatError(
             f"at beta = {beta:.4g} the trapped mode (strength {s:g}) has no learned state "
             "to escape to (beta is above its spinodal)"
         )
-    return float(a) ** study.model.depth
+    return float(a) ** m.depth
 
 
 def saddle_amplitude(study: Study, beta: float) -> float:
     """Layer amplitude of the trapped mode's saddle at β (the ridge between zero and learned)."""
-    a = stationary_points(study.model.depth, study.model.strengths[study.trapped_mode], beta)[0]
+    m = deep_linear_spec(study)
+    a = stationary_points(m.depth, m.strengths[study.trapped_mode], beta)[0]
     if a is None:
-        s = study.model.strengths[study.trapped_mode]
+        s = m.strengths[study.trapped_mode]
         raise EscapestatError(
             f"[init] seed_over_saddle: at beta = {beta:.4g} the trapped mode (strength {s:g}) "
             "has no saddle to seed around (beta is above its spinodal)")
@@ -151,7 +161,7 @@ class DeepLinearTrial(ReplicaModel):
     def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
                  device: torch.device, batch_size: int | None = None):
         self.study, self.gen, self.device = study, generator, device
-        m, run = study.model, study.run
+        m, run = deep_linear_spec(study), study.run
         self.dtype = torch_dtype(study)
         self.limit = run.divergence_limit
         n = len(conds)
@@ -163,7 +173,7 @@ class DeepLinearTrial(ReplicaModel):
         self.sampler = self._sampler(n, batch_size)
         self.net = self._trap(conds, n)
         self.order = self._order_parameter(conds, self._test_error)
-        self.fit = None
+        self.fit: ModeStrength | ErrorFraction | None = None
         if self.data is not None and study.escape.order_parameter == "test_error":
             # Train error on the same scale marks the fit; the delay is test after train.
             self.fit = self._order_parameter(conds, self._train_error)
@@ -179,7 +189,7 @@ class DeepLinearTrial(ReplicaModel):
                            and isinstance(self.sampler, ens.MinibatchSampler) and self.sampler.full)
         spec = study.dynamics.grad_filter
         self.grad_filter = None if spec is None else build_grad_filter(spec.as_dict())
-        strengths = study.model.strengths
+        strengths = m.strengths
         self.learned_modes = sum(s > strengths[study.trapped_mode] for s in strengths)
         self.switch_values = {  # per replica at the switch, in the order of ``conds``
             "switch_order_parameter": self.order_parameter().cpu().numpy(),
@@ -217,7 +227,9 @@ class DeepLinearTrial(ReplicaModel):
         if init.seed_over_saddle:
             saddle = {b: saddle_amplitude(self.study, b)
                       for b in {reference_beta(self.study, c) for c in conds}}
-            b0 = torch.tensor([c.seed_over_saddle * saddle[reference_beta(self.study, c)]
+            # Each condition holds one of the ladder's seeds (config's conditions).
+            b0 = torch.tensor([cast(float, c.seed_over_saddle)
+                               * saddle[reference_beta(self.study, c)]
                                for c in conds], dtype=self.dtype, device=self.device)
             seed_mode(net, self.teacher, self.study.trapped_mode, b0, self.gen)
         return net
@@ -228,6 +240,7 @@ class DeepLinearTrial(ReplicaModel):
             net = ens.DeepLinearEnsemble.random(n, widths, init.scale, generator=self.gen,
                                                 dtype=self.dtype, device=self.device)
             if init.kind == "trained":
+                assert init.beta_trap is not None  # the deep linear check requires it
                 sxx, syx = self._full_moments(n)
                 for _ in range(init.trap_steps):
                     ens.sgd_step(net, sxx, syx, init.trap_lr, init.beta_trap)
@@ -247,7 +260,8 @@ class DeepLinearTrial(ReplicaModel):
                   for stack in zip(*(p.weights for p in parts), strict=True)]
         return ens.DeepLinearEnsemble(layers)
 
-    def _order_parameter(self, conds: Sequence[Condition], error):
+    def _order_parameter(self, conds: Sequence[Condition],
+                         error) -> ModeStrength | ErrorFraction:
         """The trapped mode's strength, or how far ``error`` (test or train) fell from the
         trap's level to the learned state's (from the all-zero map's, for a random init)."""
         study, k = self.study, self.study.trapped_mode
@@ -256,7 +270,7 @@ class DeepLinearTrial(ReplicaModel):
                                device=self.device)
         if study.escape.order_parameter == "mode":
             return ModeStrength(self.teacher, k, learned)
-        depth, u, v = study.model.depth, self.teacher.u, self.teacher.v
+        depth, u, v = deep_linear_spec(study).depth, self.teacher.u, self.teacher.v
         trap, full = [], []
         for beta, w_k in zip(betas, learned.tolist(), strict=True):
             w = [a**depth for a in trap_amplitudes(study, beta)]
@@ -273,6 +287,7 @@ class DeepLinearTrial(ReplicaModel):
         return 0.5 * (self.teacher.matrix - end_to_end).square().sum((1, 2))
 
     def _train_error(self, end_to_end: torch.Tensor) -> torch.Tensor:
+        assert self.data is not None  # only a study with a training set has a train error
         return self.data.train_error(end_to_end)
 
     # ------------------------------------------------------------------ the protocol
@@ -290,6 +305,7 @@ class DeepLinearTrial(ReplicaModel):
         return self.order(self.net.end_to_end())
 
     def milestones(self) -> dict[str, torch.Tensor]:
+        assert self.fit is not None  # milestones are asked of a run with the fit milestone
         return {"fit": self.fit(self.net.end_to_end())}
 
     def curve_values(self) -> dict[str, torch.Tensor]:

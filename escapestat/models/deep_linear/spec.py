@@ -23,12 +23,20 @@ class DeepLinearSpec(ModelSpec):
     hash_kind: ClassVar[bool] = False
 
     depth: int = 3
+    """Number of weight matrices L (2–1000); depth ≥ 3 has a first-order transition and a trap."""
     strengths: tuple[float, ...] = (1.5, 1.25, 1.0)
+    """The teacher's singular values s, one per mode."""
     hidden: tuple[int, ...] | None = None
+    """Hidden widths, L − 1 of them (default: one unit per mode). Wider layers lower the
+    effective barrier."""
     trapped_mode: int | None = None
+    """Index of the mode that starts unlearned (default: the weakest)."""
     d_in: int | None = None
+    """Input size of the teacher (default: the number of modes)."""
     d_out: int | None = None
+    """Output size of the teacher (default: the number of modes)."""
     rotate: bool = False
+    """Random singular vectors instead of the coordinate axes."""
 
     @property
     def trapped_index(self) -> int:

@@ -228,13 +228,15 @@ class MinibatchPairs:
             return self._full
         if self._pos >= self.n:
             self._shuffle()
+        rows, labels = self._rows, self._labels
+        assert rows is not None and labels is not None  # drawn by _shuffle at the epoch's start
         pos, self._pos = self._pos, min(self._pos + b, self.n)
-        return self.task.pairs[self._rows[:, pos:self._pos]], self._labels[:, pos:self._pos]
+        return self.task.pairs[rows[:, pos:self._pos]], labels[:, pos:self._pos]
 
     def keep(self, idx: torch.Tensor) -> None:
         """Keep, in place, the replicas at ``idx``; the task's owner keeps the task itself."""
         idx = idx.to(self.task.pairs.device)
-        if self._rows is not None:
+        if self._rows is not None and self._labels is not None:  # drawn together (_shuffle)
             self._rows, self._labels = self._rows[idx], self._labels[idx]
         self._full = None
 

@@ -22,6 +22,7 @@ class GrokkingSpec(ModelSpec):
         "threshold": 0.95, "fallback": 0.9, "measure": "generalize", "check_every": 50}
 
     init_scale: float = 1.0
+    """Omnigrok's α: multiplies every weight of the initialisation."""
 
     def check_model(self, bad: Bad) -> None:
         """This kind's own [model] keys."""

@@ -51,6 +51,7 @@ class GrokTrial(ReplicaModel):
     def __init__(self, study: Study, conds: Sequence[Condition], generator: torch.Generator,
                  device: torch.device, batch_size: int | None = None):
         t, esc, n = study.task, study.escape, len(conds)
+        assert t is not None  # the grokking specs' check requires [task]
         dtype = torch_dtype(study)
         self.task = make_task(t.operation, t.p, n, t.train_fraction, t.label_noise,
                               generator, device)

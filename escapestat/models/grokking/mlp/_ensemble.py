@@ -177,15 +177,17 @@ class MLPEnsemble:
         rows = pairs + self._shift
         z = F.embedding_bag(rows.view(r * b, 2), self.embed.view(-1, self.width), mode="sum")
         z = z.view(r, b, self.width)
-        if self.has_hidden_bias:
-            z += self.hidden_bias.unsqueeze(1)
+        hidden_bias = self.hidden_bias
+        if hidden_bias is not None:
+            z += hidden_bias.unsqueeze(1)
         return rows, z
 
     def _logits_t(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Logits transposed, [R, p, B]: W hᵀ runs faster than h Wᵀ for these shapes."""
         logits = torch.bmm(self.weight, h.transpose(1, 2), out=out)
-        if self.has_out_bias:
-            logits += self.out_bias.unsqueeze(2)
+        out_bias = self.out_bias
+        if out_bias is not None:
+            logits += out_bias.unsqueeze(2)
         return logits
 
     def logits(self, pairs: torch.Tensor) -> torch.Tensor:
@@ -212,9 +214,9 @@ class MLPEnsemble:
         gradients are the model's own buffers, overwritten by the next call.
         """
         if self.backend == "native":
-            loss = native.kernels().mlp_loss_grads(self.activation, self.embed, self.weight,
-                                                   pairs, labels, self.grads[0],
-                                                   self.grads[1], self._floor)
+            loss = native.required().mlp_loss_grads(self.activation, self.embed, self.weight,
+                                                    pairs, labels, self.grads[0],
+                                                    self.grads[1], self._floor)
             return loss, self.grads
         r, b = labels.shape
         work, logits = self._workspace(b)
@@ -266,8 +268,8 @@ class MLPEnsemble:
         """
         r, n = labels.shape
         if self.backend == "native":
-            hits = native.kernels().mlp_hits(self.activation, self.embed, self.weight,
-                                             pairs, labels)
+            hits = native.required().mlp_hits(self.activation, self.embed, self.weight,
+                                              pairs, labels)
             return hits.to(self.weight.dtype) / n
         chunk = chunk or max(1, (1 << 22) // (r * max(self.width, self.p)))
         hits = torch.zeros(r, dtype=torch.long, device=labels.device)

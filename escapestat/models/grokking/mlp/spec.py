@@ -13,7 +13,10 @@ class MLPSpec(GrokkingSpec):
     relu or gelu."""
 
     width: int = 128
+    """Hidden units of the one hidden layer (the C kernels need a multiple of 16 in
+    float32, 8 in float64)."""
     activation: str = "quadratic"
+    """`quadratic`, `relu` or `gelu`."""
 
     def check_model(self, bad) -> None:
         if self.activation not in ("quadratic", "relu", "gelu"):

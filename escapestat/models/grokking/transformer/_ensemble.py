@@ -151,7 +151,7 @@ class TransformerEnsemble:
         x_eq = emb[:, p] + emb[:, -1]  # [R, d]: the residual at the readout position
         tokens = torch.cat([pairs, pairs.new_full((R, B, 1), p)], 2)  # [R, B, 3]
         if self.backend == "native":
-            *saved, z = native.kernels().attn_forward(emb, W_Q, W_K, W_V, tokens, scale)
+            *saved, z = native.required().attn_forward(emb, W_Q, W_K, W_V, tokens, scale)
         else:
             saved, z = self._attention(emb, x_eq, W_Q, W_K, W_V, tokens, scale)
         w_o = W_O.flatten(1, 2)  # [R, H·dh, d]
@@ -222,8 +222,8 @@ class TransformerEnsemble:
         d_z = d_resid @ f.w_o.mT  # [R, B, H·dh]
         attention_grads = (gW_Q, gW_K, gW_V, gW_E, gW_pos)
         if self.backend == "native":
-            native.kernels().attn_backward(f.emb, W_Q, W_K, W_V, f.tokens, scale, f.saved,
-                                           d_z, d_x_eq, attention_grads)
+            native.required().attn_backward(f.emb, W_Q, W_K, W_V, f.tokens, scale, f.saved,
+                                            d_z, d_x_eq, attention_grads)
         else:
             self._attention_backward(f.emb, f.x_eq, W_Q, W_K, W_V, pairs, f.tokens, scale,
                                      f.saved, d_z.view(R, B, H, -1).transpose(1, 2), d_x_eq,

@@ -12,8 +12,11 @@ class TransformerSpec(GrokkingSpec):
     """One layer in the style of Nanda et al. (2023): ``d_model``, ``n_heads``, ``d_mlp``."""
 
     d_model: int = 128
+    """Width of the residual stream (a multiple of `n_heads`)."""
     n_heads: int = 4
+    """Attention heads."""
     d_mlp: int = 512
+    """Hidden units of the MLP block."""
 
     def check_model(self, bad) -> None:
         if min(self.d_model, self.n_heads, self.d_mlp) < 1 or self.d_model % self.n_heads:

@@ -13,9 +13,13 @@ class Transformer2Spec(GrokkingSpec):
     Grokfast's baseline): ``d_model`` 128, ``n_heads`` 4, ``n_layers`` 2, ``d_mlp`` 512."""
 
     d_model: int = 128
+    """Width of the residual stream (a multiple of `n_heads`)."""
     n_heads: int = 4
+    """Causal attention heads per block."""
     n_layers: int = 2
+    """Pre-LayerNorm decoder blocks."""
     d_mlp: int = 512
+    """Hidden units of each block's GELU MLP."""
 
     def check_model(self, bad) -> None:
         if min(self.d_model, self.n_heads, self.n_layers, self.d_mlp) < 1 or (
