@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat.errors import EscapestatError
 from escapestat.report._figures import check_plot_path, plot_arrhenius
 from escapestat.stats._arrhenius import (
     ArrheniusFit,
@@ -16,6 +15,7 @@ from escapestat.stats._arrhenius import (
     fit_arrhenius,
     with_temperature,
 )
+from escapestat.stats._per_stratum import fit_each, strata_json
 from escapestat.stats._strata import arrhenius_strata
 from escapestat.table import _records as records
 
@@ -24,7 +24,7 @@ from .common import (
     err_console,
     note_pooled,
     out_console,
-    print_strata_json,
+    print_json,
 )
 from .options import (
     ByCols,
@@ -152,26 +152,21 @@ def arrhenius(
     columns = records.Columns(duration=duration_col, event=event_col, temperature=temperature_col)
     df = records.validate(df, columns)
     strata = arrhenius_strata(df, temperature_col, by or (), pool, lr_col, batch_col)
-    results = []
-    for s in strata:
-        try:
-            fit = fit_arrhenius(s.rows, columns, grid=grid)
-        except EscapestatError as exc:
-            raise EscapestatError(f"{s.label}: {exc}" if s.key else str(exc)) from None
-        payload = fit.as_dict()
-        if theory_barrier is not None:
-            payload.update(fit.versus_theory(theory_barrier))
-        note_pooled(s)
-        if s.pooled:
-            payload["pooled"] = list(s.pooled)
-        results.append((s, fit, payload))
+    results = fit_each(strata, lambda rows: fit_arrhenius(rows, columns, grid=grid))
+
+    def theory(r) -> dict:
+        return {} if theory_barrier is None else r.fitted.versus_theory(theory_barrier)
+
+    for r in results:
+        note_pooled(r.stratum)
     if plot is not None:
-        for s, fit, _ in results:
-            written = plot_arrhenius(fit, s.file_for(plot), theory_barrier=theory_barrier,
-                                     unit=unit.rstrip("s"), table=s.rows)
+        for r in results:
+            written = plot_arrhenius(r.fitted, r.stratum.file_for(plot),
+                                     theory_barrier=theory_barrier, unit=unit.rstrip("s"),
+                                     table=r.stratum.rows)
             err_console.print(f"wrote {escape(str(written))}")
     if json_out:
-        print_strata_json(results, bool(by))
+        print_json(strata_json(results, bool(by), theory))
         return
-    for s, fit, payload in results:
-        _print_fit(fit, payload, unit, s.label if by else None)
+    for r in results:
+        _print_fit(r.fitted, r.to_dict(**theory(r)), unit, r.stratum.label if by else None)

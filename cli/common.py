@@ -47,16 +47,6 @@ def note_pooled(stratum) -> None:
                                  f"{', '.join(stratum.pooled)}"))
 
 
-def print_strata_json(results: list, by: bool) -> None:
-    """``--json`` of a per-stratum fit: ``{"strata": [...]}`` with ``--by``, else the one
-    payload. ``results`` holds (stratum, fit, payload) triples."""
-    if by:
-        print_json({"strata": [{"stratum": s.as_dict(), **payload}
-                               for s, _, payload in results]})
-    else:
-        print_json(results[0][2])
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear error line on stderr and return the exit to raise (status 1)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from escapestat.errors import EscapestatError
+from escapestat.stats._per_stratum import fit_each, strata_json
 from escapestat.stats._regress import RateRegression, regress_strata
 from escapestat.table import _records as records
 
@@ -17,7 +17,7 @@ from .common import (
     domain_errors,
     note_pooled,
     out_console,
-    print_strata_json,
+    print_json,
 )
 from .options import ByCols, DurationCol, EventCol, JsonOut, Pool, TableArg, Unit
 
@@ -111,19 +111,12 @@ def regress(
     """
     columns = records.Columns(duration=duration_col, event=event_col)
     df = records.validate(records.read_table(table), columns)
-    results = []
-    for s in regress_strata(df, formula, by or (), pool):
-        try:
-            fit = RateRegression().fit(s.rows, formula, columns)
-        except EscapestatError as exc:
-            raise EscapestatError(f"{s.label}: {exc}" if s.key else str(exc)) from None
-        payload = fit.as_dict()
-        note_pooled(s)
-        if s.pooled:
-            payload["pooled"] = list(s.pooled)
-        results.append((s, fit, payload))
+    results = fit_each(regress_strata(df, formula, by or (), pool),
+                       lambda rows: RateRegression().fit(rows, formula, columns))
+    for r in results:
+        note_pooled(r.stratum)
     if json_out:
-        print_strata_json(results, bool(by))
+        print_json(strata_json(results, bool(by)))
         return
-    for s, fit, _ in results:
-        _print_fit(fit, unit, s.label if by else None)
+    for r in results:
+        _print_fit(r.fitted, unit, r.stratum.label if by else None)

@@ -1,10 +1,34 @@
 """The names everything agrees on: replica statuses, the files of a run, search and sweep
-folder, and run defaults. No imports, so any layer (and a torch-free command) can use it.
+folder, and run defaults. Only the standard library, so any layer (and a torch-free
+command) can use it.
 """
 
-# Statuses of a replica in ``replicas.csv`` (``escapes.csv`` holds the first three).
-ESCAPED, CENSORED, DIVERGED, UNTRAPPED = "escaped", "censored", "diverged", "untrapped"
-UNFIT = "unfit"  # a grokking replica that never fitted its training set (``measure = delay``)
+from enum import Enum
+
+
+class Status(str, Enum):
+    """How a replica's run ended: the ``status`` column of ``replicas.csv`` (``escapes.csv``
+    holds the first three). Members are the strings written in tables and compare equal
+    to them."""
+
+    ESCAPED = "escaped"
+    CENSORED = "censored"
+    DIVERGED = "diverged"  # a competing risk: censored where it diverged, never an escape
+    UNTRAPPED = "untrapped"  # never at risk: not in the survival table
+    UNFIT = "unfit"  # a grokking replica that never fitted its training set (measure = delay)
+    RUNNING = "running"  # a monitored run not yet decided
+
+    def __str__(self) -> str:  # "escaped", as in the tables (not "Status.ESCAPED")
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+ESCAPED, CENSORED, DIVERGED = Status.ESCAPED, Status.CENSORED, Status.DIVERGED
+UNTRAPPED, UNFIT, RUNNING = Status.UNTRAPPED, Status.UNFIT, Status.RUNNING
+#: The statuses of the survival table (``escapes.csv``).
+SURVIVAL = (ESCAPED, CENSORED, DIVERGED)
 
 # A run directory.
 ESCAPES, REPLICAS, CURVES = "escapes.csv", "replicas.csv", "curves.csv"

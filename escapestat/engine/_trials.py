@@ -47,7 +47,7 @@ from escapestat.engine._storage import (
 from escapestat.errors import EscapestatError
 from escapestat.models import _native as native
 from escapestat.stats._curves import curve_bands
-from escapestat.vocab import CHECKPOINT_EVERY
+from escapestat.vocab import CHECKPOINT_EVERY, SURVIVAL
 
 __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED", "Chunk",
            "ChunkOutput", "ChunkProgress", "ChunkStarted", "HyperSchedules", "RunResult",
@@ -55,10 +55,9 @@ __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED"
            "run_chunk_output", "run_study"]
 
 #: Statuses that enter the survival table (diverged: a competing risk, censored there).
-SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     out_dir: Path
     escapes: pd.DataFrame  # the survival table: escaped, censored and diverged replicas
@@ -119,7 +118,7 @@ def _ranges(ids: list[int]) -> str:
 def _tables(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     replicas = pd.concat(frames, ignore_index=True).sort_values(["condition", "replica"])
     replicas = replicas.reset_index(drop=True)
-    escapes = replicas[replicas["status"].isin(SURVIVAL_STATUSES)].reset_index(drop=True)
+    escapes = replicas[replicas["status"].isin(SURVIVAL)].reset_index(drop=True)
     return replicas, escapes
 
 

@@ -51,9 +51,8 @@ from escapestat.monitor._end_paths import (  # noqa: F401
 from escapestat.stats._strata import CONDITION_COLUMNS, SCHEDULE_SUFFIX
 from escapestat.table._append import append_row, cell_text, column_mismatch, existing_columns
 from escapestat.table._records import _format
+from escapestat.vocab import CENSORED, DIVERGED, ESCAPED, RUNNING, UNTRAPPED, Status
 
-ESCAPED, CENSORED, DIVERGED, UNTRAPPED, RUNNING = (
-    "escaped", "censored", "diverged", "untrapped", "running")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -305,7 +304,7 @@ class EscapeMonitor:
     def _capped(self, step: int) -> int:
         return step if self.max_steps is None else min(step, self.max_steps)
 
-    def _decide(self, status: str, duration: int | None) -> None:
+    def _decide(self, status: Status, duration: int | None) -> None:
         self.status, self._end_step = status, duration
         if self._fit is not None and self.fit_time is None and self._fit.pending is not None:
             self.fit_time = self._fit.pending  # the engine's settle: pending counts at its step
@@ -370,7 +369,7 @@ class EscapeMonitor:
         self.close("close" if exc_type is None else f"exception {exc_type.__name__}")
 
     def __repr__(self) -> str:
-        return (f"EscapeMonitor({self.criterion.metric!r}, status={self.status!r}, "
+        return (f"EscapeMonitor({self.criterion.metric!r}, status={str(self.status)!r}, "
                 f"last_step={self.last_step}, run_id={self.run_id!r})")
 
 

@@ -210,25 +210,12 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
 
 def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None
           ) -> list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]]:
-    """(label, rows, fit, error) per stratum of ``by``, each fitted with ``fit_arrhenius``."""
-    from escapestat.stats._arrhenius import fit_arrhenius
-    from escapestat.stats._strata import arrhenius_strata
+    """(label, rows, fit, error) per stratum of ``by`` (``stats.arrhenius_by``)."""
+    from escapestat.stats._per_stratum import arrhenius_by
 
-    out: list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]] = []
-    parts = rows.groupby(by, sort=True) if by else [((), rows)]
-    for key, part in parts:
-        key = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{c} = {_short(v)}" for c, v in zip(by, key, strict=True)
-                          if rows[c].astype(str).nunique() > 1)
-        try:
-            (stratum,) = arrhenius_strata(part)
-            fit = fit_arrhenius(stratum.rows, records.Columns(temperature="temperature"),
-                                crosscheck=False, grid=grid)
-        except EscapestatError as exc:
-            out.append((label, part, None, str(exc)))
-        else:
-            out.append((label, part, fit, None))
-    return out
+    return [(", ".join(f"{c} = {_short(v)}" for c, v in r.stratum.key
+                       if rows[c].astype(str).nunique() > 1),
+             r.stratum.rows, r.fit, r.error) for r in arrhenius_by(rows, by, grid)]
 
 
 def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, Schedule]]:

@@ -37,7 +37,7 @@ import optuna
 import pandas as pd
 
 from escapestat.config._study import Study, conditions
-from escapestat.engine._detector import CENSORED, DIVERGED, ESCAPED
+from escapestat.engine._detector import DIVERGED, ESCAPED
 from escapestat.engine._trials import plan_chunks, resolve_device, run_chunk_output
 from escapestat.errors import EscapestatError
 from escapestat.search._identity import check_identity
@@ -45,8 +45,8 @@ from escapestat.search._sampling import make_pruner, make_sampler, trial_seed
 from escapestat.search._space import SearchSpec, build_study, suggest
 from escapestat.search._storage import retried_from
 from escapestat.stats._incidence import DIVERGE, ESCAPE, EscapeIncidence, incidence_median_ci
+from escapestat.vocab import SURVIVAL
 
-SURVIVAL_STATUSES = (ESCAPED, CENSORED, DIVERGED)
 #: The constraint's name in Optuna (``Trial.set_constraint``): mean final test error − limit.
 CONSTRAINT = "final_test_error"
 CONSTANT_SUFFIX = "-constant"
@@ -77,7 +77,7 @@ class ArmRun:
 
     @property
     def survival(self) -> pd.DataFrame:
-        return self.replicas[self.replicas["status"].isin(SURVIVAL_STATUSES)]
+        return self.replicas[self.replicas["status"].isin(SURVIVAL)]
 
     @property
     def durations(self) -> np.ndarray:
@@ -190,7 +190,7 @@ def censored_rmst(t: int, status: np.ndarray, duration: np.ndarray,
     never escaping."""
     d = np.minimum(duration.astype(float), t)
     d[active] = t
-    keep = np.isin(status, SURVIVAL_STATUSES)
+    keep = np.isin(status, SURVIVAL)
     keep[active] = True
     c = causes(status)
     c[active] = 0

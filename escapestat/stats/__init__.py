@@ -42,6 +42,12 @@ from ._incidence import (  # noqa: F401
     incidence_median_ci,
     weighted_medians,
 )
+from ._per_stratum import (  # noqa: F401
+    StratumFit,
+    arrhenius_by,
+    fit_each,
+    strata_json,
+)
 from ._poisson_glm import (  # noqa: F401
     MODERATED,
     PRIOR_DF,
@@ -156,6 +162,10 @@ __all__ = [
     "moderated_scale",
     "PoissonGLMFit",
     "fit_poisson_glm",
+    "StratumFit",
+    "fit_each",
+    "strata_json",
+    "arrhenius_by",
     "ArrheniusFit",
     "check_theory_barrier",
     "aggregate",

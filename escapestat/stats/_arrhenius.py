@@ -33,7 +33,7 @@ from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import Columns, round_significant
 
 
-@dataclass
+@dataclass(frozen=True)
 class ArrheniusFit:
     """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check).
 

@@ -42,7 +42,7 @@ def _log_survival(kt: np.ndarray, theta: float) -> np.ndarray:
     return -np.log1p(theta * kt) / theta
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrailtyFit:
     """The gamma-frailty Arrhenius fit (``as_dict`` for JSON)."""
 

@@ -192,7 +192,7 @@ def regress_strata(df: pd.DataFrame, formula: str, by=(), pool: bool = False,
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Term:
     """One design column: τ exponent = −rate coefficient, both with the fit's interval."""
 

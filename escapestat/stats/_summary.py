@@ -7,13 +7,11 @@ counted only. The CLI and the report only render what this returns.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
-from escapestat.table._records import Columns
-
-SURVIVAL = ("escaped", "censored", "diverged")
+from escapestat.vocab import SURVIVAL, Status
 
 
 def strata_columns(replicas: pd.DataFrame) -> list[str]:
@@ -102,10 +100,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
     ``threshold`` its escape threshold (whether a condition with no escapes was still
     moving, ``stability``).
     """
-    from escapestat.errors import EscapestatError
-    from escapestat.stats._arrhenius import fit_arrhenius
+    from escapestat.stats._per_stratum import arrhenius_by
     from escapestat.stats._stability import trend
-    from escapestat.stats._strata import arrhenius_strata
     from escapestat.stats._survival import KS_BOOTSTRAP, describe
 
     survival_rows = replicas[replicas["status"].isin(SURVIVAL)]
@@ -124,8 +120,8 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
             else float(first["barrier_theory"]),
             "barrier_over_temperature": None if pd.isna(first["barrier_theory"])
             else float(first["barrier_theory"]) / float(first["temperature"]),
-            "diverged": int((part["status"] == "diverged").sum()),
-            "untrapped": int((part["status"] == "untrapped").sum()),
+            "diverged": int((part["status"] == Status.DIVERGED).sum()),
+            "untrapped": int((part["status"] == Status.UNTRAPPED).sum()),
         }
         if "seed_over_saddle" in part:
             row["seed_over_saddle"] = float(first["seed_over_saddle"])
@@ -134,7 +130,7 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
             row["switch_trapped_component"] = float(usable["switch_trapped_component"].median())
             row["rounding_floor"] = float(usable["rounding_floor"].median())
         if grokking:
-            row["unfit"] = int((part["status"] == "unfit").sum())
+            row["unfit"] = int((part["status"] == Status.UNFIT).sum())
             row.update(grokking_times(part, budget or float(part["duration"].max())))
         if len(usable):
             full = (bool(part["full_batch"].astype(bool).all()) if "full_batch" in part
@@ -155,18 +151,16 @@ def run_summary(replicas: pd.DataFrame, n_bootstrap: int | None = None, seed: in
     if grokking:  # delays of trained nets: no theory barrier, and T = lr/B is not the law
         return {"conditions": conditions, "arrhenius": fits}
     by = strata_columns(replicas)
-    for key, part in survival_rows.groupby(by, sort=True):
+    for r in arrhenius_by(survival_rows, by, grid):
+        part, fit = r.stratum.rows, r.fit
         theory = part["barrier_theory"].dropna()
-        entry: dict[str, Any] = {"weight_decay": float(key[0]), "lr": float(part["lr"].iloc[0]),
-                 "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
+        entry: dict[str, Any] = {"weight_decay": float(cast(float, r.stratum.key[0][1])),
+                                 "lr": float(part["lr"].iloc[0]),
+                                 "theory_barrier": float(theory.iloc[0]) if len(theory) else None}
         if "seed_over_saddle" in by:
             entry["seed_over_saddle"] = float(part["seed_over_saddle"].iloc[0])
-        try:
-            (stratum,) = arrhenius_strata(part)
-            fit = fit_arrhenius(stratum.rows, Columns(temperature="temperature"),
-                                crosscheck=False, grid=grid)
-        except EscapestatError as exc:
-            entry["error"] = str(exc)
+        if fit is None:
+            entry["error"] = r.error
         else:
             entry.update(barrier=fit.barrier, barrier_ci=fit.barrier_ci,
                          log_prefactor=fit.log_prefactor, method=fit.method,

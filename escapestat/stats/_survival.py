@@ -55,7 +55,7 @@ def _upper_note(median: KaplanMeierMedian, durations: np.ndarray, events: np.nda
     return f"too few escapes after the median ({late}) for the upper band to reach ½"
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupSummary:
     """Everything ``escapestat fit`` reports for one condition (the §3 JSON contract)."""
 
