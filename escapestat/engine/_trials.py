@@ -59,7 +59,7 @@ __all__ = ["CENSORED", "DIVERGED", "ESCAPED", "ESCAPES", "REPLICAS", "UNTRAPPED"
 
 @dataclass(frozen=True)
 class RunResult:
-    out_dir: Path
+    out_dir: Path | None  # None: run in memory
     escapes: pd.DataFrame  # the survival table: escaped, censored and diverged replicas
     replicas: pd.DataFrame  # every replica, with its status (untrapped included)
     meta: dict
@@ -124,22 +124,30 @@ def _tables(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def run_study(
     study: Study,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
     device: str = "auto",
     resume: bool = False,
     study_text: str | None = None,
     progress: Progress | None = None,
     checkpoint_every: float | None = CHECKPOINT_EVERY,
+    watch: Watch | None = None,
 ) -> RunResult:
     """Run (or resume) a study into ``out_dir``; finished chunks are written atomically.
 
     A directory holding the complete run of the same study is read back, writing nothing.
     Every ``checkpoint_every`` seconds (None: never) an unfinished chunk saves its state,
-    and ``resume`` continues it from there.
+    and ``resume`` continues it from there. With ``out_dir`` None the run stays in memory:
+    nothing is written or resumed, and ``watch`` sees the replicas at every check (the
+    search's trials and compare's arms run this way).
     """
     dev = resolve_device(device)
     conds = conditions(study)
     chunks = plan_chunks(study, conds)
+    if out_dir is None:
+        frames = [run_chunk_output(study, conds, chunk, dev, progress, watch=watch,
+                                   hold=study.run.hold).table for chunk in chunks]
+        replicas, escapes = _tables(frames)
+        return RunResult(None, escapes, replicas, {}, conds, _route_notes(study, dev))
     store = RunStore(out_dir)
     if store.open(study.config_hash(), resume):  # complete: read back, writing nothing
         return _read_back(store, chunks, conds)

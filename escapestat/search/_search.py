@@ -36,9 +36,9 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from escapestat.config._study import Study, conditions
+from escapestat.config._study import Study
 from escapestat.engine._detector import DIVERGED, ESCAPED
-from escapestat.engine._trials import plan_chunks, resolve_device, run_chunk_output
+from escapestat.engine._trials import run_study
 from escapestat.errors import EscapestatError
 from escapestat.search._identity import check_identity
 from escapestat.search._sampling import make_pruner, make_sampler, trial_seed
@@ -157,12 +157,12 @@ class ArmRun:
 
 def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | None = None,
             hold: bool = False) -> ArmRun:
-    """Run ``study`` (one condition) in memory, on one chunk; nothing is written.
+    """Run ``study`` (one condition) in memory, on one chunk, through the engine's
+    ``run_study``; nothing is written.
 
     ``hold`` trains escaped replicas on to the budget to measure their final values there."""
-    dev = resolve_device(device)
-    study = study.with_overrides(chunk_replicas=max(study.run.replicas, study.run.chunk_replicas))
-    conds = conditions(study)
+    study = study.with_overrides(chunk_replicas=max(study.run.replicas, study.run.chunk_replicas),
+                                 hold=hold)
     last_t = [0]
 
     def seen(t, status, duration, active, last):
@@ -171,9 +171,8 @@ def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | Non
             watch(t, status, duration, active, last)
 
     began = time.perf_counter()
-    frames = [run_chunk_output(study, conds, chunk, dev, watch=seen, hold=hold).table
-              for chunk in plan_chunks(study, conds)]
-    return ArmRun(pd.concat(frames, ignore_index=True), time.perf_counter() - began,
+    result = run_study(study, None, device, watch=seen)
+    return ArmRun(result.replicas, time.perf_counter() - began,
                   last_t[0], study.run.max_steps, float(study.escape.check_every))
 
 

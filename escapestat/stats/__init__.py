@@ -12,21 +12,17 @@ from ._arrhenius import (  # noqa: F401
     with_temperature,
 )
 from ._contrast import (  # noqa: F401
-    MAX_SHAPE,
     MedianRatio,
     TimeRatio,
     incidence_median_ratio,
     logrank_p,
     median_ratio,
-    scaled,
     time_ratio,
 )
 from ._curves import (  # noqa: F401
-    QUANTILES,
     curve_bands,
 )
 from ._frailty import (  # noqa: F401
-    HETEROGENEITY_LEVEL,
     FrailtyFit,
     fit_frailty_arrhenius,
 )
@@ -35,12 +31,7 @@ from ._incidence import (  # noqa: F401
     DIVERGE,
     ESCAPE,
     EscapeIncidence,
-    bootstrap_distribution,
-    bounded,
-    check_bootstrap,
-    check_causes,
     incidence_median_ci,
-    weighted_medians,
 )
 from ._per_stratum import (  # noqa: F401
     StratumFit,
@@ -50,14 +41,11 @@ from ._per_stratum import (  # noqa: F401
 )
 from ._poisson_glm import (  # noqa: F401
     MODERATED,
-    PRIOR_DF,
     PoissonGLMFit,
     fit_poisson_glm,
     moderated_scale,
 )
 from ._regress import (  # noqa: F401
-    NAMESPACE,
-    Formula,
     RateRegression,
     Term,
     fit_regression,
@@ -65,32 +53,21 @@ from ._regress import (  # noqa: F401
 )
 from ._stability import (  # noqa: F401
     LEVEL,
-    Q_END,
-    Q_MID,
-    Q_MID_STEP,
-    REACH_FACTOR,
     Trend,
     trend,
 )
 from ._strata import (  # noqa: F401
     CONDITION_COLUMNS,
-    CONSTANT,
-    SCHEDULE_SUFFIX,
     Stratum,
     arrhenius_strata,
     condition_columns,
     fit_strata,
 )
 from ._summary import (  # noqa: F401
-    SURVIVAL,
-    TWIN_KEYS,
-    TWIN_LEVEL,
     grokking_times,
     run_summary,
-    strata_columns,
 )
 from ._survival import (  # noqa: F401
-    HALF_TOL,
     KS_BOOTSTRAP,
     ExponentialRate,
     GroupSummary,
@@ -104,30 +81,18 @@ from ._survival import (  # noqa: F401
     summarize,
     weibull_shape,
 )
-from ._synthetic import (  # noqa: F401
-    arrhenius_table,
-    censored_exponential,
-)
 from ._verdict import (  # noqa: F401
     ABSORBING,
     ACTIVATED,
     DETERMINISTIC,
-    DETERMINISTIC_SHAPE,
-    FAMILY_LEVEL,
     INCONCLUSIVE,
-    KS_LEVEL,
-    MIN_N,
     NOT_REACHED,
     Verdict,
     mechanism,
 )
 
 __all__ = [
-    "Q_MID",
-    "Q_MID_STEP",
-    "Q_END",
     "LEVEL",
-    "REACH_FACTOR",
     "Trend",
     "trend",
     "ACTIVATED",
@@ -135,14 +100,9 @@ __all__ = [
     "ABSORBING",
     "NOT_REACHED",
     "INCONCLUSIVE",
-    "FAMILY_LEVEL",
-    "KS_LEVEL",
-    "DETERMINISTIC_SHAPE",
-    "MIN_N",
     "Verdict",
     "mechanism",
     "KS_BOOTSTRAP",
-    "HALF_TOL",
     "poisson_rate_ci",
     "ExponentialRate",
     "kaplan_meier",
@@ -154,10 +114,8 @@ __all__ = [
     "GroupSummary",
     "describe",
     "summarize",
-    "HETEROGENEITY_LEVEL",
     "FrailtyFit",
     "fit_frailty_arrhenius",
-    "PRIOR_DF",
     "MODERATED",
     "moderated_scale",
     "PoissonGLMFit",
@@ -175,42 +133,24 @@ __all__ = [
     "CENSOR",
     "ESCAPE",
     "DIVERGE",
-    "check_causes",
-    "check_bootstrap",
     "EscapeIncidence",
-    "bootstrap_distribution",
-    "weighted_medians",
-    "bounded",
     "incidence_median_ci",
     "MedianRatio",
     "median_ratio",
     "incidence_median_ratio",
-    "scaled",
     "TimeRatio",
-    "MAX_SHAPE",
     "time_ratio",
     "logrank_p",
-    "QUANTILES",
     "curve_bands",
-    "NAMESPACE",
-    "Formula",
     "RateRegression",
     "Term",
     "fit_regression",
     "regress_strata",
     "CONDITION_COLUMNS",
-    "SCHEDULE_SUFFIX",
-    "CONSTANT",
     "Stratum",
     "condition_columns",
     "fit_strata",
     "arrhenius_strata",
-    "SURVIVAL",
-    "strata_columns",
-    "TWIN_KEYS",
-    "TWIN_LEVEL",
     "grokking_times",
     "run_summary",
-    "censored_exponential",
-    "arrhenius_table",
 ]

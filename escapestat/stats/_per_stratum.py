@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pandas as pd
 
@@ -15,7 +15,12 @@ from escapestat.stats._arrhenius import ArrheniusFit, fit_arrhenius
 from escapestat.stats._strata import Stratum, arrhenius_strata
 from escapestat.table._records import Columns
 
-F = TypeVar("F")
+
+class _Fitted(Protocol):
+    def as_dict(self) -> dict: ...
+
+
+F = TypeVar("F", bound=_Fitted)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class StratumFit(Generic[F]):
 
     def to_dict(self, **extra: Any) -> dict:
         """The fit's JSON object (its ``as_dict()``), then ``extra``, then what was pooled."""
-        payload = {**self.fitted.as_dict(), **extra}  # type: ignore[attr-defined]
+        payload = {**self.fitted.as_dict(), **extra}
         if self.stratum.pooled:
             payload["pooled"] = list(self.stratum.pooled)
         return payload

@@ -1,5 +1,6 @@
-"""The ensemble's two update rules, in place on every replica at once: SGD (its noise is the
-minibatch's) and Langevin (Euler–Maruyama at temperature T)."""
+"""The ensemble's two update rules on its moments: the gradients by hand, then the one
+copy of SGD and Langevin (Euler–Maruyama) in ``models._integrators``, on every replica at
+once."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from escapestat.models.deep_linear._replica_ops import Scalar, _per_replica
+from escapestat.models._integrators import langevin, sgd
+from escapestat.models.base import Hyper
+from escapestat.models.deep_linear._replica_ops import Scalar
 
 if TYPE_CHECKING:
     from escapestat.models.deep_linear._ensemble import DeepLinearEnsemble
+
+
+def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
+    """A float or an [R] tensor as an [R] tensor in the weights' dtype."""
+    out = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return out.expand(like.shape[0]) if out.dim() == 0 else out.to(like.dtype)
 
 
 def sgd_step(
@@ -18,9 +27,8 @@ def sgd_step(
 ) -> None:
     """W_l ← W_l − lr ∇W_l in place (the minibatch noise is in the moments)."""
     grads = model.gradients(sxx, syx, beta)
-    step = _per_replica(lr, grads[0])
-    for w, g in zip(model.weights, grads, strict=True):
-        w.addcmul_(step, g, value=-1)
+    w = model.weights[0]
+    sgd(model.weights, grads, Hyper(_per_replica(lr, w), _per_replica(beta, w)))
 
 
 def langevin_step(
@@ -29,8 +37,6 @@ def langevin_step(
 ) -> None:
     """W_l ← W_l − lr ∇W_l + √(2 lr T) ξ: Euler–Maruyama, stationary law ∝ exp(−loss / T)."""
     grads = model.gradients(sxx, syx, beta)
-    step = _per_replica(lr, grads[0])
-    kick = torch.sqrt(2 * step * _per_replica(temperature, grads[0]))
-    for w, g in zip(model.weights, grads, strict=True):
-        xi = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
-        w.addcmul_(step, g, value=-1).addcmul_(kick, xi)
+    w = model.weights[0]
+    langevin(model.weights, grads, Hyper(_per_replica(lr, w), _per_replica(beta, w),
+                                         _per_replica(temperature, w)), generator)
