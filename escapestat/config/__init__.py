@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._conditions import Condition, conditions  # noqa: F401
 from ._escape_rule import (  # noqa: F401
     EscapeRule,
 )
@@ -40,8 +41,7 @@ from ._schedules import (  # noqa: F401
     parse_ladder,
     parse_schedule,
 )
-from ._study import (  # noqa: F401
-    Condition,
+from ._sections import (  # noqa: F401
     DataSpec,
     DynamicsSpec,
     EscapeSpec,
@@ -49,9 +49,10 @@ from ._study import (  # noqa: F401
     InitSpec,
     OptimizerSpec,
     RunSpec,
-    Study,
     TaskSpec,
-    conditions,
+)
+from ._study import (  # noqa: F401
+    Study,
     load_study,
     model_keys,
     parse_study,
