@@ -10,6 +10,7 @@ from rich.table import Table
 
 from escapestat.report._figures import check_plot_path, plot_survival
 from escapestat.stats import _survival as survival
+from escapestat.stats._per_stratum import GroupSummaries, fit_each, summaries_json
 from escapestat.stats._strata import fit_strata
 from escapestat.table import _records as records
 
@@ -116,31 +117,19 @@ def fit(
     columns = records.Columns(duration=duration_col, event=event_col, group=group_col)
     df = records.load(table, columns)
     strata = fit_strata(df, group_col, by or (), pool)
-    results = [
-        (s, survival.summarize(s.rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid,
-                               threshold=threshold))
-        for s in strata
-    ]
-    for s in strata:
-        note_pooled(s)
+    results = fit_each(strata, lambda rows: GroupSummaries(tuple(survival.summarize(
+        rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid, threshold=threshold))))
+    for r in results:
+        note_pooled(r.stratum)
     if plot is not None:
         for s in strata:
             written = plot_survival(s.rows, columns, s.file_for(plot), unit=unit,
                                     log_time=log_time)
             err_console.print(f"wrote {escape(str(written))}")
     if json_out:
-        if by:
-            print_json({"strata": [{"stratum": s.as_dict(), "pooled": list(s.pooled),
-                                    "groups": [g.as_dict() for g in summaries]}
-                                   for s, summaries in results]})
-        else:
-            s, summaries = results[0]
-            payload: dict[str, list] = {"groups": [g.as_dict() for g in summaries]}
-            if s.pooled:
-                payload["pooled"] = list(s.pooled)
-            print_json(payload)
+        print_json(summaries_json(results, bool(by)))
         return
-    for s, summaries in results:
+    for s, summaries in ((r.stratum, list(r.fitted.groups)) for r in results):
         out_console.print(_table(summaries, group_col, unit, s.label if by else None))
         for g in summaries:
             if g.events == 0:

@@ -34,10 +34,12 @@ from ._incidence import (  # noqa: F401
     incidence_median_ci,
 )
 from ._per_stratum import (  # noqa: F401
+    GroupSummaries,
     StratumFit,
     arrhenius_by,
     fit_each,
     strata_json,
+    summaries_json,
 )
 from ._poisson_glm import (  # noqa: F401
     MODERATED,
@@ -123,6 +125,8 @@ __all__ = [
     "StratumFit",
     "fit_each",
     "strata_json",
+    "GroupSummaries",
+    "summaries_json",
     "arrhenius_by",
     "ArrheniusFit",
     "check_theory_barrier",

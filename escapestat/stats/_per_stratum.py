@@ -13,6 +13,7 @@ import pandas as pd
 from escapestat.errors import EscapestatError
 from escapestat.stats._arrhenius import ArrheniusFit, fit_arrhenius
 from escapestat.stats._strata import Stratum, arrhenius_strata
+from escapestat.stats._survival import GroupSummary
 from escapestat.table._records import Columns
 
 
@@ -69,6 +70,25 @@ def strata_json(results: Sequence[StratumFit], by: bool,
         return {"strata": [{"stratum": r.stratum.as_dict(), **r.to_dict(**extra(r))}
                            for r in results]}
     return results[0].to_dict(**extra(results[0]))
+
+
+@dataclass(frozen=True)
+class GroupSummaries:
+    """``fit``'s result for one stratum: a ``GroupSummary`` per value of the group column."""
+
+    groups: tuple[GroupSummary, ...]
+
+    def as_dict(self) -> dict:
+        return {"groups": [g.as_dict() for g in self.groups]}
+
+
+def summaries_json(results: Sequence[StratumFit[GroupSummaries]], by: bool) -> dict:
+    """``fit --json``: with ``--by`` each stratum with what it pooled (always listed) and
+    its groups, else the one stratum's object."""
+    if by:
+        return {"strata": [{"stratum": r.stratum.as_dict(), "pooled": list(r.stratum.pooled),
+                            **r.fitted.as_dict()} for r in results]}
+    return results[0].to_dict()
 
 
 def arrhenius_by(rows: pd.DataFrame, by: Sequence[str], grid: float | None = None

@@ -58,3 +58,19 @@ def test_arrhenius_by_fits_each_value_and_keeps_errors():
     assert good.stratum.key == (("weight_decay", 0.3),)
     assert good.fitted.barrier == pytest.approx(0.03, rel=0.15)
     assert bad.fit is None and "no escapes" in bad.error
+
+
+def test_fit_json_lists_pooled_per_stratum_always():
+    from escapestat.stats import GroupSummaries, fit_strata, summaries_json, summarize
+    from escapestat.table import Columns
+
+    df = _two_betas()
+    cols = Columns(group="temperature")
+    results = fit_each(fit_strata(df, "temperature", by=["weight_decay"]),
+                       lambda rows: GroupSummaries(tuple(summarize(rows, cols, n_bootstrap=19))))
+    by = summaries_json(results, by=True)["strata"]
+    assert [s["stratum"] for s in by] == [{"weight_decay": 0.3}, {"weight_decay": 0.4}]
+    assert [s["pooled"] for s in by] == [[], []] and len(by[0]["groups"]) == 4
+    (one,) = fit_each(fit_strata(df[df.weight_decay == 0.3], "temperature"),
+                      lambda rows: GroupSummaries(tuple(summarize(rows, cols, n_bootstrap=19))))
+    assert list(summaries_json([one], by=False)) == ["groups"]
