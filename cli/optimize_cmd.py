@@ -158,23 +158,7 @@ def _short(v) -> str:
 def _report(result, json_out: bool) -> None:
     s = result.search
     best = s.best
-    payload = {
-        "study_name": result.study_name, "storage": result.storage,
-        "n_trials": len(s.trials), "n_complete": s.counts.get("complete", 0),
-        "n_pruned": s.counts.get("pruned", 0), "n_failed": s.counts.get("fail", 0),
-        "best": None if best is None else {
-            "params": best.user_attrs.get("overrides"), "value": best.value,
-            "median": best.user_attrs.get("median"),
-            "median_ci": best.user_attrs.get("median_ci"),
-            "events": best.user_attrs.get("events"), "n": best.user_attrs.get("n")},
-        "constant_best": None if result.constant is None or result.constant.best is None else {
-            "params": result.constant.best.user_attrs.get("overrides"),
-            "value": result.constant.best.value,
-            "median": result.constant.best.user_attrs.get("median")},
-        "compare": result.compare,
-        "notes": result.notes,
-        "out": str(result.out_dir),
-    }
+    payload = result.as_dict()
     if json_out:
         print_json(payload)
         return

@@ -40,8 +40,11 @@ from escapestat.search._storage import HEARTBEAT_SECONDS, embedded_url, open_sto
 from escapestat.vocab import COMPARE_ARMS, COMPARE_CSV, COMPARE_JSON, TRIALS  # noqa: F401
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizeResult:
+    """A search (and its constant-only twin) with compare's arms; ``as_dict()`` is the
+    JSON contract."""
+
     study_name: str
     storage: str
     out_dir: Path
@@ -49,6 +52,28 @@ class OptimizeResult:
     constant: SearchOutcome | None
     compare: list[dict[str, Any]] | None
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. best values at a range's edge
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``optimize --json`` / ``compare --json`` object (the storage URL without its
+        password)."""
+        s, best = self.search, self.search.best
+        const = None if self.constant is None else self.constant.best
+        return {
+            "study_name": self.study_name, "storage": self.storage,
+            "n_trials": len(s.trials), "n_complete": s.counts.get("complete", 0),
+            "n_pruned": s.counts.get("pruned", 0), "n_failed": s.counts.get("fail", 0),
+            "best": None if best is None else {
+                "params": best.user_attrs.get("overrides"), "value": best.value,
+                "median": best.user_attrs.get("median"),
+                "median_ci": best.user_attrs.get("median_ci"),
+                "events": best.user_attrs.get("events"), "n": best.user_attrs.get("n")},
+            "constant_best": None if const is None else {
+                "params": const.user_attrs.get("overrides"), "value": const.value,
+                "median": const.user_attrs.get("median")},
+            "compare": self.compare,
+            "notes": self.notes,
+            "out": str(self.out_dir),
+        }
 
 
 @dataclass
