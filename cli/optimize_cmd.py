@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from escapestat.vocab import COMPARE_CSV, TRIALS
 
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut
+
+if TYPE_CHECKING:
+    from escapestat.search._optimize import OptimizeResult
 
 StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a \\[search] table.",
                                           show_default=False)]
@@ -155,7 +158,7 @@ def _short(v) -> str:
     return str(v)
 
 
-def _report(result, json_out: bool) -> None:
+def _report(result: OptimizeResult, json_out: bool) -> None:
     s = result.search
     best = s.best
     payload = result.as_dict()
@@ -173,7 +176,7 @@ def _report(result, json_out: bool) -> None:
                  f"{_fmt(best.user_attrs.get('median'))}")
     out_console.print(escape(line), highlight=False)
     if result.compare:
-        _print_compare(result.compare)
+        _print_compare(payload["compare"])
 
 
 @domain_errors

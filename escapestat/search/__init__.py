@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._arm_result import ArmComparison  # noqa: F401
 from ._compare import (  # noqa: F401
     BEST_CONSTANT,
     DEFAULT,
@@ -79,6 +80,7 @@ from ._storage import (  # noqa: F401
 )
 
 __all__ = [
+    "ArmComparison",
     "SAMPLERS",
     "OBJECTIVES",
     "PRUNERS",

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from escapestat.config._schedules import parse_schedule
+from escapestat.search._arm_result import ArmComparison
 from escapestat.search._search import ArmRun, SearchOutcome, constraint_values, needs_hold, run_arm
 from escapestat.search._space import SearchSpec, apply_overrides, build_study
 from escapestat.stats._contrast import incidence_median_ratio, logrank_p, scaled, time_ratio
@@ -187,7 +188,7 @@ def _verdict(c: _Contrast) -> str:
 
 def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
                   ablations: dict[str, list[str]] | None = None, n_bootstrap: int = 2000,
-                  seed: int = 0) -> list[dict[str, Any]]:
+                  seed: int = 0) -> list[ArmComparison]:
     """Per arm: outcome fractions, incidence median with CI, final errors, feasibility; its
     ratio of medians against the default, the best constant and (a scheduled best trial)
     the best feasible of its own ablations, each with a bootstrap CI."""
@@ -218,7 +219,7 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
                             if BEST_CONSTANT in runs else row["logrank_p_vs_default"])
         row.update(_ablation_columns(arm, runs, summaries, feasible,
                                      ablations.get(arm.name, []), n_bootstrap, seed))
-        rows.append(row)
+        rows.append(ArmComparison(**row))
     return rows
 
 

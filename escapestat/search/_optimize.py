@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 
 from escapestat.errors import EscapestatError
+from escapestat.search._arm_result import ArmComparison
 from escapestat.search._compare import Arm, contrast_rows, pick_arms, run_arms, with_ablations
 from escapestat.search._identity import check_identity, search_identity
 from escapestat.search._search import (
@@ -50,7 +51,7 @@ class OptimizeResult:
     out_dir: Path
     search: SearchOutcome
     constant: SearchOutcome | None
-    compare: list[dict[str, Any]] | None
+    compare: list[ArmComparison] | None
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. best values at a range's edge
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class OptimizeResult:
             "constant_best": None if const is None else {
                 "params": const.user_attrs.get("overrides"), "value": const.value,
                 "median": const.user_attrs.get("median")},
-            "compare": self.compare,
+            "compare": None if self.compare is None else [r.as_dict() for r in self.compare],
             "notes": self.notes,
             "out": str(self.out_dir),
         }
@@ -180,17 +181,18 @@ def _load(s: _Setup, name: str) -> optuna.Study:
 
 
 def _compare(s: _Setup, search: SearchOutcome, constant: SearchOutcome | None, device: str,
-             out_dir: Path, on_arm) -> list[dict[str, Any]]:
+             out_dir: Path, on_arm) -> list[ArmComparison]:
     arms = pick_arms(s.spec, search, constant)
     if not arms:
         raise EscapestatError("nothing to compare: no complete feasible trial and no baselines")
     arms, ablations = with_ablations(s.raw, s.source, arms)
     runs = run_arms(s.raw, s.spec, s.source, arms, device, on_arm)
     rows = contrast_rows(arms, runs, s.spec, ablations, seed=s.spec.seed)
+    records = [r.as_dict() for r in rows]
     flat = pd.DataFrame([{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
-                          for k, v in r.items()} for r in rows])
+                          for k, v in r.items()} for r in records])
     flat.to_csv(out_dir / COMPARE_CSV, index=False)
-    (out_dir / COMPARE_JSON).write_text(json.dumps(rows, indent=2, default=str) + "\n",
+    (out_dir / COMPARE_JSON).write_text(json.dumps(records, indent=2, default=str) + "\n",
                                         encoding="utf-8")
     pd.concat([run.survival.assign(arm=name) for name, run in runs.items()],
               ignore_index=True).to_csv(out_dir / COMPARE_ARMS, index=False)

@@ -109,7 +109,7 @@ def test_a_schedule_matters_only_against_its_best_feasible_ablation():
     arms = [Arm(n, {}, "ablation of x" if ":" in n else "search trial 0") for n in runs]
     ablations = {"best-1": ["best-1:wd@start", "best-1:wd@end", "best-1:wd@mean"],
                  "best-2": ["best-2:wd@start", "best-2:wd@end"]}
-    rows = {r["arm"]: r for r in contrast_rows(arms, runs, spec, ablations, n_bootstrap=500)}
+    rows = {r.arm: r.as_dict() for r in contrast_rows(arms, runs, spec, ablations, n_bootstrap=500)}
     one, two = rows["best-1"], rows["best-2"]
     # @mean is fastest but fails the final-error limit (0.5 > 0.1): the bar is @start,
     # which is the same law as best-1 — no difference shown.
@@ -134,7 +134,7 @@ def test_an_arm_with_divergences_cannot_win_against_the_same_escape_times():
     mixed = _run(times[:14] + [30.0] * 6, [ESCAPED] * 14 + [DIVERGED] * 6, 0.0, budget=3000)
     runs = {"default": clean, "best-1": mixed}
     arms = [Arm("default", {}, "baseline"), Arm("best-1", {}, "search trial 0")]
-    row = {r["arm"]: r for r in contrast_rows(arms, runs, spec, n_bootstrap=500)}["best-1"]
+    row = {r.arm: r.as_dict() for r in contrast_rows(arms, runs, spec, n_bootstrap=500)}["best-1"]
     assert row["ratio_vs_default"] >= 1 and row["diverged_fraction"] == pytest.approx(0.3)
     assert row["escaped_fraction"] == pytest.approx(0.7) and row["censored_fraction"] == 0
     assert row["rmst"] > clean.summary()["rmst"]
@@ -181,7 +181,7 @@ def test_on_the_grid_the_time_ratio_sees_what_the_median_ratio_cannot():
     runs = {"default": _grid_arm(rng, 400, 256, 100),
             "best-1": _grid_arm(rng, 400 / 1.5, 256, 100)}
     arms = [Arm("default", {}, "baseline"), Arm("best-1", {}, "search trial 0")]
-    row = {r["arm"]: r for r in contrast_rows(arms, runs, spec, n_bootstrap=500)}["best-1"]
+    row = {r.arm: r.as_dict() for r in contrast_rows(arms, runs, spec, n_bootstrap=500)}["best-1"]
     tlo, thi = row["time_ratio_vs_default_ci"]
     assert thi < 1 and tlo <= 1 / 1.5 <= thi
     assert 1 < row["detectable_vs_default"] < 1.5
