@@ -22,7 +22,7 @@ from rich.table import Table
 from escapestat.stats._survival import KS_BOOTSTRAP
 from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
-from .common import domain_errors, err_console, out_console, print_json
+from .common import domain_errors, err_console, out_console, print_json, usage_error
 from .options import Bootstrap, BootstrapSeed, Device, DeviceOpt, JsonOut
 
 
@@ -34,15 +34,31 @@ class _Bar:
         self.task: TaskID | None = None
 
     def __call__(self, event) -> None:
-        """``trials.ChunkStarted`` opens a bar; ``trials.ChunkProgress`` moves it."""
-        from escapestat.engine._trials import ChunkStarted
+        """``ChunkStarted`` opens a bar; ``ChunkProgress`` moves it; on a cluster,
+        ``ClusterReady`` opens one bar over the chunks (and prints the dashboard's
+        address once) and ``ChunkDone`` moves it."""
+        from escapestat.engine._loop import ChunkDone, ChunkStarted, ClusterReady
 
+        if isinstance(event, ClusterReady):
+            where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
+            self.progress.console.print(escape(
+                f"dask: {event.address}, {event.workers} workers; {where}"), highlight=False)
+            self.task = self.progress.add_task(
+                f"{event.chunks} chunk{'s' if event.chunks != 1 else ''} on the cluster",
+                total=event.chunks,
+                completed=event.done, unit="chunks", trapped=f"{event.done} read back")
+            return
+        if isinstance(event, ChunkDone):
+            if self.task is not None:
+                self.progress.update(self.task, completed=event.done,
+                                     trapped=f"chunk {event.chunk + 1} done")
+            return
         if isinstance(event, ChunkStarted):
             if self.task is not None:
                 self.progress.remove_task(self.task)
             self.task = self.progress.add_task(
                 f"chunk {event.chunk + 1}/{event.chunks} ({event.replicas} replicas)",
-                total=event.max_steps, trapped="",
+                total=event.max_steps, unit="steps", trapped="",
             )
             return
         if self.task is not None:
@@ -223,6 +239,12 @@ def run(
         "--checkpoint-every", min=0, metavar="SECONDS",
         help="Save an unfinished chunk's state this often, so --resume continues inside "
              "it (0: never).")] = CHECKPOINT_EVERY,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", metavar="WHERE",
+        help="Run the chunks as tasks on a Dask cluster: local[:N] starts N worker "
+             "processes here (default 2), tcp://HOST:PORT uses a running scheduler. Same "
+             "tables as one process; needs pip install \"escapestat\\[cluster]\".",
+        show_default=False)] = None,
     bootstrap: Bootstrap = KS_BOOTSTRAP,
     bootstrap_seed: BootstrapSeed = 0,
     json_out: JsonOut = False,
@@ -237,10 +259,20 @@ def run(
     redoing nothing that finished: finished chunks are read back, and a chunk
     stopped midway continues from its last saved state (--checkpoint-every).
 
+    With --cluster the chunks run on Dask workers (docs: guide/cluster.md) and
+    are written here as they finish; --resume works whichever way a run began.
+
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
     from escapestat.config._study import load_study  # the engine (torch) only for this command
+    from escapestat.engine._cluster import parse_cluster
     from escapestat.engine._trials import run_study
+    from escapestat.errors import EscapestatError
+
+    try:
+        spec = None if cluster is None else parse_cluster(cluster)
+    except EscapestatError as exc:
+        raise usage_error(str(exc)) from None
     from escapestat.stats._summary import run_summary
 
     study = load_study(study_file).with_overrides(
@@ -250,11 +282,12 @@ def run(
     text = study_file.read_text(encoding="utf-8")
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("steps · {task.fields[trapped]}"), TimeElapsedColumn(),
+        TextColumn("{task.fields[unit]} · {task.fields[trapped]}"), TimeElapsedColumn(),
         console=err_console, transient=False,
     ) as bar:
         result = run_study(study, out_dir, device=device.value, resume=resume, study_text=text,
-                           progress=_Bar(bar), checkpoint_every=checkpoint_every or None)
+                           progress=_Bar(bar), checkpoint_every=checkpoint_every or None,
+                           cluster=spec)
     if result.resumed:
         err_console.print(escape(f"resumed: {result.resumed}"))
     summary = run_summary(result.replicas, n_bootstrap=bootstrap, seed=bootstrap_seed,

@@ -60,7 +60,29 @@ class ChunkProgress:
     replicas: int
 
 
-Progress = Callable[[ChunkStarted | ChunkProgress], None]
+@dataclass(frozen=True)
+class ClusterReady:
+    """Progress event: a run's chunks go to a Dask cluster (``--cluster``); ``done`` of
+    ``chunks`` were finished already (read back), ``dashboard`` is None without one."""
+
+    address: str
+    workers: int
+    dashboard: str | None
+    chunks: int
+    done: int
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """Progress event: on a cluster, a chunk finished and was written (``done`` of
+    ``chunks`` now)."""
+
+    chunk: int
+    done: int
+    chunks: int
+
+
+Progress = Callable[[ChunkStarted | ChunkProgress | ClusterReady | ChunkDone], None]
 
 
 class HyperSchedules:

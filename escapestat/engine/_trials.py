@@ -18,6 +18,7 @@ import torch
 from escapestat.config._registry import model_class
 from escapestat.config._study import Condition, Study, conditions
 from escapestat.engine._chunks import Chunk, plan_chunks, resolve_device
+from escapestat.engine._cluster import ClusterSpec, parse_cluster, run_on_cluster
 from escapestat.engine._detector import (
     CENSORED,
     DIVERGED,
@@ -131,6 +132,7 @@ def run_study(
     progress: Progress | None = None,
     checkpoint_every: float | None = CHECKPOINT_EVERY,
     watch: Watch | None = None,
+    cluster: ClusterSpec | str | None = None,
 ) -> RunResult:
     """Run (or resume) a study into ``out_dir``; finished chunks are written atomically.
 
@@ -139,11 +141,23 @@ def run_study(
     and ``resume`` continues it from there. With ``out_dir`` None the run stays in memory:
     nothing is written or resumed, and ``watch`` sees the replicas at every check (the
     search's trials and compare's arms run this way).
+
+    ``cluster`` (a ``ClusterSpec``, or its text: ``local``, ``local:N``,
+    ``tcp://HOST:PORT``): the unfinished chunks run as tasks on a Dask cluster
+    (``_cluster``) and are written here as they finish; the tables are byte-identical to a
+    run in this process, and either kind of run resumes the other. ``device`` "cuda" is
+    then the workers' (this machine needs none); "auto" is decided here.
     """
-    dev = resolve_device(device)
+    spec = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    # On a cluster, CUDA is the workers' (a login node has none): "cuda" is not checked here.
+    dev = torch.device("cuda") if spec is not None and device == "cuda" \
+        else resolve_device(device)
     conds = conditions(study)
     chunks = plan_chunks(study, conds)
     if out_dir is None:
+        if spec is not None:
+            raise EscapestatError("a run kept in memory (no run directory) cannot use a "
+                                  "cluster")
         frames = [run_chunk_output(study, conds, chunk, dev, progress, watch=watch,
                                    hold=study.run.hold).table for chunk in chunks]
         replicas, escapes = _tables(frames)
@@ -153,7 +167,7 @@ def run_study(
         return _read_back(store, chunks, conds)
     with store.locked():
         return _run_locked(study, store, conds, chunks, dev, resume, study_text, progress,
-                           checkpoint_every)
+                           checkpoint_every, spec)
 
 
 def _read_back(store: RunStore, chunks: list[Chunk], conds: list[Condition]) -> RunResult:
@@ -167,65 +181,123 @@ def _read_back(store: RunStore, chunks: list[Chunk], conds: list[Condition]) -> 
 
 def _run_locked(study: Study, store: RunStore, conds: list[Condition], chunks: list[Chunk],
                 dev: torch.device, resume: bool, study_text: str | None,
-                progress: Progress | None, checkpoint_every: float | None) -> RunResult:
+                progress: Progress | None, checkpoint_every: float | None,
+                cluster: ClusterSpec | None = None) -> RunResult:
     """``run_study`` while this process holds the run directory (checked again under the
-    lock: another process may have finished it meanwhile)."""
+    lock: another process may have finished it meanwhile). The chunks not yet finished run
+    here, one after the other, or as tasks on a Dask cluster; either way each is written
+    through ``_Writer`` as it finishes."""
     if store.open(study.config_hash(), resume):
         return _read_back(store, chunks, conds)
-    store.start({
-        "study": study.name,
-        "config_hash": study.config_hash(),
-        "seed": study.run.seed,
-        "chunk_seeds": [c.seed(study.run.seed) for c in chunks],
-        "versions": versions(),
-        "device": device_text(dev),
-        "dtype": study.run.dtype,
-        "units": "steps",
-        "check_every": study.escape.check_every,
-        "max_steps": study.run.max_steps,
-        "threshold": study.escape.threshold,
-        "temperature": "exact Langevin T" if study.dynamics.noise == "langevin"
-        else "T = lr / batch_size (SGD)",
-        "conditions": [c.as_dict() for c in conds],
-        "chunks_total": len(chunks),
-        "chunks_done": sum(store.chunk_path(c.index).exists() for c in chunks),
-    }, study_text)
-    frames, read_back, continued = [], 0, []
-    for chunk in chunks:
-        frame = store.finished_chunk(chunk.index)
-        read_back += frame is not None
-        if frame is None:
-            if progress is not None:
-                progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
-                                      study.run.max_steps))
-            began = time.perf_counter()
-            checkpoint = None if checkpoint_every is None else ChunkCheckpoint(
-                store.partial_path(chunk.index), checkpoint_every, {
-                    "config_hash": study.config_hash(), "chunk": chunk.index,
-                    "seed": chunk.seed(study.run.seed), "versions": versions(),
-                    "device": str(dev), "dtype": study.run.dtype})
-            output = run_chunk_output(study, conds, chunk, dev, progress,
-                                      hold=study.run.hold, checkpoint=checkpoint)
-            info = {"device": output.device, "dtype": study.run.dtype,
-                    "versions": versions(), "seconds": round(time.perf_counter() - began, 3)}
-            if checkpoint is not None and checkpoint.resumed_from is not None:
-                info["resumed_from_step"] = checkpoint.resumed_from
-                continued.append(f"chunk {chunk.index + 1} from step "
-                                 f"{checkpoint.resumed_from:,}")
-            frame = store.write_chunk(chunk.index, output.table, info, output.curves)
-            if checkpoint is not None:
-                checkpoint.discard()
-        frames.append(frame)
-    notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
-    notes += _route_notes(study, dev)
-    replicas, escapes = _tables(frames)
-    curves = _bands(store, chunks, frames)
-    store.complete(replicas, escapes, notes, curves)
-    resumed = None
-    if resume:
-        resumed = (f"read back {read_back} of {len(chunks)} finished chunks"
-                   + (f"; continued {', '.join(continued)}" if continued else ""))
-    return RunResult(store.out, escapes, replicas, store.meta, conds, notes, curves, resumed)
+    writer = _Writer(study, store, chunks, dev)
+    pending = writer.start(conds, study_text)
+    if cluster is not None:
+        run_on_cluster(cluster, study, conds, chunks, pending, dev, writer.write, progress,
+                       store.out)
+    else:
+        _run_here(study, store, conds, chunks, pending, dev, writer, progress,
+                  checkpoint_every)
+    return writer.complete(resume)
+
+
+def _run_here(study: Study, store: RunStore, conds: list[Condition], chunks: list[Chunk],
+              pending: list[Chunk], dev: torch.device, writer: _Writer,
+              progress: Progress | None, checkpoint_every: float | None) -> None:
+    """The ``pending`` chunks in this process, one after the other, each saving its state
+    every ``checkpoint_every`` seconds and continuing a state saved before."""
+    for chunk in pending:
+        if progress is not None:
+            progress(ChunkStarted(chunk.index, len(chunks), len(chunk.condition),
+                                  study.run.max_steps))
+        began = time.perf_counter()
+        checkpoint = None if checkpoint_every is None else ChunkCheckpoint(
+            store.partial_path(chunk.index), checkpoint_every, {
+                "config_hash": study.config_hash(), "chunk": chunk.index,
+                "seed": chunk.seed(study.run.seed), "versions": versions(),
+                "device": str(dev), "dtype": study.run.dtype})
+        output = run_chunk_output(study, conds, chunk, dev, progress,
+                                  hold=study.run.hold, checkpoint=checkpoint)
+        writer.write(chunk, output, time.perf_counter() - began, versions(),
+                     None if checkpoint is None else checkpoint.resumed_from)
+
+
+class _Writer:
+    """The run directory's side of a run, whichever process ran the chunks: run.json at
+    the start, each finished chunk with its sidecar (device, dtype, versions, seconds),
+    then the tables, notes and curve bands."""
+
+    def __init__(self, study: Study, store: RunStore, chunks: list[Chunk],
+                 dev: torch.device):
+        self.study, self.store, self.chunks, self.dev = study, store, chunks, dev
+        self.frames: dict[int, pd.DataFrame] = {}
+        self.read_back = 0
+        self.continued: list[str] = []
+        self.conds: list[Condition] = []
+
+    def start(self, conds: list[Condition], study_text: str | None) -> list[Chunk]:
+        """Write run.json (status running); read back the finished chunks and return the
+        others, in order."""
+        study, store, chunks, self.conds = self.study, self.store, self.chunks, conds
+        store.start({
+            "study": study.name,
+            "config_hash": study.config_hash(),
+            "seed": study.run.seed,
+            "chunk_seeds": [c.seed(study.run.seed) for c in chunks],
+            "versions": versions(),
+            "device": device_text(self.dev) if self.dev.type != "cuda"
+            or torch.cuda.is_available() else "cuda (the Dask workers')",
+            "dtype": study.run.dtype,
+            "units": "steps",
+            "check_every": study.escape.check_every,
+            "max_steps": study.run.max_steps,
+            "threshold": study.escape.threshold,
+            "temperature": "exact Langevin T" if study.dynamics.noise == "langevin"
+            else "T = lr / batch_size (SGD)",
+            "conditions": [c.as_dict() for c in conds],
+            "chunks_total": len(chunks),
+            "chunks_done": sum(store.chunk_path(c.index).exists() for c in chunks),
+        }, study_text)
+        pending = []
+        for chunk in chunks:
+            frame = store.finished_chunk(chunk.index)
+            if frame is None:
+                pending.append(chunk)
+            else:
+                self.frames[chunk.index] = frame
+        self.read_back = len(self.frames)
+        return pending
+
+    def write(self, chunk: Chunk, output: ChunkOutput, seconds: float, ran_with: dict,
+              resumed_from: int | None = None, worker: str | None = None) -> None:
+        """A finished chunk into the directory, with its sidecar (``worker``: the Dask
+        worker's address); a mid-chunk state saved for it before is gone."""
+        info = {"device": output.device, "dtype": self.study.run.dtype,
+                "versions": ran_with, "seconds": round(seconds, 3)}
+        if worker is not None:
+            info["worker"] = worker
+        if resumed_from is not None:
+            info["resumed_from_step"] = resumed_from
+            self.continued.append(f"chunk {chunk.index + 1} from step {resumed_from:,}")
+        self.frames[chunk.index] = self.store.write_chunk(chunk.index, output.table, info,
+                                                          output.curves)
+        self.store.partial_path(chunk.index).unlink(missing_ok=True)
+
+    def complete(self, resume: bool) -> RunResult:
+        """The tables from every chunk, notes and curve bands; run.json complete."""
+        store, chunks = self.store, self.chunks
+        frames = [self.frames[c.index] for c in chunks]
+        notes = _chunk_notes({c.index: store.chunk_info(c.index) for c in chunks})
+        notes += _route_notes(self.study, self.dev)
+        replicas, escapes = _tables(frames)
+        curves = _bands(store, chunks, frames)
+        store.complete(replicas, escapes, notes, curves)
+        resumed = None
+        if resume:
+            resumed = (f"read back {self.read_back} of {len(chunks)} finished chunks"
+                       + (f"; continued {', '.join(self.continued)}" if self.continued
+                          else ""))
+        return RunResult(store.out, escapes, replicas, store.meta, self.conds, notes, curves,
+                         resumed)
 
 
 def _bands(store: RunStore, chunks: list[Chunk], frames: list[pd.DataFrame]):
