@@ -21,7 +21,7 @@ class ModelSpec:
 
     Class attributes (capabilities, with defaults):
 
-    - ``kind``: the name in ``[model] kind`` (set by the registry);
+    - ``kind``: the name in ``[model] kind`` (read from the registry when the class is made);
     - ``learns_task``: the model learns modular arithmetic (``[task]``, ``[optimizer]``),
       its order parameter is test accuracy, weight decay takes β's slot and there is no
       theory barrier; else it is a deep linear trap with a teacher;
@@ -34,6 +34,14 @@ class ModelSpec:
     learns_task: ClassVar[bool] = False
     escape_defaults: ClassVar[dict[str, Any]] = {}
     hash_kind: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A spec knows its kind as soon as its module is imported — also in a process that
+        # only unpickles a study (a Dask worker) — from the registry, which names it once.
+        super().__init_subclass__(**kwargs)
+        from escapestat.config._registry import kind_of
+
+        cls.kind = kind_of(cls)
 
     def check(self, study, bad: Bad) -> None:
         """Range and consistency checks of a study with this model (``bad`` to refuse)."""

@@ -37,14 +37,18 @@ def kinds() -> list[str]:
     return list(MODELS)
 
 
+def kind_of(cls) -> str:
+    """The registered kind whose spec is ``cls`` ("" for a class the registry does not name)."""
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    return next((kind for kind, entry in MODELS.items() if entry.spec == path), "")
+
+
 def spec_class(kind: str):
-    """The ``ModelSpec`` subclass of ``kind`` (its ``kind`` attribute set)."""
+    """The ``ModelSpec`` subclass of ``kind``."""
     if kind not in MODELS:
         raise EscapestatError(f"must be one of {', '.join(repr(k) for k in MODELS)}, "
                               f"got {kind!r}")
-    cls = _load(MODELS[kind].spec)
-    cls.kind = kind
-    return cls
+    return _load(MODELS[kind].spec)
 
 
 def model_class(kind: str):

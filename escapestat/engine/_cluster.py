@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from escapestat.config._registry import spec_class
 from escapestat.config._study import Condition, Study
 from escapestat.engine._chunks import Chunk
 from escapestat.engine._loop import (
@@ -84,14 +83,10 @@ def _distributed() -> Any:
     return distributed
 
 
-def chunk_task(kind: str, study: Study, conds: list[Condition], chunk: Chunk,
+def chunk_task(study: Study, conds: list[Condition], chunk: Chunk,
                device: torch.device) -> tuple[ChunkOutput, float, dict]:
     """What a worker runs: the chunk, its seconds and what it ran with (versions, and the
-    worker's address).
-
-    ``kind``: the study's model kind, registered here first (a spec class learns its
-    ``kind`` when the registry loads it, which unpickling a study does not do)."""
-    spec_class(kind)
+    worker's address)."""
     began = time.perf_counter()
     output = run_chunk_output(study, conds, chunk, device, hold=study.run.hold)
     seconds = time.perf_counter() - began
@@ -194,7 +189,7 @@ def run_on_cluster(spec: ClusterSpec, study: Study, conds: list[Condition],
                                   _dashboard(client), total, done))
         token = uuid.uuid4().hex[:8]
         futures = {
-            client.submit(chunk_task, study.model.kind, study, conds, chunk, device, pure=False,
+            client.submit(chunk_task, study, conds, chunk, device, pure=False,
                           key=f"escapestat-{study.config_hash()[:12]}-chunk-"
                               f"{chunk.index:05d}-{token}",
                           resources={"GPU": 1} if gpu else None): chunk

@@ -153,10 +153,10 @@ def test_lost_scheduler_keeps_chunks_then_resume(cluster, study_file, reference,
     assert tables(out) == reference
 
 
-def _fails_on_chunk_3(kind, study, conds, chunk, device):
+def _fails_on_chunk_3(study, conds, chunk, device):
     if chunk.index == 2:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    return _cluster.chunk_task(kind, study, conds, chunk, device)
+    return _cluster.chunk_task(study, conds, chunk, device)
 
 
 def test_chunk_raising_on_a_worker_is_one_error_line(cluster, study_file, tmp_path, cli,
