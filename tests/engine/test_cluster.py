@@ -173,15 +173,20 @@ def test_chunk_raising_on_a_worker_is_one_error_line(cluster, study_file, tmp_pa
     assert json.loads((out / "run.json").read_text())["status"] == "running"
 
 
+def _as_if_stopped(out, *chunks: str) -> None:
+    """A complete run directory made to look stopped before its tables (and ``chunks``)."""
+    for name in (*TABLES, *chunks):
+        (out / name).unlink()
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+
+
 def test_local_cluster_resumes_a_local_run(study_file, reference, tmp_path, cli):
     """``--cluster local:2`` finishes a run begun in one process (chunks 2, 4, 6 left)."""
     out = tmp_path / "run"
     assert cli("run", study_file, "--out", out, "--device", "cpu")[0] == 0
-    for name in (*TABLES, "chunks/chunk-00001.csv", "chunks/chunk-00003.csv",
-                 "chunks/chunk-00005.csv"):
-        (out / name).unlink()
-    meta = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    _as_if_stopped(out, "chunks/chunk-00001.csv", "chunks/chunk-00003.csv",
+                   "chunks/chunk-00005.csv")
     code, _, stderr = cli("run", study_file, "--out", out, "--device", "cpu", "--resume",
                           "--cluster", "local:2")
     assert code == 0, stderr
@@ -238,10 +243,7 @@ def test_nothing_left_needs_no_cluster(study_file, reference, tmp_path, cli):
     reaching the scheduler."""
     out = tmp_path / "run"
     assert cli("run", study_file, "--out", out, "--device", "cpu")[0] == 0
-    for name in TABLES:
-        (out / name).unlink()
-    meta = json.loads((out / "run.json").read_text())
-    (out / "run.json").write_text(json.dumps({**meta, "status": "running"}))
+    _as_if_stopped(out)
     code, _, stderr = cli("run", study_file, "--out", out, "--device", "cpu", "--resume",
                           "--cluster", "tcp://127.0.0.1:9")
     assert code == 0, stderr
