@@ -57,18 +57,13 @@ from ._search import (  # noqa: F401
     trials_frame,
 )
 from ._space import (  # noqa: F401
-    OBJECTIVES,
-    PRUNERS,
-    SAMPLERS,
-    SEARCHABLE,
-    Param,
-    SearchSpec,
     apply_overrides,
     build_study,
     load_search,
     parse_search,
     suggest,
 )
+from ._spec import OBJECTIVES, PRUNERS, SAMPLERS, SEARCHABLE, Param, SearchSpec  # noqa: F401
 from ._storage import (  # noqa: F401
     HEARTBEAT_SECONDS,
     MAX_RETRY,
