@@ -9,17 +9,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from escapestat.models._integrators import langevin, sgd
+from escapestat.models._optimizers import _per_replica
 from escapestat.models.base import Hyper
 from escapestat.models.deep_linear._replica_ops import Scalar
 
 if TYPE_CHECKING:
     from escapestat.models.deep_linear._ensemble import DeepLinearEnsemble
-
-
-def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
-    """A float or an [R] tensor as an [R] tensor in the weights' dtype."""
-    out = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return out.expand(like.shape[0]) if out.dim() == 0 else out.to(like.dtype)
 
 
 def sgd_step(
