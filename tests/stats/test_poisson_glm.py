@@ -67,3 +67,15 @@ def test_arrhenius_and_regress_are_the_same_glm(ladder_csv, monkeypatch):
     (term,) = r.terms_
     assert term.rate_coef == a.barrier
     assert term.rate_coef_ci == tuple(a.barrier_ci)
+
+
+def test_covariance_is_poissons_times_the_moderated_scale():
+    import statsmodels.api as sm
+
+    events, exposure, design = _cells(seed=3)
+    glm = fit_poisson_glm(events, exposure, design, intercept=0)
+    plain = sm.GLM(events, design, family=sm.families.Poisson(),
+                   offset=np.log(exposure)).fit()
+    assert glm.scale != pytest.approx(1.0, abs=1e-3)
+    assert glm.params == pytest.approx(np.asarray(plain.params), rel=1e-6)
+    assert glm.covariance == pytest.approx(glm.scale * np.asarray(plain.cov_params()), rel=1e-5)
