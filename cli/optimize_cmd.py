@@ -12,7 +12,7 @@ from rich.table import Table
 from escapestat.vocab import COMPARE_CSV, TRIALS
 
 from .common import domain_errors, err_console, out_console, print_json
-from .options import Device, DeviceOpt, JsonOut
+from .options import Device, DeviceOpt, JsonOut, cluster_option, parse_cluster_option
 
 if TYPE_CHECKING:
     from escapestat.search._optimize import OptimizeResult
@@ -26,6 +26,8 @@ StorageOpt = Annotated[str | None, typer.Option(
     "sqlite in --out).")]
 NameOpt = Annotated[str | None, typer.Option(
     "--study-name", help="Name of the search in the storage (default: the study's name).")]
+ClusterOpt = Annotated[str | None, cluster_option(
+    "compare arms, one task per arm,", "Same replicas per arm as one process")]
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -58,6 +60,12 @@ class _TrialLine:
                      f"{_fmt(best.user_attrs.get('median'))})" if best else "no feasible yet")
         err_console.print(escape(f"{name} trial {trial.number}: {what} · {best_text} · "
                                  f"{pruned} pruned"), highlight=False)
+
+
+def _cluster_line(event) -> None:
+    where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
+    err_console.print(escape(f"dask: {event.address}, {event.workers} workers; {where}; "
+                             f"{event.chunks} arms"), highlight=False)
 
 
 def _arm_line(arm, run) -> None:
@@ -194,6 +202,7 @@ def optimize_cmd(
     heartbeat: Annotated[int, typer.Option("--heartbeat", min=1, help="Seconds between a "
                          "running trial's heartbeats; a silent trial is retried after 2×.")]
     = 30,
+    cluster: ClusterOpt = None,
     json_out: JsonOut = False,
 ) -> None:
     """Search L2 / lr / noise schedules with Optuna to shorten the time to escape.
@@ -213,11 +222,13 @@ def optimize_cmd(
 
     from escapestat.search._optimize import optimize
 
+    spec = parse_cluster_option(cluster)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = optimize(study_file, out_dir, storage, study_name, trials, device.value,
                       compare=not no_compare, heartbeat=heartbeat,
-                      on_trial=_TrialLine(), on_arm=_arm_line)
+                      on_trial=_TrialLine(), on_arm=_arm_line, cluster=spec,
+                      on_cluster=_cluster_line)
     _report(result, json_out)
 
 
@@ -228,6 +239,7 @@ def compare_cmd(
     storage: StorageOpt = None,
     study_name: NameOpt = None,
     device: DeviceOpt = Device.auto,
+    cluster: ClusterOpt = None,
     json_out: JsonOut = False,
 ) -> None:
     """Re-run a finished search's best trials and the baselines on fresh seeds.
@@ -237,14 +249,19 @@ def compare_cmd(
     ratio with a bootstrap CI (in steps and in wall-clock time) and a log-rank
     p-value.
 
+    With --cluster each arm is one task on Dask workers (docs: guide/cluster.md):
+    the same replicas per arm; the wall-clock ratios then compare arms timed on
+    different workers, fair only when the workers are alike.
+
     Example: escapestat compare studies/grok-search-quick.toml
     """
     import optuna  # the search's libraries only for these commands
 
     from escapestat.search._optimize import compare_searches
 
+    spec = parse_cluster_option(cluster)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out_dir = out if out is not None else Path("runs") / f"{study_file.stem}-search"
     result = compare_searches(study_file, out_dir, storage, study_name, device.value,
-                              _arm_line)
+                              _arm_line, cluster=spec, on_cluster=_cluster_line)
     _report(result, json_out)

@@ -55,3 +55,30 @@ Bootstrap = Annotated[int, typer.Option(
     "uses the same default, so one table gets one verdict).")]
 BootstrapSeed = Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the bootstraps "
                                                                      "(KS p-values).")]
+
+
+def cluster_option(what: str, same: str) -> object:
+    """``--cluster WHERE`` for a command whose independent pieces (``what``) can run as Dask
+    tasks; ``same``: what stays identical to one process."""
+    return typer.Option(
+        "--cluster", metavar="WHERE",
+        help=f"Run the {what} as tasks on a Dask cluster: local[:N] starts N worker "
+             f"processes here (default 2), tcp://HOST:PORT uses a running scheduler. {same}; "
+             "needs pip install \"escapestat\\[cluster]\".",
+        show_default=False)
+
+
+def parse_cluster_option(cluster: str | None):
+    """``--cluster``'s text as a ``ClusterSpec`` (None without it); a bad one is a usage
+    error (exit 2)."""
+    if cluster is None:
+        return None
+    from escapestat.engine._cluster import parse_cluster
+    from escapestat.errors import EscapestatError
+
+    from .common import usage_error
+
+    try:
+        return parse_cluster(cluster)
+    except EscapestatError as exc:
+        raise usage_error(str(exc)) from None

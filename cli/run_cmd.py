@@ -22,8 +22,16 @@ from rich.table import Table
 from escapestat.stats._survival import KS_BOOTSTRAP
 from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
-from .common import domain_errors, err_console, out_console, print_json, usage_error
-from .options import Bootstrap, BootstrapSeed, Device, DeviceOpt, JsonOut
+from .common import domain_errors, err_console, out_console, print_json
+from .options import (
+    Bootstrap,
+    BootstrapSeed,
+    Device,
+    DeviceOpt,
+    JsonOut,
+    cluster_option,
+    parse_cluster_option,
+)
 
 
 class _Bar:
@@ -35,9 +43,9 @@ class _Bar:
 
     def __call__(self, event) -> None:
         """``ChunkStarted`` opens a bar; ``ChunkProgress`` moves it; on a cluster,
-        ``ClusterReady`` opens one bar over the chunks (and prints the dashboard's
-        address once) and ``ChunkDone`` moves it."""
-        from escapestat.engine._loop import ChunkDone, ChunkStarted, ClusterReady
+        ``ClusterReady`` opens one bar over the steps of all chunks (and prints the
+        dashboard's address once), and ``ClusterSteps`` and ``ChunkDone`` move it."""
+        from escapestat.engine._loop import ChunkDone, ChunkStarted, ClusterReady, ClusterSteps
 
         if isinstance(event, ClusterReady):
             where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
@@ -45,13 +53,12 @@ class _Bar:
                 f"dask: {event.address}, {event.workers} workers; {where}"), highlight=False)
             self.task = self.progress.add_task(
                 f"{event.chunks} chunk{'s' if event.chunks != 1 else ''} on the cluster",
-                total=event.chunks,
-                completed=event.done, unit="chunks", trapped=f"{event.done} read back")
+                total=None, unit="steps", trapped=f"{event.done}/{event.chunks} chunks written")
             return
-        if isinstance(event, ChunkDone):
+        if isinstance(event, ClusterSteps | ChunkDone):
             if self.task is not None:
-                self.progress.update(self.task, completed=event.done,
-                                     trapped=f"chunk {event.chunk + 1} done")
+                self.progress.update(self.task, completed=event.steps, total=event.total_steps,
+                                     trapped=f"{event.done}/{event.chunks} chunks written")
             return
         if isinstance(event, ChunkStarted):
             if self.task is not None:
@@ -239,12 +246,8 @@ def run(
         "--checkpoint-every", min=0, metavar="SECONDS",
         help="Save an unfinished chunk's state this often, so --resume continues inside "
              "it (0: never).")] = CHECKPOINT_EVERY,
-    cluster: Annotated[str | None, typer.Option(
-        "--cluster", metavar="WHERE",
-        help="Run the chunks as tasks on a Dask cluster: local[:N] starts N worker "
-             "processes here (default 2), tcp://HOST:PORT uses a running scheduler. Same "
-             "tables as one process; needs pip install \"escapestat\\[cluster]\".",
-        show_default=False)] = None,
+    cluster: Annotated[str | None, cluster_option(
+        "chunks", "Same tables as one process")] = None,
     bootstrap: Bootstrap = KS_BOOTSTRAP,
     bootstrap_seed: BootstrapSeed = 0,
     json_out: JsonOut = False,
@@ -265,14 +268,9 @@ def run(
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
     from escapestat.config._study import load_study  # the engine (torch) only for this command
-    from escapestat.engine._cluster import parse_cluster
     from escapestat.engine._trials import run_study
-    from escapestat.errors import EscapestatError
 
-    try:
-        spec = None if cluster is None else parse_cluster(cluster)
-    except EscapestatError as exc:
-        raise usage_error(str(exc)) from None
+    spec = parse_cluster_option(cluster)
     from escapestat.stats._summary import run_summary
 
     study = load_study(study_file).with_overrides(

@@ -1,5 +1,6 @@
 """Shared fixtures: a CLI runner with the commands registered, small tables, and a
-throwaway PostgreSQL server (``postgres_url``, from ``postgres.py``)."""
+throwaway PostgreSQL server (``postgres_url``, from ``postgres.py``) and a Dask cluster
+(``cluster``, from ``dask_cluster.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import traceback
 
 import numpy as np
 import pytest
+from dask_cluster import cluster  # noqa: F401  (a Dask scheduler and two workers on loopback)
 from postgres import postgres_url  # noqa: F401  (a throwaway PostgreSQL for the session)
 from typer.testing import CliRunner
 

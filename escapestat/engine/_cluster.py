@@ -1,13 +1,15 @@
-"""A run's chunks on a Dask cluster (``escapestat run --cluster``): one task per chunk.
+"""Independent pieces of work on a Dask cluster (``--cluster``): one task each.
 
-Each unfinished chunk is one Dask task; a worker runs it with ``run_chunk_output`` and
-returns its output (table and curves), never touching the client's disk (no mid-chunk
-checkpoints on workers). The client writes each chunk into the run directory as it
-finishes, through the same calls as a local run, so a run can be resumed whichever way it
-was started. Chunk seeds depend only on the chunk's index: the tables are byte-identical
-to a single process's. Dask places the tasks and reschedules those of a worker that dies;
-there is no retry loop here. ``distributed`` is an optional dependency, imported only
-when a cluster is asked for.
+``run --cluster``: each unfinished chunk is one Dask task; a worker runs it with
+``run_chunk_output`` and returns its output (table and curves), never touching the
+client's disk (no mid-chunk checkpoints on workers). The client writes each chunk into
+the run directory as it finishes, through the same calls as a local run, so a run can be
+resumed whichever way it was started. Chunk seeds depend only on the chunk's index: the
+tables are byte-identical to a single process's. Workers report their steps as Dask
+events, so one progress bar counts the steps done across the cluster. ``compare
+--cluster`` maps its arms the same way (``Session.results``). Dask places the tasks and
+reschedules those of a worker that dies; there is no retry loop here. ``distributed`` is
+an optional dependency, imported only when a cluster is asked for.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,7 +31,9 @@ from escapestat.engine._chunks import Chunk
 from escapestat.engine._loop import (
     ChunkDone,
     ChunkOutput,
+    ChunkProgress,
     ClusterReady,
+    ClusterSteps,
     Progress,
     run_chunk_output,
 )
@@ -42,6 +46,11 @@ LOCAL_WORKERS = 2
 PIP_CLUSTER = 'pip install "escapestat[cluster]"'
 #: Seconds to reach a scheduler (and to get it back after losing it) before giving up.
 CONNECT_TIMEOUT = 20.0
+#: Seconds between a worker's step reports, and between the client's looks at them.
+REPORT_EVERY = 0.5
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
 
 _LOCAL = re.compile(r"local(?::(\d+))?")
 _ADDRESS = re.compile(r"(tcp|tls)://[^\s/:]+:\d+")
@@ -81,22 +90,6 @@ def _distributed() -> Any:
         raise EscapestatError(f"--cluster needs Dask's distributed, which is not installed: "
                               f"{PIP_CLUSTER}") from None
     return distributed
-
-
-def chunk_task(study: Study, conds: list[Condition], chunk: Chunk,
-               device: torch.device) -> tuple[ChunkOutput, float, dict]:
-    """What a worker runs: the chunk, its seconds and what it ran with (versions, and the
-    worker's address)."""
-    began = time.perf_counter()
-    output = run_chunk_output(study, conds, chunk, device, hold=study.run.hold)
-    seconds = time.perf_counter() - began
-    try:
-        from distributed import get_worker
-
-        worker = str(get_worker().address)
-    except (ImportError, ValueError):  # called outside a worker
-        worker = ""
-    return output, seconds, {"versions": versions(), "worker": worker}
 
 
 @contextlib.contextmanager
@@ -168,6 +161,128 @@ def _check_gpus(client: Any, spec: ClusterSpec) -> None:
             f"LocalCUDACluster(resources={{'GPU': 1}})), or run with --device cpu")
 
 
+def _steps_reporter(topic: str | None, chunk: int) -> Progress | None:
+    """On a worker: the chunk's steps as Dask events on ``topic``, at most one per
+    ``REPORT_EVERY`` seconds (a check can come every few milliseconds)."""
+    if topic is None:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # called outside a worker
+        return None
+    last = [-REPORT_EVERY]
+
+    def report(event) -> None:
+        now = time.monotonic()
+        if isinstance(event, ChunkProgress) and now - last[0] >= REPORT_EVERY:
+            last[0] = now
+            worker.log_event(topic, {"chunk": chunk, "step": event.step})
+
+    return report
+
+
+def chunk_task(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
+               topic: str | None = None) -> tuple[ChunkOutput, float, dict]:
+    """What a worker runs: the chunk, its seconds and what it ran with (versions, and the
+    worker's address); its steps go out as events on ``topic``."""
+    began = time.perf_counter()
+    output = run_chunk_output(study, conds, chunk, device,
+                              progress=_steps_reporter(topic, chunk.index),
+                              hold=study.run.hold)
+    seconds = time.perf_counter() - began
+    try:
+        from distributed import get_worker
+
+        worker = str(get_worker().address)
+    except (ImportError, ValueError):  # called outside a worker
+        worker = ""
+    return output, seconds, {"versions": versions(), "worker": worker}
+
+
+class TaskFailed(Exception):
+    """A task of ``Session.results`` did not come back: ``how`` is ``raised`` (on its
+    worker), ``unreadable`` (its result would not unpickle here) or ``lost`` (the
+    scheduler went away); ``why`` is the exception in one line."""
+
+    def __init__(self, item: Any, how: str, why: str):
+        super().__init__(f"{item}: {how} ({why})")
+        self.item, self.how, self.why = item, how, why
+
+
+@dataclass
+class Session:
+    """A client connected to a cluster; ``steps`` holds the last step each running chunk
+    reported (filled from the workers' events on ``topic``)."""
+
+    client: Any
+    spec: ClusterSpec
+    gpu: bool
+    topic: str = field(default_factory=lambda: f"escapestat-steps-{uuid.uuid4().hex[:8]}")
+    steps: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.client.subscribe_topic(self.topic, self._seen)
+
+    def _seen(self, event: tuple[float, dict]) -> None:
+        # Dask's IO thread: one dict store (atomic), read by the caller's thread.
+        message = event[1]
+        self.steps[int(message["chunk"])] = int(message["step"])
+
+    def ready(self, total: int, done: int) -> ClusterReady:
+        """The progress event that says where the work goes (the dashboard, if any)."""
+        return ClusterReady(str(self.client.scheduler.address), len(self.client.nthreads()),
+                            _dashboard(self.client), total, done)
+
+    def results(self, jobs: Mapping[K, tuple[str, Callable[..., R], tuple]],
+                tick: Callable[[], None] | None = None) -> Iterator[tuple[K, R]]:
+        """Submit each job (its key, function and arguments, with ``GPU: 1`` on CUDA) and
+        yield (job, result) as each finishes, calling ``tick`` about every
+        ``REPORT_EVERY`` seconds in between; a job that fails is a ``TaskFailed``. The
+        jobs still running are cancelled when the caller stops."""
+        distributed = _distributed()
+        futures = {self.client.submit(fn, *args, key=key, pure=False,
+                                      resources={"GPU": 1} if self.gpu else None): item
+                   for item, (key, fn, args) in jobs.items()}
+        pending = distributed.as_completed(futures)
+        try:
+            while not pending.is_empty():
+                batch = pending.next_batch(block=False)
+                if not batch:
+                    if tick is not None:
+                        tick()
+                    time.sleep(REPORT_EVERY)
+                for future in batch:
+                    yield futures[future], _result(future, futures[future])
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(futures))
+
+
+def _result(future: Any, item: Any) -> Any:
+    try:
+        result = future.result()
+    except Exception as exc:
+        if future.status == "error":
+            raise TaskFailed(item, "raised", _why(exc)) from None
+        if future.status == "finished":
+            raise TaskFailed(item, "unreadable", _why(exc)) from None
+        raise TaskFailed(item, "lost", _why(exc)) from None  # cancelled: the scheduler gone
+    future.release()
+    return result
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec, gpu: bool) -> Iterator[Session]:
+    """A session on ``spec``'s cluster (started here for ``local``), with Dask's own log
+    lines kept off the terminal; a CUDA study needs workers that declare a GPU."""
+    with _quiet(), _client(spec, gpu) as client:
+        if gpu:
+            _check_gpus(client, spec)
+        yield Session(client, spec, gpu)
+
+
 def run_on_cluster(spec: ClusterSpec, study: Study, conds: list[Condition],
                    chunks: list[Chunk], pending: list[Chunk], device: torch.device,
                    write: Callable[[Chunk, ChunkOutput, float, dict, int | None, str | None],
@@ -176,50 +291,53 @@ def run_on_cluster(spec: ClusterSpec, study: Study, conds: list[Condition],
     """Run the ``pending`` chunks of ``chunks`` as Dask tasks; ``write`` each one here as
     it finishes. A chunk that raised, or the scheduler lost, is one EscapestatError;
     what was written stays."""
-    distributed = _distributed()
     if not pending:  # every chunk finished before: nothing for a cluster to do
         return
-    gpu = device.type == "cuda"
     total, done = len(chunks), len(chunks) - len(pending)
-    with _quiet(), _client(spec, gpu) as client:
-        if gpu:
-            _check_gpus(client, spec)
-        if progress is not None:
-            progress(ClusterReady(str(client.scheduler.address), len(client.nthreads()),
-                                  _dashboard(client), total, done))
+    budget = study.run.max_steps
+    with connect(spec, device.type == "cuda") as session:
         token = uuid.uuid4().hex[:8]
-        futures = {
-            client.submit(chunk_task, study, conds, chunk, device, pure=False,
-                          key=f"escapestat-{study.config_hash()[:12]}-chunk-"
-                              f"{chunk.index:05d}-{token}",
-                          resources={"GPU": 1} if gpu else None): chunk
-            for chunk in pending}
+        jobs = {chunk.index: (f"escapestat-{study.config_hash()[:12]}-chunk-"
+                              f"{chunk.index:05d}-{token}", chunk_task,
+                              (study, conds, chunk, device, session.topic))
+                for chunk in pending}
+        written: set[int] = set()
+
+        def steps() -> int:
+            running = sum(min(s, budget) for c, s in list(session.steps.items())
+                          if c not in written)
+            return (done + len(written)) * budget + running
+
+        def tick() -> None:
+            if progress is not None:
+                progress(ClusterSteps(steps(), total * budget, done + len(written), total))
+
+        if progress is not None:
+            progress(session.ready(total, done))
+            tick()
+        by_index = {chunk.index: chunk for chunk in pending}
         try:
-            for future in distributed.as_completed(futures):
-                chunk = futures[future]
-                try:
-                    output, seconds, ran = future.result()
-                except Exception as exc:
-                    if future.status == "error":  # the chunk raised on its worker
-                        raise EscapestatError(
-                            f"chunk {chunk.index + 1}/{total} failed on a Dask worker "
-                            f"({_why(exc)}); {done} of {total} finished chunks are kept "
-                            f"in {out}: fix the cause and rerun with --resume") from None
-                    if future.status == "finished":  # a result that won't unpickle here
-                        raise EscapestatError(
-                            f"chunk {chunk.index + 1}/{total} finished on a Dask worker but "
-                            f"its result could not be read here ({_why(exc)}); {done} of "
-                            f"{total} finished chunks are kept in {out}") from None
-                    # cancelled, or the connection broke: the scheduler is gone
-                    raise EscapestatError(
-                        f"lost the Dask scheduler at {spec}; {done} of {total} chunks had "
-                        f"finished and are kept in {out}: rerun with --resume (with or "
-                        f"without --cluster) to finish the rest") from None
-                future.release()
+            for index, (output, seconds, ran) in session.results(jobs, tick):
+                chunk = by_index[index]
                 write(chunk, output, seconds, ran["versions"], None, ran["worker"])
-                done += 1
+                written.add(chunk.index)
                 if progress is not None:
-                    progress(ChunkDone(chunk.index, done, total))
-        finally:
-            with contextlib.suppress(Exception):
-                client.cancel(list(futures))
+                    progress(ChunkDone(chunk.index, done + len(written), total, steps(),
+                                       total * budget))
+        except TaskFailed as failed:
+            finished = done + len(written)
+            label = f"chunk {failed.item + 1}/{total}"
+            if failed.how == "raised":
+                raise EscapestatError(
+                    f"{label} failed on a Dask worker ({failed.why}); {finished} of {total} "
+                    f"finished chunks are kept in {out}: fix the cause and rerun with "
+                    f"--resume") from None
+            if failed.how == "unreadable":
+                raise EscapestatError(
+                    f"{label} finished on a Dask worker but its result could not be read "
+                    f"here ({failed.why}); {finished} of {total} finished chunks are kept "
+                    f"in {out}") from None
+            raise EscapestatError(
+                f"lost the Dask scheduler at {spec}; {finished} of {total} chunks had "
+                f"finished and are kept in {out}: rerun with --resume (with or without "
+                f"--cluster) to finish the rest") from None

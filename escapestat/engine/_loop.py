@@ -73,16 +73,30 @@ class ClusterReady:
 
 
 @dataclass(frozen=True)
-class ChunkDone:
-    """Progress event: on a cluster, a chunk finished and was written (``done`` of
-    ``chunks`` now)."""
+class ClusterSteps:
+    """Progress event: on a cluster, ``steps`` of ``total_steps`` done across the workers
+    (finished chunks count their whole budget), ``done`` of ``chunks`` written."""
 
-    chunk: int
+    steps: int
+    total_steps: int
     done: int
     chunks: int
 
 
-Progress = Callable[[ChunkStarted | ChunkProgress | ClusterReady | ChunkDone], None]
+@dataclass(frozen=True)
+class ChunkDone:
+    """Progress event: on a cluster, a chunk finished and was written (``done`` of
+    ``chunks`` now; ``steps`` of ``total_steps`` as in ``ClusterSteps``)."""
+
+    chunk: int
+    done: int
+    chunks: int
+    steps: int
+    total_steps: int
+
+
+Progress = Callable[[ChunkStarted | ChunkProgress | ClusterReady | ClusterSteps | ChunkDone],
+                    None]
 
 
 class HyperSchedules:

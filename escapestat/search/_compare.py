@@ -23,6 +23,7 @@ ablation on the same data favours the ablation, so the test leans against the sc
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,11 @@ from typing import Any
 import numpy as np
 
 from escapestat.config._schedules import parse_schedule
+from escapestat.config._study import Study
+from escapestat.engine import resolve_device
+from escapestat.engine._cluster import ClusterSpec, TaskFailed, connect
+from escapestat.engine._loop import ClusterReady
+from escapestat.errors import EscapestatError
 from escapestat.search._arm_result import ArmComparison
 from escapestat.search._search import ArmRun, SearchOutcome, constraint_values, needs_hold, run_arm
 from escapestat.search._space import SearchSpec, apply_overrides, build_study
@@ -120,17 +126,61 @@ def with_ablations(raw: dict, source: str, arms: list[Arm]) -> tuple[list[Arm],
 
 
 def run_arms(raw: dict, spec: SearchSpec, source: str, arms: list[Arm], device: str = "auto",
-             on_arm: Callable[[Arm, ArmRun], None] | None = None) -> dict[str, ArmRun]:
-    """Each arm on the fresh seed, with ``compare_replicas`` replicas each."""
-    out = {}
+             on_arm: Callable[[Arm, ArmRun], None] | None = None,
+             cluster: ClusterSpec | None = None,
+             on_cluster: Callable[[ClusterReady], None] | None = None) -> dict[str, ArmRun]:
+    """Each arm on the fresh seed, with ``compare_replicas`` replicas each: one after the
+    other here, or (``cluster``) each arm one task on a Dask cluster, ``on_cluster`` told
+    where once. Same seeds either way, so the same replicas; ``on_arm`` sees each arm as
+    it finishes."""
+    studies = {}
     for arm in arms:
         study = build_study(raw, arm.overrides, source, f"compare {arm.name}")
         seed = spec.compare_seed if spec.compare_seed is not None else study.run.seed + 1
-        study = study.with_overrides(seed=seed, replicas=spec.compare_replicas)
+        studies[arm.name] = study.with_overrides(seed=seed, replicas=spec.compare_replicas)
+    if cluster is not None:
+        return _run_arms_on_cluster(cluster, spec, arms, studies, device, on_arm, on_cluster)
+    out = {}
+    for arm in arms:
+        study = studies[arm.name]
         out[arm.name] = run_arm(study, device, hold=needs_hold(study, spec))
         if on_arm is not None:
             on_arm(arm, out[arm.name])
     return out
+
+
+def _run_arms_on_cluster(cluster: ClusterSpec, spec: SearchSpec, arms: list[Arm],
+                         studies: dict[str, Study], device: str,
+                         on_arm: Callable[[Arm, ArmRun], None] | None,
+                         on_cluster: Callable[[ClusterReady], None] | None
+                         ) -> dict[str, ArmRun]:
+    """``run_arms`` with each arm one Dask task (``device`` "cuda" is the workers')."""
+    dev = "cuda" if device == "cuda" else str(resolve_device(device))
+    token = uuid.uuid4().hex[:8]
+    jobs = {i: (f"escapestat-compare-arm-{i:03d}-{token}", run_arm,
+                (studies[arm.name], dev, None, needs_hold(studies[arm.name], spec)))
+            for i, arm in enumerate(arms)}
+    done: dict[str, ArmRun] = {}
+    with connect(cluster, dev == "cuda") as session:
+        if on_cluster is not None:
+            on_cluster(session.ready(len(arms), 0))
+        try:
+            for i, run in session.results(jobs):
+                arm = arms[i]
+                done[arm.name] = run
+                if on_arm is not None:
+                    on_arm(arm, run)
+        except TaskFailed as failed:
+            arm = arms[failed.item]
+            kept = (f"{len(done)} of {len(arms)} arms had finished; compare writes its "
+                    f"tables once every arm has run, so nothing was written")
+            if failed.how == "lost":
+                raise EscapestatError(f"lost the Dask scheduler at {cluster}; {kept}: rerun "
+                                      f"compare (with or without --cluster)") from None
+            what = "failed" if failed.how == "raised" else "finished but could not be read"
+            raise EscapestatError(f"arm {arm.name} {what} on a Dask worker ({failed.why}); "
+                                  f"{kept}") from None
+    return {arm.name: done[arm.name] for arm in arms}  # the arms' order, as run here
 
 
 def meets_constraints(spec: SearchSpec, summary: dict[str, Any]) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from escapestat.engine._cluster import ClusterSpec, parse_cluster
+from escapestat.engine._loop import ClusterReady
 from escapestat.errors import EscapestatError
 from escapestat.search._arm_result import ArmComparison
 from escapestat.search._compare import Arm, contrast_rows, pick_arms, run_arms, with_ablations
@@ -108,10 +110,14 @@ def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | Non
              study_name: str | None = None, trials: int | None = None, device: str = "auto",
              compare: bool = True, heartbeat: int = HEARTBEAT_SECONDS,
              on_trial: Callable[[str, optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-             on_arm: Callable[[Arm, ArmRun], None] | None = None) -> OptimizeResult:
+             on_arm: Callable[[Arm, ArmRun], None] | None = None,
+             cluster: ClusterSpec | str | None = None,
+             on_cluster: Callable[[ClusterReady], None] | None = None) -> OptimizeResult:
     """Search the study's ``[search]`` space, then the constant-only space with the same
-    trial budget, then (``compare``) re-run the arms on fresh seeds."""
+    trial budget, then (``compare``) re-run the arms on fresh seeds, on ``cluster`` if
+    given (see ``compare_searches``)."""
     out_dir = Path(out_dir)
+    cluster = parse_cluster(cluster) if isinstance(cluster, str) else cluster
     s = _setup(study_file, out_dir, storage_url, study_name, trials, heartbeat)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [] if on_trial is None else [
@@ -134,7 +140,7 @@ def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | Non
     notes = _edge_notes(s.spec, search, constant)
     rows = None
     if compare:
-        rows = _compare(s, search, constant, device, out_dir, on_arm)
+        rows = _compare(s, search, constant, device, out_dir, on_arm, cluster, on_cluster)
     return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows,
                           notes)
 
@@ -155,9 +161,17 @@ def _write_trials(out_dir: Path, search: SearchOutcome, constant: SearchOutcome 
 
 def compare_searches(study_file: str | Path, out_dir: str | Path, storage_url: str | None = None,
                      study_name: str | None = None, device: str = "auto",
-                     on_arm: Callable[[Arm, ArmRun], None] | None = None) -> OptimizeResult:
-    """Re-run the arms of finished searches (e.g. after many workers) on fresh seeds."""
+                     on_arm: Callable[[Arm, ArmRun], None] | None = None,
+                     cluster: ClusterSpec | str | None = None,
+                     on_cluster: Callable[[ClusterReady], None] | None = None
+                     ) -> OptimizeResult:
+    """Re-run the arms of finished searches (e.g. after many workers) on fresh seeds.
+
+    ``cluster`` (a ``ClusterSpec``, or ``local``, ``local:N``, ``tcp://HOST:PORT``): each
+    arm is one task on that Dask cluster, ``on_cluster`` told where once; the arms' seeds,
+    hence their replicas, are the same as in one process."""
     out_dir = Path(out_dir)
+    cluster = parse_cluster(cluster) if isinstance(cluster, str) else cluster
     s = _setup(study_file, out_dir, storage_url, study_name, None, HEARTBEAT_SECONDS)
     search = outcome(_load(s, s.name))
     constant = None
@@ -165,7 +179,7 @@ def compare_searches(study_file: str | Path, out_dir: str | Path, storage_url: s
         constant = outcome(_load(s, s.name + CONSTANT_SUFFIX))
     elif s.spec.constant_search:
         constant = search
-    rows = _compare(s, search, constant, device, out_dir, on_arm)
+    rows = _compare(s, search, constant, device, out_dir, on_arm, cluster, on_cluster)
     return OptimizeResult(s.name, redact(s.storage_url), out_dir, search, constant, rows,
                           _edge_notes(s.spec, search, constant))
 
@@ -181,12 +195,14 @@ def _load(s: _Setup, name: str) -> optuna.Study:
 
 
 def _compare(s: _Setup, search: SearchOutcome, constant: SearchOutcome | None, device: str,
-             out_dir: Path, on_arm) -> list[ArmComparison]:
+             out_dir: Path, on_arm, cluster: ClusterSpec | None = None,
+             on_cluster: Callable[[ClusterReady], None] | None = None
+             ) -> list[ArmComparison]:
     arms = pick_arms(s.spec, search, constant)
     if not arms:
         raise EscapestatError("nothing to compare: no complete feasible trial and no baselines")
     arms, ablations = with_ablations(s.raw, s.source, arms)
-    runs = run_arms(s.raw, s.spec, s.source, arms, device, on_arm)
+    runs = run_arms(s.raw, s.spec, s.source, arms, device, on_arm, cluster, on_cluster)
     rows = contrast_rows(arms, runs, s.spec, ablations, seed=s.spec.seed)
     records = [r.as_dict() for r in rows]
     flat = pd.DataFrame([{k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v

@@ -30,7 +30,6 @@ from escapestat.errors import EscapestatError  # noqa: E402
 #: 2 conditions × 24 replicas in chunks of 8: six chunks of a fraction of a second each.
 STUDY = FAST.replace("chunk_replicas = 20", "chunk_replicas = 8")
 TABLES = ("escapes.csv", "replicas.csv")
-DASK = Path(sys.executable).with_name("dask")
 HERE = Path(__file__).resolve().parent
 
 
@@ -47,57 +46,6 @@ def reference(study_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     run_study(load_study(study_file), out, device="cpu", study_text=STUDY)
     return {name: (out / name).read_bytes() for name in TABLES}
-
-
-class Cluster:
-    """A scheduler and workers as processes on loopback; stopped by the fixture."""
-
-    def __init__(self, where: Path):
-        self.where, self.workers = where, []
-        self.file = where / "scheduler.json"
-        self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", "0",
-                                     "--no-dashboard", "--scheduler-file", self.file)
-        deadline = time.monotonic() + 60
-        while not self.file.exists():
-            assert self.scheduler.poll() is None, "dask scheduler exited"
-            assert time.monotonic() < deadline, "dask scheduler did not start"
-            time.sleep(0.1)
-        self.address = json.loads(self.file.read_text())["address"]
-
-    def _start(self, *args) -> subprocess.Popen:
-        log = open(self.where / f"{args[0]}-{len(self.workers)}.log", "wb")  # noqa: SIM115
-        # This module on the path: a test's task function is pickled by reference.
-        path = os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])
-        return subprocess.Popen([str(DASK), *map(str, args)], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=self.where,
-                                env={**os.environ, "PYTHONPATH": path})
-
-    def add_workers(self, n: int) -> None:
-        from distributed import Client
-
-        for i in range(n):
-            self.workers.append(self._start(
-                "worker", "--scheduler-file", self.file, "--host", "127.0.0.1",
-                "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}",
-                "--death-timeout", "30"))
-        with Client(self.address, timeout=30) as client:
-            client.wait_for_workers(n, timeout=60)
-
-    def stop(self) -> None:
-        for proc in [*self.workers, self.scheduler]:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        c.add_workers(2)
-        yield c
-    finally:
-        c.stop()
 
 
 def tables(out: Path) -> dict[str, bytes]:
@@ -153,10 +101,10 @@ def test_lost_scheduler_keeps_chunks_then_resume(cluster, study_file, reference,
     assert tables(out) == reference
 
 
-def _fails_on_chunk_3(study, conds, chunk, device):
+def _fails_on_chunk_3(study, conds, chunk, device, topic):
     if chunk.index == 2:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    return _cluster.chunk_task(study, conds, chunk, device)
+    return _cluster.chunk_task(study, conds, chunk, device, topic)
 
 
 def test_chunk_raising_on_a_worker_is_one_error_line(cluster, study_file, tmp_path, cli,
@@ -248,3 +196,24 @@ def test_nothing_left_needs_no_cluster(study_file, reference, tmp_path, cli):
                           "--cluster", "tcp://127.0.0.1:9")
     assert code == 0, stderr
     assert tables(out) == reference and "dask:" not in stderr
+
+
+def test_one_bar_counts_steps_across_workers(cluster, tmp_path):
+    """Workers report their steps as Dask events: the client sees steps of chunks still
+    running, never more than the budget of all chunks, and all of them at the end."""
+    from escapestat.engine._loop import ClusterSteps
+
+    # 4 chunks of 12 replicas, barriers far above T: every chunk runs its whole budget
+    # (about 3 s on one core), long enough for the client to see it part-way.
+    slow = (STUDY.replace("chunk_replicas = 8", "chunk_replicas = 12")
+            .replace("[1.5, 2.5]", "[8.0, 9.0]").replace("max_steps = 3000", "max_steps = 20000"))
+    path = tmp_path / "slow.toml"
+    path.write_text(slow)
+    events = []
+    run_study(load_study(path), tmp_path / "run", device="cpu", study_text=slow,
+              progress=events.append, cluster=cluster.address)
+    steps = [e for e in events if isinstance(e, ClusterSteps | ChunkDone)]
+    assert all(e.total_steps == 4 * 20000 and 0 <= e.steps <= e.total_steps for e in steps)
+    assert any(isinstance(e, ClusterSteps) and e.steps % 20000 for e in steps), steps
+    assert isinstance(steps[-1], ChunkDone) and steps[-1].steps == 4 * 20000
+    assert [e.done for e in events if isinstance(e, ChunkDone)] == [1, 2, 3, 4]
