@@ -204,16 +204,16 @@ def test_one_bar_counts_steps_across_workers(cluster, tmp_path):
     from escapestat.engine._loop import ClusterSteps
 
     # 4 chunks of 12 replicas, barriers far above T: every chunk runs its whole budget
-    # (about 3 s on one core), long enough for the client to see it part-way.
+    # (about 1.7 s on one core), long enough for the client to see it part-way.
     slow = (STUDY.replace("chunk_replicas = 8", "chunk_replicas = 12")
-            .replace("[1.5, 2.5]", "[8.0, 9.0]").replace("max_steps = 3000", "max_steps = 20000"))
+            .replace("[1.5, 2.5]", "[8.0, 9.0]").replace("max_steps = 3000", "max_steps = 10000"))
     path = tmp_path / "slow.toml"
     path.write_text(slow)
     events = []
     run_study(load_study(path), tmp_path / "run", device="cpu", study_text=slow,
               progress=events.append, cluster=cluster.address)
     steps = [e for e in events if isinstance(e, ClusterSteps | ChunkDone)]
-    assert all(e.total_steps == 4 * 20000 and 0 <= e.steps <= e.total_steps for e in steps)
-    assert any(isinstance(e, ClusterSteps) and e.steps % 20000 for e in steps), steps
-    assert isinstance(steps[-1], ChunkDone) and steps[-1].steps == 4 * 20000
+    assert all(e.total_steps == 4 * 10000 and 0 <= e.steps <= e.total_steps for e in steps)
+    assert any(isinstance(e, ClusterSteps) and e.steps % 10000 for e in steps), steps
+    assert isinstance(steps[-1], ChunkDone) and steps[-1].steps == 4 * 10000
     assert [e.done for e in events if isinstance(e, ChunkDone)] == [1, 2, 3, 4]

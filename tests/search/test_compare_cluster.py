@@ -96,16 +96,6 @@ def test_lost_scheduler_is_one_error(cluster, searched, tmp_path):
     assert not (out / "compare.csv").exists() and not (out / "compare_arms.csv").exists()
 
 
-def test_local_cluster_compare(searched, tmp_path, cli):
-    path, here = searched
-    _, out = _copy_search(searched, tmp_path)
-    code, _, stderr = cli("compare", path, "--out", out, "--device", "cpu",
-                          "--cluster", "local:2")
-    assert code == 0, stderr
-    assert "2 workers" in stderr
-    assert (out / "compare_arms.csv").read_bytes() == (here / "compare_arms.csv").read_bytes()
-
-
 @pytest.mark.parametrize("command", ["compare", "optimize"])
 def test_bad_cluster_is_a_usage_error(searched, tmp_path, cli, command):
     path, _ = searched
