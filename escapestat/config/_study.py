@@ -107,7 +107,7 @@ _UNUSED_WHEN_EMPTY: dict[str, typing.Any]
 _UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
                       "escape.measure": "escape", "escape.fit_threshold": 0.99,
                       "escape.fit_fallback": 0.9, "init.seed_over_saddle": [],
-                      "run.curves": False, "run.hold": False}
+                      "run.curves": False, "run.hold": False, "task.train_rounding": "round"}
 
 _SECTIONS = {
     "task": TaskSpec,
@@ -228,7 +228,8 @@ def _task_defaults(raw: dict, spec: ModelSpec, source: str) -> dict:
         from escapestat.config._task import table_size, train_size
 
         task = _section(TaskSpec, raw.get("task", {}), "task", source)
-        full = train_size(table_size(task.operation, task.p), task.train_fraction)
+        full = train_size(table_size(task.operation, task.p), task.train_fraction,
+                          task.train_rounding)
         listed = [full if b == "full" else b for b in listed]
         raw["dynamics"]["batch_size"] = listed if isinstance(sizes, list) else listed[0]
     return raw

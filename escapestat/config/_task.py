@@ -7,9 +7,17 @@ from __future__ import annotations
 OPERATION_NAMES = ("add", "sub", "mul", "div", "poly")
 
 
-def train_size(n_pairs: int, train_fraction: float) -> int:
-    """n_train = round(f · N), at least 1 and at most N − 1 (the rest is the test set)."""
-    return min(max(round(train_fraction * n_pairs), 1), n_pairs - 1)
+#: How n_train = f · N is made whole: ``round`` (the default) or ``floor`` (Python's
+#: ``int(f · N)``, as in Nanda et al.'s code).
+TRAIN_ROUNDINGS = ("round", "floor")
+
+
+def train_size(n_pairs: int, train_fraction: float, rounding: str = "round") -> int:
+    """n_train = round(f · N) (``rounding`` "floor": int(f · N)), at least 1 and at most
+    N − 1 (the rest is the test set)."""
+    whole = int(train_fraction * n_pairs) if rounding == "floor" else round(
+        train_fraction * n_pairs)
+    return min(max(whole, 1), n_pairs - 1)
 
 
 def table_size(operation: str, p: int) -> int:

@@ -111,18 +111,19 @@ class ModularSplits:
 
 def make_splits(n_pairs: int, replicas: int, train_fraction: float,
                 generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> ModularSplits:
+                device: torch.device | str = "cpu", rounding: str = "round") -> ModularSplits:
     """An independent random split of ``n_pairs`` table rows per replica.
 
     Each replica draws its own uniform permutation; its first n_train = round(f · N) rows
-    (at least 1, at most N − 1) are its training set, sorted, and the rest its test set.
+    (``rounding`` "floor": int(f · N); at least 1, at most N − 1) are its training set,
+    sorted, and the rest its test set.
     """
     f = _check_fraction("train_fraction", train_fraction, low_open=True)
     if n_pairs < 2:
         raise EscapestatError(f"a split needs at least 2 pairs, got {n_pairs}")
     if replicas < 1:
         raise EscapestatError(f"replicas must be at least 1, got {replicas}")
-    n_train = train_size(n_pairs, f)
+    n_train = train_size(n_pairs, f, rounding)
     perm = permutations(replicas, n_pairs, generator, device)
     return ModularSplits(perm[:, :n_train].sort(dim=1).values,
                          perm[:, n_train:].sort(dim=1).values)
@@ -188,10 +189,11 @@ class ModularTask:
 
 def make_task(operation: str, p: int, replicas: int, train_fraction: float,
               label_noise: float = 0.0, generator: torch.Generator | None = None,
-              device: torch.device | str = "cpu") -> ModularTask:
-    """The table of ``operation`` mod p, split per replica, with optional training-label noise."""
+              device: torch.device | str = "cpu", rounding: str = "round") -> ModularTask:
+    """The table of ``operation`` mod p, split per replica (``rounding``: see
+    ``make_splits``), with optional training-label noise."""
     pairs, labels = modular_table(operation, p, device)
-    splits = make_splits(len(labels), replicas, train_fraction, generator, device)
+    splits = make_splits(len(labels), replicas, train_fraction, generator, device, rounding)
     train_labels = noisy_labels(labels[splits.train], label_noise, p, generator)
     return ModularTask(operation, p, pairs, labels, splits, train_labels)
 

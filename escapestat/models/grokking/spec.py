@@ -44,7 +44,7 @@ class GrokkingSpec(ModelSpec):
     def check(self, study, bad: Bad) -> None:
         """Task, optimizer, minibatch SGD noise and accuracy escape."""
         from escapestat.config._task import OPERATION_NAMES as OPERATIONS
-        from escapestat.config._task import table_size, train_size
+        from escapestat.config._task import TRAIN_ROUNDINGS, table_size, train_size
 
         t, o, y, e = study.task, study.optimizer, study.dynamics, study.escape
         if t is None:
@@ -57,6 +57,8 @@ class GrokkingSpec(ModelSpec):
             bad("[task] p", f"must be at least 3, got {t.p}")
         if not 0 < t.train_fraction < 1:
             bad("[task] train_fraction", f"must be in (0, 1), got {t.train_fraction}")
+        if t.train_rounding not in TRAIN_ROUNDINGS:
+            bad("[task] train_rounding", f"must be 'round' or 'floor', got {t.train_rounding!r}")
         if not 0 <= t.label_noise < 1:
             bad("[task] label_noise", f"must be in [0, 1), got {t.label_noise}")
         if o is not None and o.kind not in OPTIMIZERS:
@@ -87,7 +89,7 @@ class GrokkingSpec(ModelSpec):
             bad("[dynamics] batch_size", "must list batch sizes ≥ 1 (or \"full\")")
         if any(b.is_constant and not float(b.value(0)).is_integer() for b in y.batch_size):
             bad("[dynamics] batch_size", "must be whole numbers")
-        n_train = train_size(table_size(t.operation, t.p), t.train_fraction)
+        n_train = train_size(table_size(t.operation, t.p), t.train_fraction, t.train_rounding)
         if any(b.max_value > n_train for b in y.batch_size):
             bad("[dynamics] batch_size", f"cannot exceed the {n_train} training pairs of "
                 f"p = {t.p} at train_fraction {t.train_fraction:g}; \"full\" trains on all "

@@ -54,7 +54,7 @@ class GrokTrial(ReplicaModel):
         assert t is not None  # the grokking specs' check requires [task]
         dtype = torch_dtype(study)
         self.task = make_task(t.operation, t.p, n, t.train_fraction, t.label_noise,
-                              generator, device)
+                              generator, device, t.train_rounding)
         self.net = self.build_network(study, n, generator, dtype, device)
         self.optimizer = build_optimizer(study.optimizer, self.net.params)
         self.batches = MinibatchPairs(self.task, batch_size or t.p * t.p, generator)
