@@ -21,6 +21,14 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
+def dask_line(event, what: str = "") -> None:
+    """The one stderr line that says where ``--cluster`` work goes (a ``ClusterReady``):
+    the scheduler, its workers, the dashboard if any, and ``what`` after it."""
+    where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
+    err_console.print(escape(f"dask: {event.address}, {event.workers} workers; {where}"
+                             + (f"; {what}" if what else "")), highlight=False)
+
+
 def _clean(value: Any) -> Any:
     """Make a value JSON-safe: numpy scalars to Python, NaN/inf to null."""
     if isinstance(value, dict):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from escapestat.vocab import COMPARE_CSV, TRIALS
 
-from .common import domain_errors, err_console, out_console, print_json
+from .common import dask_line, domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut, cluster_option, parse_cluster_option
 
 if TYPE_CHECKING:
@@ -63,9 +63,7 @@ class _TrialLine:
 
 
 def _cluster_line(event) -> None:
-    where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
-    err_console.print(escape(f"dask: {event.address}, {event.workers} workers; {where}; "
-                             f"{event.chunks} arms"), highlight=False)
+    dask_line(event, f"{event.chunks} arms")
 
 
 def _arm_line(arm, run) -> None:

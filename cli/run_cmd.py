@@ -22,7 +22,7 @@ from rich.table import Table
 from escapestat.stats._survival import KS_BOOTSTRAP
 from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
-from .common import domain_errors, err_console, out_console, print_json
+from .common import dask_line, domain_errors, err_console, out_console, print_json
 from .options import (
     Bootstrap,
     BootstrapSeed,
@@ -48,9 +48,7 @@ class _Bar:
         from escapestat.engine._loop import ChunkDone, ChunkStarted, ClusterReady, ClusterSteps
 
         if isinstance(event, ClusterReady):
-            where = f"dashboard {event.dashboard}" if event.dashboard else "no dashboard"
-            self.progress.console.print(escape(
-                f"dask: {event.address}, {event.workers} workers; {where}"), highlight=False)
+            dask_line(event)
             self.task = self.progress.add_task(
                 f"{event.chunks} chunk{'s' if event.chunks != 1 else ''} on the cluster",
                 total=None, unit="steps", trapped=f"{event.done}/{event.chunks} chunks written")

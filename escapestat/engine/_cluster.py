@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from escapestat.config._study import Condition, Study
-from escapestat.engine._chunks import Chunk
+from escapestat.engine._chunks import Chunk, resolve_device
 from escapestat.engine._loop import (
     ChunkDone,
     ChunkOutput,
@@ -81,6 +81,17 @@ def parse_cluster(text: str) -> ClusterSpec:
         return ClusterSpec(text)
     raise EscapestatError(f"--cluster {text!r}: use local, local:N (N worker processes) or "
                           f"tcp://HOST:PORT (a running Dask scheduler)")
+
+
+def as_cluster(value: ClusterSpec | str | None) -> ClusterSpec | None:
+    """A ``--cluster`` value as given to the library: a spec, its text, or None."""
+    return parse_cluster(value) if isinstance(value, str) else value
+
+
+def cluster_device(device: str) -> torch.device:
+    """The device a cluster's workers run on: "cuda" is theirs (the client, e.g. a login
+    node, needs none, so it is not checked here); "auto" and "cpu" are decided here."""
+    return torch.device("cuda") if device == "cuda" else resolve_device(device)
 
 
 def _distributed() -> Any:
@@ -217,7 +228,6 @@ class Session:
     reported (filled from the workers' events on ``topic``)."""
 
     client: Any
-    spec: ClusterSpec
     gpu: bool
     topic: str = field(default_factory=lambda: f"escapestat-steps-{uuid.uuid4().hex[:8]}")
     steps: dict[int, int] = field(default_factory=dict)
@@ -280,7 +290,7 @@ def connect(spec: ClusterSpec, gpu: bool) -> Iterator[Session]:
     with _quiet(), _client(spec, gpu) as client:
         if gpu:
             _check_gpus(client, spec)
-        yield Session(client, spec, gpu)
+        yield Session(client, gpu)
 
 
 def run_on_cluster(spec: ClusterSpec, study: Study, conds: list[Condition],

@@ -18,7 +18,7 @@ import torch
 from escapestat.config._registry import model_class
 from escapestat.config._study import Condition, Study, conditions
 from escapestat.engine._chunks import Chunk, plan_chunks, resolve_device
-from escapestat.engine._cluster import ClusterSpec, parse_cluster, run_on_cluster
+from escapestat.engine._cluster import ClusterSpec, as_cluster, cluster_device, run_on_cluster
 from escapestat.engine._detector import (
     CENSORED,
     DIVERGED,
@@ -148,10 +148,8 @@ def run_study(
     run in this process, and either kind of run resumes the other. ``device`` "cuda" is
     then the workers' (this machine needs none); "auto" is decided here.
     """
-    spec = parse_cluster(cluster) if isinstance(cluster, str) else cluster
-    # On a cluster, CUDA is the workers' (a login node has none): "cuda" is not checked here.
-    dev = torch.device("cuda") if spec is not None and device == "cuda" \
-        else resolve_device(device)
+    spec = as_cluster(cluster)
+    dev = resolve_device(device) if spec is None else cluster_device(device)
     conds = conditions(study)
     chunks = plan_chunks(study, conds)
     if out_dir is None:

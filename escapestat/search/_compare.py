@@ -32,8 +32,7 @@ import numpy as np
 
 from escapestat.config._schedules import parse_schedule
 from escapestat.config._study import Study
-from escapestat.engine import resolve_device
-from escapestat.engine._cluster import ClusterSpec, TaskFailed, connect
+from escapestat.engine._cluster import ClusterSpec, TaskFailed, cluster_device, connect
 from escapestat.engine._loop import ClusterReady
 from escapestat.errors import EscapestatError
 from escapestat.search._arm_result import ArmComparison
@@ -155,13 +154,13 @@ def _run_arms_on_cluster(cluster: ClusterSpec, spec: SearchSpec, arms: list[Arm]
                          on_cluster: Callable[[ClusterReady], None] | None
                          ) -> dict[str, ArmRun]:
     """``run_arms`` with each arm one Dask task (``device`` "cuda" is the workers')."""
-    dev = "cuda" if device == "cuda" else str(resolve_device(device))
+    dev = cluster_device(device)
     token = uuid.uuid4().hex[:8]
     jobs = {i: (f"escapestat-compare-arm-{i:03d}-{token}", run_arm,
-                (studies[arm.name], dev, None, needs_hold(studies[arm.name], spec)))
+                (studies[arm.name], str(dev), None, needs_hold(studies[arm.name], spec)))
             for i, arm in enumerate(arms)}
     done: dict[str, ArmRun] = {}
-    with connect(cluster, dev == "cuda") as session:
+    with connect(cluster, dev.type == "cuda") as session:
         if on_cluster is not None:
             on_cluster(session.ready(len(arms), 0))
         try:

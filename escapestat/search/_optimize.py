@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from escapestat.engine._cluster import ClusterSpec, parse_cluster
+from escapestat.engine._cluster import ClusterSpec, as_cluster
 from escapestat.engine._loop import ClusterReady
 from escapestat.errors import EscapestatError
 from escapestat.search._arm_result import ArmComparison
@@ -117,7 +117,7 @@ def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | Non
     trial budget, then (``compare``) re-run the arms on fresh seeds, on ``cluster`` if
     given (see ``compare_searches``)."""
     out_dir = Path(out_dir)
-    cluster = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    cluster = as_cluster(cluster)
     s = _setup(study_file, out_dir, storage_url, study_name, trials, heartbeat)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [] if on_trial is None else [
@@ -171,7 +171,7 @@ def compare_searches(study_file: str | Path, out_dir: str | Path, storage_url: s
     arm is one task on that Dask cluster, ``on_cluster`` told where once; the arms' seeds,
     hence their replicas, are the same as in one process."""
     out_dir = Path(out_dir)
-    cluster = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    cluster = as_cluster(cluster)
     s = _setup(study_file, out_dir, storage_url, study_name, None, HEARTBEAT_SECONDS)
     search = outcome(_load(s, s.name))
     constant = None
