@@ -107,7 +107,8 @@ _UNUSED_WHEN_EMPTY: dict[str, typing.Any]
 _UNUSED_WHEN_EMPTY = {"dynamics.grad_filter": None, "dynamics.weight_decay": [],
                       "escape.measure": "escape", "escape.fit_threshold": 0.99,
                       "escape.fit_fallback": 0.9, "init.seed_over_saddle": [],
-                      "run.curves": False, "run.hold": False, "task.train_rounding": "round"}
+                      "run.curves": False, "run.hold": False, "task.train_rounding": "round",
+                      "model.readout": "p"}
 
 _SECTIONS = {
     "task": TaskSpec,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from escapestat.models import _native as native
+from escapestat.models._optimizers import AdamW
 from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
 P, D, H, D_MLP = 23, 128, 4, 512  # Nanda et al.'s sizes at a small modulus
@@ -15,11 +16,11 @@ P, D, H, D_MLP = 23, 128, 4, 512  # Nanda et al.'s sizes at a small modulus
 
 class Reference(nn.Module):
     """One replica as Nanda et al. write it: all three positions, causal mask, last-position
-    readout (restricted to the p answers). The last position may attend to every position,
-    so in one layer the mask cannot change these logits (removing it passes the tests;
-    an anti-causal mask fails them)."""
+    readout (over the p answers, or all p + 1 tokens with ``classes``). The last position
+    may attend to every position, so in one layer the mask cannot change these logits
+    (removing it passes the tests; an anti-causal mask fails them)."""
 
-    def __init__(self, p, d_model, n_heads, d_mlp):
+    def __init__(self, p, d_model, n_heads, d_mlp, classes=None):
         super().__init__()
         self.p, self.n_heads = p, n_heads
         self.embed = nn.Embedding(p + 1, d_model)
@@ -27,7 +28,7 @@ class Reference(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model, bias=False)
                                           for _ in range(4))
         self.mlp_in, self.mlp_out = nn.Linear(d_model, d_mlp), nn.Linear(d_mlp, d_model)
-        self.unembed = nn.Linear(d_model, p, bias=False)
+        self.unembed = nn.Linear(d_model, classes or p, bias=False)
 
     def forward(self, pairs):  # [B, 2]
         tokens = torch.cat([pairs, torch.full_like(pairs[:, :1], self.p)], 1)
@@ -64,7 +65,8 @@ LAYOUT = {
 
 def _reference(ens, r):
     """Replica r of ``ens`` as a ``Reference`` module (weights copied in)."""
-    m = Reference(ens.p, D, H, D_MLP).to(torch.float64)
+    classes = ens.params[ens.param_names.index("W_U")].shape[-1]
+    m = Reference(ens.p, D, H, D_MLP, classes).to(torch.float64)
     with torch.no_grad():
         for name, w in zip(ens.param_names, ens.params, strict=True):
             get, layout = LAYOUT[name]
@@ -72,9 +74,10 @@ def _reference(ens, r):
     return m
 
 
-def _setup(replicas=3, batch=16, seed=0):
+def _setup(replicas=3, batch=16, seed=0, classes=None):
     g = torch.Generator().manual_seed(seed)
-    ens = TransformerEnsemble(replicas, P, D, H, D_MLP, generator=g, dtype=torch.float64)
+    ens = TransformerEnsemble(replicas, P, D, H, D_MLP, generator=g, dtype=torch.float64,
+                              classes=classes)
     with torch.no_grad():  # nonzero biases, so their paths are tested too
         for name, w in zip(ens.param_names, ens.params, strict=True):
             if name.startswith("b_"):
@@ -192,3 +195,40 @@ def test_gradients_on_cuda_equal_the_cpu():
     torch.testing.assert_close(loss_g.cpu(), loss, rtol=1e-10, atol=1e-12)
     for name, a, b in zip(ens.param_names, grads_g, grads, strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_p_plus_1_readout_steps_as_a_plain_module_with_adamw(backend):
+    """Nanda et al.'s readout over all p + 1 tokens: two AdamW steps (lr 1e-3, wd 1, betas
+    (0.9, 0.98)) of the ensemble equal torch.optim.AdamW on the plain module, float64."""
+    if backend == "native" and native.kernels() is None:
+        pytest.skip(f"no C kernels here: {native.why_not()}")
+    ens, pairs, labels = _setup(replicas=2, batch=64, classes=P + 1)
+    ens.backend = backend
+    assert ens.forward(pairs).shape == (2, 64, P + 1)
+    refs = [_reference(ens, r) for r in range(2)]
+    before = [w.clone() for w in ens.params]
+    opt = AdamW(ens.params, betas=(0.9, 0.98), eps=1e-8)
+    lr, wd = torch.full((2,), 1e-3, dtype=torch.float64), torch.full((2,), 1.0,
+                                                                    dtype=torch.float64)
+    theirs = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98),
+                                eps=1e-8) for m in refs]
+    for _ in range(2):
+        opt.step(ens.loss_and_grads(pairs, labels)[1], lr, wd)
+        for r, (m, o) in enumerate(zip(refs, theirs, strict=True)):
+            o.zero_grad()
+            F.cross_entropy(m(pairs[r]), labels[r]).backward()
+            o.step()
+    w_u = ens.param_names.index("W_U")
+    assert float((ens.params[w_u][:, :, P] - before[w_u][:, :, P]).abs().amax()) > 1e-3, \
+        "the '=' column never moved: the check would not see the extra class"
+    for r, m in enumerate(refs):
+        for name, w in zip(ens.param_names, ens.params, strict=True):
+            get, layout = LAYOUT[name]
+            torch.testing.assert_close(layout(w[r]), get(m).detach(), rtol=0, atol=1e-12,
+                                       msg=name)
+
+
+def test_readout_must_be_p_or_p_plus_1():
+    with pytest.raises(ValueError, match="classes must be p"):
+        TransformerEnsemble(1, P, D, H, D_MLP, classes=P + 2)

@@ -81,8 +81,9 @@ class GrokkingSpec(ModelSpec):
         if y.beta or y.beta_over_beta_c or y.temperature or y.barrier_over_temperature:
             bad("[dynamics]", "beta and temperature are for deep linear nets; the grokking "
                 "models take weight_decay and batch_size")
-        if not y.lr or not all(v.positive for v in y.lr):
-            bad("[dynamics] lr", "must be positive")
+        if not y.lr or not all(v.min_value >= 0 and v.max_value > 0 for v in y.lr):
+            bad("[dynamics] lr", "must be ≥ 0 at every step and > 0 at some (a warm-up may "
+                "start at 0, as PyTorch's LambdaLR(min(t/steps, 1)) does)")
         if not y.weight_decay or any(v.min_value < 0 for v in y.weight_decay):
             bad("[dynamics] weight_decay", "is required, ≥ 0")
         if not y.batch_size or any(b.min_value < 1 for b in y.batch_size):

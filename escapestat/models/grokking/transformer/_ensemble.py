@@ -5,7 +5,9 @@ interpretability", 2023): the input for a∘b is the sequence [a, b, "="] over a
 of p + 1 tokens ("=" is token p); token and position embeddings; one attention layer of
 ``n_heads`` heads (no biases, causal, scores scaled by 1/√d_head); a ReLU MLP; residual
 connections around both; no LayerNorm; the logits are read out (unembedded) at the last
-position, over the p answer classes only. Per replica, with t = [a, b, p]:
+position, over the p answer classes (``classes`` p, the default) or, as Nanda et al.'s
+unembedding, over all p + 1 tokens ("=" included: a class no label ever takes). Per
+replica, with t = [a, b, p]:
 
     x_s    = W_E[t_s] + W_pos[s]
     α_hs   = softmax_s(q_h · k_hs / √d_head),  q_h = x_2 W_Q[h],  k_hs = x_s W_K[h]  (s ≤ 2)
@@ -25,7 +27,7 @@ replica for the tables, not O(B d²).
 Every parameter is a tensor [R, ...] (``params``, named by ``param_names``), laid out as
 TransformerLens's (row vectors times matrices): W_E [V, d], W_pos [3, d], W_Q/W_K/W_V
 [H, d, d_head], W_O [H, d_head, d], W_in [d, d_mlp], b_in [d_mlp], W_out [d_mlp, d],
-b_out [d], W_U [d, p]. The backward is written out (``loss_and_grads``), as for the MLP:
+b_out [d], W_U [d, classes]. The backward is written out (``loss_and_grads``), as for the MLP:
 one autograd pass over these batched ops spent much of its time allocating and filling
 fresh megabyte gradients and took the weight gradients' matmuls at half speed. The MLP
 block and the readout are batched matmuls in torch; on the CPU the attention (many
@@ -79,6 +81,7 @@ class TransformerEnsemble:
     Parameters
     ----------
     replicas, p : number of replicas R and the modulus (vocabulary p + 1, p answer classes).
+    classes : columns of the readout W_U: p (default) or p + 1 (Nanda et al.'s, "=" too).
     d_model, n_heads, d_mlp : widths (Nanda et al.: 128, 4, 512; d_head = d_model / n_heads).
     init_scale : multiplies every initial weight. The init is Nanda et al.'s: every weight
         matrix and embedding N(0, 1/d_model), except the unembedding W_U, N(0, 1/(p + 1))
@@ -98,14 +101,18 @@ class TransformerEnsemble:
         self, replicas: int, p: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512,
         init_scale: float = 1.0, generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        classes: int | None = None,
     ):
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+        classes = p if classes is None else classes
+        if classes not in (p, p + 1):
+            raise ValueError(f"classes must be p ({p}) or p + 1, got {classes}")
         self.p, self.n_heads, self.d_head = p, n_heads, d_model // n_heads
         vocab, d, h, dh = p + 1, d_model, n_heads, self.d_head
         shapes = {"W_E": (vocab, d), "W_pos": (3, d), "W_Q": (h, d, dh), "W_K": (h, d, dh),
                   "W_V": (h, d, dh), "W_O": (h, dh, d), "W_in": (d, d_mlp), "b_in": (d_mlp,),
-                  "W_out": (d_mlp, d), "b_out": (d,), "W_U": (d, p)}
+                  "W_out": (d_mlp, d), "b_out": (d,), "W_U": (d, classes)}
         self.param_names = list(PARAM_NAMES)
         self.decay_mask = [name.startswith("W_") for name in self.param_names]
         self.params = []
@@ -164,7 +171,8 @@ class TransformerEnsemble:
                         resid2 @ W_U)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        """Logits [R, B, p] over the answers, for ``pairs`` [R, B, 2] (long, each < p)."""
+        """Logits [R, B, classes] (the answers, then "=" when classes is p + 1), for
+        ``pairs`` [R, B, 2] (long, each < p)."""
         return self._forward(pairs).logits
 
     def _grad_buffers(self, b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
+from escapestat.models.grokking.transformer.spec import READOUTS
 from escapestat.models.grokking.trial import GrokTrial
 
 
@@ -19,4 +20,5 @@ class TransformerTrial(GrokTrial):
                       device: torch.device) -> TransformerEnsemble:
         m = study.model
         return TransformerEnsemble(replicas, study.task.p, m.d_model, m.n_heads, m.d_mlp,
-                                   m.init_scale, generator=generator, dtype=dtype, device=device)
+                                   m.init_scale, generator=generator, dtype=dtype, device=device,
+                                   classes=study.task.p + READOUTS[m.readout])

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from escapestat.models.grokking.spec import GrokkingSpec
 
+#: ``readout`` → classes beyond p.
+READOUTS = {"p": 0, "p+1": 1}
+
 
 @dataclass(frozen=True)
 class TransformerSpec(GrokkingSpec):
@@ -17,11 +20,16 @@ class TransformerSpec(GrokkingSpec):
     """Attention heads."""
     d_mlp: int = 512
     """Hidden units of the MLP block."""
+    readout: str = "p"
+    """Classes the logits cover: "p" (the answers) or "p+1" (the answers and "=", as Nanda
+    et al.'s unembedding over the whole vocabulary)."""
 
     def check_model(self, bad) -> None:
         if min(self.d_model, self.n_heads, self.d_mlp) < 1 or self.d_model % self.n_heads:
             bad("[model]", "d_model, n_heads and d_mlp must be ≥ 1, d_model a multiple of "
                 "n_heads")
+        if self.readout not in READOUTS:
+            bad("[model] readout", f"must be 'p' or 'p+1', got {self.readout!r}")
 
     def sizes(self, p: int, batch: int) -> tuple[int, int]:
         d = self.d_model
