@@ -106,8 +106,15 @@ transformer engines on modular addition against their naive and vmap baselines, 
 join the JSON line as ``mlp_speedup_vs_naive``, ``mlp_speedup_vs_vmap``, ``mlp_gflops``
 and ``transformer_speedup_vs_naive``. Those engines train on data, so no shortcut there.
 
+p = 113 section (last; ``--no-p113`` skips it): Nanda et al.'s transformer at research
+scale, the engine (R 8) against a careful researcher's plain ``nn.Module`` loop, as
+``benchmarks/transformer113.py`` runs it alone (its docstring says how); its figures join
+the JSON line as ``transformer113_speedup_vs_plain``, ``transformer113_gflops`` and the
+rest of that script's keys (with ``--busy K`` also the slow-downs under K competitors).
+
     python benchmarks/throughput.py [--device auto|cpu|cuda] [--quick] [--steps N]
                                     [--threads N] [--repeats N] [--no-grokking]
+                                    [--no-p113] [--busy K]
 """
 
 from __future__ import annotations
@@ -125,6 +132,7 @@ from grok_throughput import grokking_section
 from timing import measure, pick_device
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
+from transformer113 import p113_section
 
 from escapestat.models.deep_linear._ensemble import (
     VECTOR_MIN_REPLICAS,
@@ -523,6 +531,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-grokking", action="store_true",
                         help="skip the grokking section (MLP and transformer engines)")
+    parser.add_argument("--no-p113", action="store_true",
+                        help="skip the p = 113 transformer section")
+    parser.add_argument("--busy", type=int, default=0, metavar="K",
+                        help="p = 113 section: also time with K CPU-bound competitors")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -611,6 +623,9 @@ def main() -> None:
         print()
         grok = grokking_section(device, args.quick, repeats=args.repeats)
         figures |= {k: v for k, v in grok.items() if k != "matmul_gflops"}
+    if not args.no_p113:
+        print()
+        figures |= p113_section(device, args.quick, repeats=args.repeats, busy=args.busy)
     print(f"wall time {time.perf_counter() - began:.0f} s")
     print(json.dumps(figures))
 
