@@ -31,7 +31,7 @@ from escapestat.engine._storage import (
     ChunkCheckpoint,
     device_text,
 )
-from escapestat.models._threads import cpu_threads
+from escapestat.models._threads import ThreadGovernor, cpu_threads
 from escapestat.models.base import Hyper, ReplicaModel, torch_dtype
 from escapestat.stats._stability import Q_END, Q_MID, Q_MID_STEP
 
@@ -203,10 +203,12 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
     a state saved earlier for this chunk is continued from, byte-identical to a run that
     was never interrupted.
 
-    The model's class says how many CPU threads a chunk uses (a deep linear step too
-    small to share out: one) and whether denormals are flushed to zero on the CPU (the
-    grokking models: saturated softmax probabilities underflow to denormals, and CPU
-    matmuls over them can run ~100× slower); that flag is process-wide (numpy too), so it
+    The model's class says how many CPU threads a chunk uses at most (a deep linear step
+    too small to share out: one; below that, ``ThreadGovernor`` keeps the steps on the
+    count that runs them fastest on a busy machine) and whether denormals are flushed to
+    zero on the CPU (the grokking models: saturated softmax probabilities underflow to
+    denormals, and CPU matmuls over them can run ~100× slower); that flag is process-wide
+    (numpy too), so it
     is reset afterwards.
     """
     cls = model_class(study.model.kind)
@@ -215,7 +217,9 @@ def run_chunk_output(study: Study, conds: list[Condition], chunk: Chunk, device:
         torch.set_flush_denormal(True)
     try:
         with cpu_threads(cls.cpu_threads(study, len(chunk.condition)), device):
-            output = _run_chunk(study, conds, chunk, device, progress, watch, hold, checkpoint)
+            governor = ThreadGovernor(torch.get_num_threads() if device.type == "cpu" else 1)
+            output = _run_chunk(study, conds, chunk, device, progress, watch, hold, checkpoint,
+                                governor)
             output.device = device_text(device)
             return output
     finally:
@@ -283,9 +287,10 @@ class _LoopState:
 
 def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch.device,
                progress: Progress | None = None, watch: Watch | None = None,
-               hold: bool = False, checkpoint: ChunkCheckpoint | None = None) -> ChunkOutput:
+               hold: bool = False, checkpoint: ChunkCheckpoint | None = None,
+               governor: ThreadGovernor | None = None) -> ChunkOutput:
     """Start the chunk (or continue its checkpoint), train and check until every replica
-    is decided, then write its table."""
+    is decided, then write its table; ``governor`` picks the CPU threads of the steps."""
     cs = [conds[i] for i in chunk.condition]
     n, budget = len(cs), study.run.max_steps
     saved = checkpoint.load(device) if checkpoint is not None else None
@@ -297,7 +302,8 @@ def _run_chunk(study: Study, conds: list[Condition], chunk: Chunk, device: torch
         if saved is None:
             _leave_untrapped(loop, device)
         while loop.running(hold, budget):
-            _train_to_next_check(loop, study.escape.check_every, budget)
+            _train_to_next_check(loop, study.escape.check_every, budget,
+                                 governor or ThreadGovernor(1))
             _check(loop, budget, hold, device)
             _report(loop, chunk, n, budget, progress, watch)
             _save_if_due(loop, checkpoint, hold, budget)
@@ -336,10 +342,11 @@ def _leave_untrapped(loop: _LoopState, device: torch.device) -> None:
     loop.retire(untrapped, device)
 
 
-def _train_to_next_check(loop: _LoopState, every: int, budget: int) -> None:
+def _train_to_next_check(loop: _LoopState, every: int, budget: int,
+                         governor: ThreadGovernor) -> None:
     """``every`` training steps; fewer where the budget comes first."""
     for _ in range(min(every, budget - loop.t) if loop.t < budget else every):
-        loop.model.step(loop.t, loop.hyper.at(loop.t))
+        governor.step(lambda: loop.model.step(loop.t, loop.hyper.at(loop.t)))
         loop.t += 1
 
 
