@@ -307,7 +307,11 @@ def _table_report(path: Path, n_bootstrap: int, seed: int,
     from escapestat.stats._strata import condition_columns
     from escapestat.stats._survival import summarize
 
-    df = records.validate(records.read_table(path))
+    raw = records.read_table(path)
+    # Temperatures group the table and make its Arrhenius plot once they vary: checked then
+    # as arrhenius checks them (a column of one value is a label, as in a grokking run).
+    uses_t = "temperature" in raw.columns and raw["temperature"].nunique(dropna=False) > 1
+    df = records.validate(raw, records.Columns(temperature="temperature" if uses_t else None))
     grid = records.resolve_grid(None, path)
     group = next((c for c in ("condition", "temperature") if c in df.columns
                   and df[c].nunique() > 1), None)

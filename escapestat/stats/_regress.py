@@ -34,7 +34,7 @@ from escapestat.errors import EscapestatError, did_you_mean
 from escapestat.stats import _strata
 from escapestat.stats._poisson_glm import fit_poisson_glm
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
-from escapestat.table._records import TEMPERATURE, Columns, round_significant
+from escapestat.table._records import TEMPERATURE, Columns, round_significant, temperatures
 
 #: Functions a formula may call besides patsy's own (C, I, Q, center, standardize, ...).
 NAMESPACE = {"log": np.log, "log2": np.log2, "log10": np.log10, "exp": np.exp,
@@ -138,6 +138,8 @@ def _check_columns(df: pd.DataFrame, formula: Formula) -> pd.DataFrame:
     """Missing values anywhere, and under log(): numbers > 0. Returns the table with the
     logged columns as floats."""
     out = df.copy()
+    if TEMPERATURE in formula.columns:  # physics: checked as arrhenius checks it
+        out[TEMPERATURE] = temperatures(df, TEMPERATURE)
     for col in formula.columns:
         missing = df[col].isna().to_numpy()
         if missing.any():

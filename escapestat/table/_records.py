@@ -322,13 +322,20 @@ def validate(df: pd.DataFrame, columns: Columns = Columns()) -> pd.DataFrame:
             f"{_rows(df[columns.group].isna().to_numpy())}"
         )
     if columns.temperature is not None:
-        temps = _numeric(df, columns.temperature)
-        if (temps <= 0).any():
-            raise EscapestatError(
-                f"column {columns.temperature!r} must be > 0 at {_rows(temps <= 0)}"
-            )
-        out[columns.temperature] = temps
+        out[columns.temperature] = temperatures(df, columns.temperature)
     return out
+
+
+def temperatures(df: pd.DataFrame, col: str) -> np.ndarray:
+    """The temperature column as floats, each finite and > 0, or one error naming the rows:
+    every command that uses temperatures (``arrhenius``, ``report``, ``regress``) checks
+    them here."""
+    temps = _numeric(df, col)
+    if (temps <= 0).any():
+        raise EscapestatError(
+            f"column {col!r} must be > 0 at {_rows(temps <= 0)}; got {temps[temps <= 0][0]:g}"
+        )
+    return temps
 
 
 def load(path: str | os.PathLike, columns: Columns = Columns()) -> pd.DataFrame:

@@ -358,3 +358,37 @@ def test_fit_table_never_splits_a_number(tmp_path, columns):
     one_line = [c for c in cis if re.fullmatch(rf"{number}–{number}", c)]
     assert (len(one_line) == len(cis)) == (columns == 200)
     assert all(len(line) <= columns for line in done.stdout.splitlines())
+
+
+BAD_TEMPERATURES = {
+    "string": ("T0.01", "T0.02", "is not numeric at rows"),
+    "NaN": ("", "0.02", "has missing/NaN values at rows 1, 2"),
+    "negative": ("-0.01", "-0.02", "must be > 0 at rows"),
+}
+
+
+@pytest.mark.parametrize("command", ["arrhenius", "report", "regress"])
+@pytest.mark.parametrize("case", sorted(BAD_TEMPERATURES))
+def test_every_command_refuses_bad_temperatures_alike(cli, tmp_path, command, case):
+    """Two temperatures, one of them bad: arrhenius, report and regress (when its formula
+    uses temperature) print the same one line and exit 1."""
+    first, second, message = BAD_TEMPERATURES[case]
+    rows = [f"{1 + i % 7},1,{first if i < 20 else second}" for i in range(40)]
+    table = _write(tmp_path, "duration,event,temperature\n" + "\n".join(rows) + "\n")
+    extra = {"report": ["--out", tmp_path / "r.html"], "regress": ["I(-1/temperature)"],
+             "arrhenius": []}[command]
+    code, out, err = cli(command, table, *extra)
+    assert code == 1, out + err
+    assert err.startswith("error: column 'temperature' ") and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_one_valued_temperature_is_a_label_for_report(cli, tmp_path):
+    """A grokking run whose lr warms up from 0 labels its rows T = 0: report reads the table
+    (one temperature: no Arrhenius plot to make)."""
+    rows = [f"{10 + i},{i % 2},0" for i in range(20)]
+    table = _write(tmp_path, "duration,event,temperature\n" + "\n".join(rows) + "\n")
+    code, _, err = cli("report", table, "--out", tmp_path / "r.html")
+    assert code == 0, err
+    assert (tmp_path / "r.html").exists()
