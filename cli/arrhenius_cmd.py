@@ -11,7 +11,6 @@ from rich.table import Table
 from escapestat.report._figures import check_plot_path, plot_arrhenius
 from escapestat.stats._arrhenius import (
     ArrheniusFit,
-    check_theory_barrier,
     fit_arrhenius,
     with_temperature,
 )
@@ -36,6 +35,7 @@ from .options import (
     Pool,
     TableArg,
     Unit,
+    positive,
 )
 
 
@@ -122,7 +122,8 @@ def arrhenius(
     by: ByCols = None,
     pool: Pool = False,
     theory_barrier: Annotated[
-        float | None, typer.Option("--theory-barrier", help="Barrier (> 0) to compare with.")
+        float | None, typer.Option("--theory-barrier", help="Barrier (> 0) to compare with.",
+                                   callback=positive("--theory-barrier"))
     ] = None,
     grid: Grid = None,
     json_out: JsonOut = False,
@@ -142,7 +143,6 @@ def arrhenius(
 
     Example: escapestat arrhenius studies/examples/escapes.csv --plot arrhenius.png
     """
-    check_theory_barrier(theory_barrier)
     if plot is not None:
         check_plot_path(plot)
     grid = records.resolve_grid(grid, table)

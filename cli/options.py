@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -46,8 +47,20 @@ class Device(str, Enum):
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto (CUDA if present), cpu or "
                                                             "cuda.")]
+def positive(name: str):
+    """A typer callback: the option, when given, is a finite number > 0, else a usage error
+    (exit 2), as for any bad option value."""
+    def check(value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"must be a finite number > 0; got {value:g}",
+                                     param_hint=f"'{name}'")
+        return value
+    return check
+
+
 Grid = Annotated[float | None, typer.Option(
-    "--grid", help="Grid the durations sit on (the run's check_every): an escape recorded at "
+    "--grid", callback=positive("--grid"),
+    help="Grid the durations sit on (the run's check_every): an escape recorded at "
     "t happened in (t − grid, t] for the Weibull shape, the KS null and the frailty fit; "
     "default: check_every from a run.json beside TABLE.", show_default=False)]
 Bootstrap = Annotated[int, typer.Option(

@@ -9,11 +9,10 @@ import typer
 from rich.markup import escape
 
 from escapestat.report._page import write_report
-from escapestat.stats._arrhenius import check_theory_barrier
 from escapestat.stats._survival import KS_BOOTSTRAP
 
 from .common import domain_errors, err_console
-from .options import Bootstrap
+from .options import Bootstrap, positive
 
 
 @domain_errors
@@ -30,7 +29,7 @@ def report(
     theory_barrier: Annotated[float | None, typer.Option(
         "--theory-barrier", help="Barrier (> 0) to draw on the Arrhenius plot and compare "
         "the fit with (default: the run's own, when it knows one).",
-        show_default=False)] = None,
+        callback=positive("--theory-barrier"), show_default=False)] = None,
 ) -> None:
     """Write a report: metadata, per-condition statistics with the mechanism verdict,
     Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,
@@ -42,6 +41,5 @@ def report(
 
     Example: escapestat report runs/quickstart --out quickstart.html
     """
-    check_theory_barrier(theory_barrier)
     html, md = write_report(path, out, n_bootstrap=bootstrap, theory_barrier=theory_barrier)
     err_console.print(f"wrote {escape(str(html))} and {escape(str(md))}", highlight=False)

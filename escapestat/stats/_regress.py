@@ -55,6 +55,16 @@ def _one_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _first_sentence(exc: Exception, limit: int = 160) -> str:
+    """An exception's first sentence (lifelines' messages go on with numbered tips), whole
+    words up to ``limit`` characters, closed by a full stop or an ellipsis."""
+    line = _one_line(exc)
+    sentence = line.split(". ")[0].rstrip(".")
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " …"
+    return sentence if sentence.endswith("…") else sentence + "."
+
+
 @dataclass(frozen=True)
 class Formula:
     """A parsed right-hand side: its text, the table columns it reads, and those under log().
@@ -271,7 +281,7 @@ def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
         log_rho = float(aft.params_[("rho_", _INTERCEPT)])
         se_rho = float(aft.standard_errors_[("rho_", _INTERCEPT)])
     except Exception as exc:  # lifelines raises several types when the fit cannot converge
-        return {"terms": None, "shape": None, "shape_ci": None, "note": _one_line(exc)[:120]}
+        return {"terms": None, "shape": None, "shape_ci": None, "note": _first_sentence(exc)}
     return {"terms": terms, "shape": math.exp(log_rho),
             "shape_ci": (math.exp(log_rho - z * se_rho), math.exp(log_rho + z * se_rho))}
 

@@ -252,7 +252,7 @@ def _events(df: pd.DataFrame, col: str) -> np.ndarray:
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         raise EscapestatError(
-            f"column {col!r} must be 0 (censored) or 1 (escaped); got {values[bad][0]:g} at "
+            f"column {col!r} must be 0 (censored) or 1 (escaped); got {float(values[bad][0])!r} at "
             f"{_rows(bad)}"
         )
     return values.astype(int)
@@ -331,9 +331,10 @@ def temperatures(df: pd.DataFrame, col: str) -> np.ndarray:
     every command that uses temperatures (``arrhenius``, ``report``, ``regress``) checks
     them here."""
     temps = _numeric(df, col)
-    if (temps <= 0).any():
+    bad = temps <= 0
+    if bad.any():
         raise EscapestatError(
-            f"column {col!r} must be > 0 at {_rows(temps <= 0)}; got {temps[temps <= 0][0]:g}"
+            f"column {col!r} must be > 0 at {_rows(bad)}; got {float(temps[bad][0])!r}"
         )
     return temps
 

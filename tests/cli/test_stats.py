@@ -165,8 +165,16 @@ def test_help_unchanged(cli):
 def test_bad_theory_barrier_one_line_before_fitting(cli, tmp_path, value):
     one = _write(tmp_path, "duration,event,temperature\n5,1,0.1\n", "one.csv")  # unfittable
     code, out, err = cli("arrhenius", one, "--theory-barrier", value)
-    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
-    assert "theory barrier must be a finite number > 0" in err
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "Invalid value for '--theory-barrier': must be a finite number > 0" in err
+
+
+@pytest.mark.parametrize("args", [["fit", "--grid", "-10"], ["arrhenius", "--grid", "0"],
+                                  ["report", "--theory-barrier", "-1"]])
+def test_bad_option_values_are_usage_errors(cli, ladder_csv, args):
+    code, out, err = cli(args[0], ladder_csv, *args[1:])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: Invalid value for '{args[1]}': must be a finite number > 0")
 
 
 @pytest.mark.parametrize("command", ["fit", "arrhenius"])
@@ -305,7 +313,7 @@ def test_fit_grid_option_and_run_json(cli, tmp_path):
 @pytest.mark.parametrize("value", ["0", "-10", "nan"])
 def test_fit_bad_grid(cli, tmp_path, value):
     code, out, err = cli("fit", _grid_table(tmp_path), "--grid", value)
-    assert code == 1 and out == "" and "--grid must be a positive number" in err
+    assert code == 2 and out == "" and "'--grid': must be a finite number > 0" in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -392,3 +400,8 @@ def test_a_one_valued_temperature_is_a_label_for_report(cli, tmp_path):
     code, _, err = cli("report", table, "--out", tmp_path / "r.html")
     assert code == 0, err
     assert (tmp_path / "r.html").exists()
+
+
+def test_an_almost_one_event_is_shown_with_its_digits(cli, tmp_path):
+    code, _, err = cli("fit", _write(tmp_path, "duration,event\n1,1.0000001\n2,0\n"))
+    assert code == 1 and "got 1.0000001 at row 1" in err

@@ -215,3 +215,16 @@ def test_cli_by_and_errors(cli, grid_csv):
     assert line.startswith("error:") and "did you mean 'weight_decay'" in line
     code, out, _ = cli("regress", "--help")
     assert code == 0 and "Example: escapestat regress" in out
+
+
+def test_a_failed_aft_note_is_a_whole_sentence():
+    from escapestat.stats._regress import _first_sentence
+
+    lifelines_like = ValueError(
+        "Convergence halted due to matrix inversion problems. Suspicion is high collinearity."
+        " Please see the following tips in the lifelines documentation: https://lifelines."
+        "readthedocs.io/en/latest/Examples.html#problems-with-convergence\nMatrix is singular.")
+    assert _first_sentence(lifelines_like) == ("Convergence halted due to matrix inversion "
+                                               "problems.")
+    long = _first_sentence(ValueError("word " * 100))
+    assert long.endswith("word …") and len(long) <= 162
