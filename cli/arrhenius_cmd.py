@@ -82,6 +82,8 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
         alo, ahi = aft["barrier_ci"]
         _say(f"Weibull AFT     = {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
              f"  (shape {aft['shape']:.3g})")
+    elif aft.get("note"):
+        _say(f"Weibull AFT did not fit: {escape(aft['note'])}")
     _print_frailty(fit.frailty)
     if "theory_barrier" in payload:
         rlo, rhi = payload["barrier_ratio_ci"]

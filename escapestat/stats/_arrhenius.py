@@ -15,7 +15,6 @@ totals stay Poisson-like while the barrier is biased): the gamma-frailty fit bes
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from escapestat.errors import EscapestatError
+from escapestat.stats._aft import first_sentence, fit_weibull_aft
 from escapestat.stats._poisson_glm import (  # noqa: F401 (re-exported)
     MODERATED,
     PRIOR_DF,
@@ -138,8 +138,6 @@ def aggregate(df: pd.DataFrame, columns: Columns) -> pd.DataFrame:
 
 def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> dict:
     """Cross-check: lifelines WeibullAFTFitter with log λ = a + b/T, so b is the barrier."""
-    from lifelines import WeibullAFTFitter
-
     data = pd.DataFrame(
         {
             "duration": df[columns.duration].to_numpy(dtype=float),
@@ -151,14 +149,12 @@ def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> dict:
     scale = float(np.median(data["inv_temperature"]))
     data["inv_temperature"] /= scale
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aft = WeibullAFTFitter(alpha=1 - level).fit(data, "duration", "event")
+        aft = fit_weibull_aft(data, level)
         coef = float(aft.params_[("lambda_", "inv_temperature")]) / scale
         se = float(aft.standard_errors_[("lambda_", "inv_temperature")]) / scale
         shape = float(np.exp(aft.params_[("rho_", "Intercept")]))
     except Exception as exc:  # lifelines raises several types when the fit cannot converge
-        return {"barrier": None, "barrier_ci": None, "shape": None, "note": str(exc)[:120]}
+        return {"barrier": None, "barrier_ci": None, "shape": None, "note": first_sentence(exc)}
     z = stats.norm.ppf(0.5 + level / 2)
     return {"barrier": coef, "barrier_ci": (coef - z * se, coef + z * se), "shape": shape}
 

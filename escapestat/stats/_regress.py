@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import builtins
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import TypedDict
 
@@ -32,6 +31,7 @@ from scipy import stats
 
 from escapestat.errors import EscapestatError, did_you_mean
 from escapestat.stats import _strata
+from escapestat.stats._aft import first_sentence, fit_weibull_aft
 from escapestat.stats._poisson_glm import fit_poisson_glm
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import TEMPERATURE, Columns, round_significant, temperatures
@@ -53,16 +53,6 @@ def _patsy():
 def _one_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _first_sentence(exc: Exception, limit: int = 160) -> str:
-    """An exception's first sentence (lifelines' messages go on with numbered tips), whole
-    words up to ``limit`` characters, closed by a full stop or an ellipsis."""
-    line = _one_line(exc)
-    sentence = line.split(". ")[0].rstrip(".")
-    if len(sentence) > limit:
-        sentence = sentence[:limit].rsplit(" ", 1)[0] + " …"
-    return sentence if sentence.endswith("…") else sentence + "."
 
 
 @dataclass(frozen=True)
@@ -258,8 +248,6 @@ def _p_value(estimate: float, se: float, nu: float) -> float:
 def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
     """Cross-check: lifelines WeibullAFTFitter, log λ = a + xᵀb on the replica rows; b are
     exponents of τ (log τ = log λ + log Γ(1 + 1/ρ)), ρ the Weibull shape."""
-    from lifelines import WeibullAFTFitter
-
     names = [c for c in x.columns if c != _INTERCEPT]
     data = pd.DataFrame({f"x{j}": x[c].to_numpy(dtype=float) for j, c in enumerate(names)})
     centre, spread = data.mean(), data.std(ddof=0).replace(0, 1.0)
@@ -268,9 +256,7 @@ def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
     data["event"] = np.asarray(events, dtype=int)
     z = float(stats.norm.ppf(0.5 + level / 2))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aft = WeibullAFTFitter(alpha=1 - level).fit(data, "duration", "event")
+        aft = fit_weibull_aft(data, level)
         terms = []
         for j, name in enumerate(names):
             b = float(aft.params_[("lambda_", f"x{j}")]) / spread.iloc[j]
@@ -281,7 +267,7 @@ def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
         log_rho = float(aft.params_[("rho_", _INTERCEPT)])
         se_rho = float(aft.standard_errors_[("rho_", _INTERCEPT)])
     except Exception as exc:  # lifelines raises several types when the fit cannot converge
-        return {"terms": None, "shape": None, "shape_ci": None, "note": _first_sentence(exc)}
+        return {"terms": None, "shape": None, "shape_ci": None, "note": first_sentence(exc)}
     return {"terms": terms, "shape": math.exp(log_rho),
             "shape_ci": (math.exp(log_rho - z * se_rho), math.exp(log_rho + z * se_rho))}
 

@@ -218,7 +218,7 @@ def test_cli_by_and_errors(cli, grid_csv):
 
 
 def test_a_failed_aft_note_is_a_whole_sentence():
-    from escapestat.stats._regress import _first_sentence
+    from escapestat.stats._aft import first_sentence as _first_sentence
 
     lifelines_like = ValueError(
         "Convergence halted due to matrix inversion problems. Suspicion is high collinearity."
