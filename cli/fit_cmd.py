@@ -34,6 +34,13 @@ def _fmt(x, digits: int = 4) -> str:
     return "—" if x is None or x != x else f"{x:.{digits}g}"
 
 
+def _rmst_interval(ci) -> tuple[str, str] | str:
+    """The RMST's CI, or "not estimable" (with the sure bound μ ≤ h where there is one)."""
+    if ci[0] is not None:
+        return _interval(ci)
+    return "not estimable" + (f" (≤ {_fmt(ci[1], 3)})" if ci[1] is not None else "")
+
+
 def _interval(ci) -> tuple[str, str]:
     return _fmt(ci[0], 3), "∞" if ci[1] is None or ci[1] == float("inf") else _fmt(ci[1], 3)
 
@@ -58,7 +65,7 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
         "  CI  ": lambda s: _interval(s.median_ci),
         "RMST": lambda s: _fmt(s.rmst),
         "  horizon": lambda s: _fmt(s.rmst_horizon, 3),
-        "  CI   ": lambda s: _interval(s.rmst_ci),
+        "  CI   ": lambda s: _rmst_interval(s.rmst_ci),
         "Weibull shape": lambda s: _fmt(s.weibull_shape, 3),
         "  CI    ": lambda s: _interval(s.weibull_shape_ci),
         "KS p vs exp": lambda s: _fmt(s.poisson_pvalue, 3),

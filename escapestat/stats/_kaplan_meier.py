@@ -81,9 +81,12 @@ class KaplanMeierMedian:
     Rules. "≤ 1/2" means ≤ 1/2 + 1e-9, so S = 1/2 exactly (k of 2k escaped, none censored
     before) gives t_(k) whatever the rounding of the product. Where S = 0 the band is
     undefined: the lower band is taken as 0 there (its limit; it lies below S), so a
-    reached median always has a lower limit; the upper band is not extended, so an upper
-    limit not reached while S > 0 is None, never the time the KM drops to 0 (n = 1 gives
-    (t_1, None)). None means "not reached" for the median and both limits.
+    reached median always has a lower limit. The upper band at the step where S falls to 0
+    (all n_j at risk escape) is the band before it times the exact binomial bound on the
+    step's survival, 1 − (α/2)^(1/n_j) (no survivor of n_j); so a step of ≥ 6 ties ends the
+    band below ½ (n identical escapes at t give (t, t), the order-statistic CI of a tied
+    sample), while n = 1 gives (t_1, None). None means "not reached" for the median and
+    both limits.
 
     Attributes
     ----------
@@ -92,7 +95,7 @@ class KaplanMeierMedian:
     """
 
     def fit(self, durations, events, level: float = LEVEL) -> KaplanMeierMedian:
-        t, _, _, surv, greenwood = _km_at_escapes(durations, events)
+        t, _, at_risk, surv, greenwood = _km_at_escapes(durations, events)
         z = stats.norm.ppf(0.5 + level / 2)
         lower, upper = np.zeros_like(surv), np.full_like(surv, np.nan)
         alive = surv > 0
@@ -100,6 +103,10 @@ class KaplanMeierMedian:
         half_width = z * np.sqrt(greenwood[alive]) / -log_s
         lower[alive] = np.exp(-np.exp(np.log(-log_s) + half_width))
         upper[alive] = np.exp(-np.exp(np.log(-log_s) - half_width))
+        if not alive.all():  # the step where every replica still at risk escaped
+            j = int(np.argmin(alive))
+            before = upper[j - 1] if j else 1.0
+            upper[j] = before * (1 - ((1 - level) / 2) ** (1 / at_risk[j]))
 
         def first_half(curve: np.ndarray) -> float | None:
             hit = np.flatnonzero(curve <= 0.5 + HALF_TOL)  # NaN (undefined) never hits
@@ -121,11 +128,13 @@ class RestrictedMean:
     The sum is Klein & Moeschberger's (§4.5; steps with n_j = d_j have A_j = 0). Without
     censoring it is the plug-in variance of mean(min(t, h)), so n/(n − 1) makes it the
     unbiased s²/n. The CI is normal on the logit of μ/h (0 < μ ≤ h): it stays in (0, h) and
-    skews as small samples do. No escape before h: μ̂ = h, variance 0, the CI collapses.
+    skews as small samples do. Where the variance is 0 — no escape before h (μ̂ = h), or
+    every replica escaped at one time — the data cannot say how far below h (or that
+    time) μ lies: the CI is (None, h) or (None, None), "not estimable", never a point.
 
     Attributes
     ----------
-    rmst_, rmst_ci_, se_ : μ̂, its interval and standard error.
+    rmst_, rmst_ci_, se_ : μ̂, its interval (a limit None where not estimable) and SE.
     horizon_ : h (default: the largest observed time).
     """
 
@@ -145,7 +154,7 @@ class RestrictedMean:
         self.rmst_ = float((t[0] if t.size else h) + pieces.sum())
         self.se_ = float(np.sqrt(n / max(n - 1, 1) * terms.sum()))
         if self.rmst_ >= h or self.se_ == 0:
-            self.rmst_ci_ = (self.rmst_, self.rmst_)
+            self.rmst_ci_ = (None, h if self.rmst_ >= h else None)
             return self
         z = stats.norm.ppf(0.5 + level / 2)
         centre = math.log(self.rmst_ / (h - self.rmst_))

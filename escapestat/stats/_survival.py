@@ -72,7 +72,7 @@ class GroupSummary:
     median_ci: tuple[float | None, float | None]
     median_reached: bool
     rmst: float
-    rmst_ci: tuple[float, float]
+    rmst_ci: tuple[float | None, float | None]
     rmst_horizon: float
     weibull_shape: float
     weibull_shape_ci: tuple[float, float]

@@ -319,3 +319,21 @@ def test_a_median_without_an_upper_limit_says_why(cli, tmp_path):
     code, out, err = cli("fit", path)
     assert code == 0, err
     assert "no upper CI" in out and "censoring" in out
+
+
+def test_no_falsely_certain_intervals():
+    """RMST with no escape before the horizon h: μ ≤ h is sure, its lower limit is not
+    estimable (never the point [h, h]); n tied escapes: the median's CI is the tied time,
+    the order-statistic CI, not (t, ∞), while one escape alone has no upper limit."""
+    from escapestat.stats._kaplan_meier import KaplanMeierMedian, RestrictedMean
+
+    rm = RestrictedMean().fit(np.array([5.0]), np.array([0]))
+    assert rm.rmst_ == 5.0 and rm.rmst_ci_ == (None, 5.0)
+    late = RestrictedMean().fit(np.array([3.0, 4.0, 9.0, 9.0]), np.array([0, 0, 0, 1]))
+    assert late.rmst_ == 9.0 and late.rmst_ci_ == (None, 9.0)  # the escape is at h itself
+    tied = RestrictedMean().fit(np.full(6, 50.0), np.ones(6, dtype=int))
+    assert tied.rmst_ci_ == (None, 50.0)
+    assert KaplanMeierMedian().fit(np.full(6, 50.0), np.ones(6)).median_ci_ == (50.0, 50.0)
+    assert KaplanMeierMedian().fit(np.array([7.0]), np.array([1])).median_ci_ == (7.0, None)
+    # the binomial bound: with 2 tied escapes the step's survival may still be ≥ 0.84
+    assert KaplanMeierMedian().fit(np.full(2, 50.0), np.ones(2)).median_ci_ == (50.0, None)
