@@ -153,6 +153,7 @@ class RestrictedMean:
         self.horizon_ = h
         self.rmst_ = float((t[0] if t.size else h) + pieces.sum())
         self.se_ = float(np.sqrt(n / max(n - 1, 1) * terms.sum()))
+        self.rmst_ci_: tuple[float | None, float | None]
         if self.rmst_ >= h or self.se_ == 0:
             self.rmst_ci_ = (None, h if self.rmst_ >= h else None)
             return self

@@ -357,7 +357,7 @@ def test_report_draws_a_given_theory_barrier_and_flags_heterogeneity(cli, tmp_pa
     assert "theory 0.0164, fitted/theory" in md
     assert "the replicas escape at different rates" in md
     code, _, err = cli("report", path, "--theory-barrier", -1)
-    assert code == 1 and "must be a finite number > 0" in err
+    assert code == 2 and "must be a finite number > 0" in err
 
 
 def test_learning_curves_draw_the_threshold_and_labels_say_full_batch():
