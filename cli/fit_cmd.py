@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -28,6 +29,13 @@ from .options import (
     TableArg,
     Unit,
 )
+
+
+class CiTransform(str, Enum):
+    """The KM band's scale: a choice, so a typo is a usage error (exit 2)."""
+
+    log_log = "log-log"
+    log = "log"
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -105,6 +113,9 @@ def fit(
     bootstrap: Bootstrap = survival.KS_BOOTSTRAP,
     seed: BootstrapSeed = 0,
     unit: Unit = "steps",
+    ci_transform: Annotated[CiTransform, typer.Option(
+        "--ci-transform", help="Scale of the KM median's band: log-log (lifelines') or log "
+        "(R survfit's default conf.type).")] = CiTransform.log_log,
 ) -> None:
     """Escape rate, mean and median escape time with 95% CIs under right-censoring.
 
@@ -125,7 +136,8 @@ def fit(
     df = records.load(table, columns)
     strata = fit_strata(df, group_col, by or (), pool)
     results = fit_each(strata, lambda rows: GroupSummaries(tuple(survival.summarize(
-        rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid, threshold=threshold))))
+        rows, columns, n_bootstrap=bootstrap, seed=seed, grid=grid, threshold=threshold,
+        ci_transform=ci_transform.value))))
     for r in results:
         note_pooled(r.stratum)
     if plot is not None:

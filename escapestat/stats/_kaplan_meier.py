@@ -65,6 +65,10 @@ def _km_at_escapes(durations, events):
     return t, d, r, np.cumprod(1.0 - d / r), greenwood
 
 
+#: Scales of the KM band: lifelines' log(−log) (escapestat's default) and R's log.
+CI_TRANSFORMS = ("log-log", "log")
+
+
 class KaplanMeierMedian:
     r"""Kaplan–Meier median escape time with the log(−log) Greenwood (Brookmeyer–Crowley) CI.
 
@@ -74,9 +78,10 @@ class KaplanMeierMedian:
         \sigma^2(t) = \sum_{t_j \le t} \frac{d_j}{n_j (n_j - d_j)}
 
     The pointwise band is :math:`\hat S^{\exp(\pm z \sigma / \log \hat S)}` (lifelines'
-    "exponential Greenwood"); the CI for m is the set of times where it contains 1/2, so
-    its lower limit is the first t_j at which the lower band is ≤ 1/2 and its upper limit
-    the first at which the upper band is.
+    "exponential Greenwood"; R's ``survfit`` defaults to the log band
+    :math:`\hat S e^{\pm z\sigma}`, ``transform="log"``); the CI for m is the set of
+    times where it contains 1/2, so its lower limit is the first t_j at which the lower
+    band is ≤ 1/2 and its upper limit the first at which the upper band is.
 
     Rules. "≤ 1/2" means ≤ 1/2 + 1e-9, so S = 1/2 exactly (k of 2k escaped, none censored
     before) gives t_(k) whatever the rounding of the product. Where S = 0 the band is
@@ -94,15 +99,25 @@ class KaplanMeierMedian:
     median_ci_ : (lo, hi), each None when not reached.
     """
 
-    def fit(self, durations, events, level: float = LEVEL) -> KaplanMeierMedian:
+    def fit(self, durations, events, level: float = LEVEL,
+            transform: str = "log-log") -> KaplanMeierMedian:
+        """``transform``: the band's scale, "log-log" (default, lifelines') or "log" (R
+        survfit's default ``conf.type``: S·exp(±zσ), capped at 1)."""
+        if transform not in CI_TRANSFORMS:
+            raise ValueError(f"transform must be one of {CI_TRANSFORMS}, got {transform!r}")
         t, _, at_risk, surv, greenwood = _km_at_escapes(durations, events)
         z = stats.norm.ppf(0.5 + level / 2)
         lower, upper = np.zeros_like(surv), np.full_like(surv, np.nan)
         alive = surv > 0
         log_s = np.log(surv[alive])
-        half_width = z * np.sqrt(greenwood[alive]) / -log_s
-        lower[alive] = np.exp(-np.exp(np.log(-log_s) + half_width))
-        upper[alive] = np.exp(-np.exp(np.log(-log_s) - half_width))
+        if transform == "log":
+            sigma = np.sqrt(greenwood[alive])
+            lower[alive] = np.exp(log_s - z * sigma)
+            upper[alive] = np.minimum(np.exp(log_s + z * sigma), 1.0)
+        else:
+            half_width = z * np.sqrt(greenwood[alive]) / -log_s
+            lower[alive] = np.exp(-np.exp(np.log(-log_s) + half_width))
+            upper[alive] = np.exp(-np.exp(np.log(-log_s) - half_width))
         if not alive.all():  # the step where every replica still at risk escaped
             j = int(np.argmin(alive))
             before = upper[j - 1] if j else 1.0

@@ -98,6 +98,7 @@ def describe(
     grid: float | None = None,
     noiseless: bool = False,
     trend: Trend | None = None,
+    ci_transform: str = "log-log",
 ) -> GroupSummary:
     """Summarise one condition's escape times (see the module docstring for the estimators).
 
@@ -106,13 +107,14 @@ def describe(
     ``noiseless``: the times come from a run without noise (full batch), so the verdict is
     never ``activated`` (``verdict.mechanism``).
     ``trend``: how the censored replicas' order parameter moved (``stability.trend``).
+    ``ci_transform``: the KM median band's scale, "log-log" or R's "log".
     """
     durations = np.asarray(durations, dtype=float)
     events = np.asarray(events, dtype=int)
     if durations.size == 0:
         raise EscapestatError(f"group {group!r} has no rows")
     rate = ExponentialRate().fit(durations, events, level)
-    median = KaplanMeierMedian().fit(durations, events, level)
+    median = KaplanMeierMedian().fit(durations, events, level, ci_transform)
     rmst = RestrictedMean().fit(durations, events, level=level)
     shape, shape_ci = weibull_shape(durations, events, level, grid=grid)
     rng = np.random.default_rng(seed)
@@ -154,6 +156,7 @@ def summarize(
     seed: int = 0,
     grid: float | None = None,
     threshold: float | None = None,
+    ci_transform: str = "log-log",
 ) -> list[GroupSummary]:
     """One ``GroupSummary`` per value of the group column (or one group named "all");
     ``threshold``: the run's escape threshold, for the trend of groups with no escapes."""
@@ -171,6 +174,7 @@ def summarize(
             seed=seed,
             grid=grid,
             trend=stability.trend(part, threshold),
+            ci_transform=ci_transform,
         )
         for key, part in parts
     ]

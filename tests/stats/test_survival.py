@@ -337,3 +337,21 @@ def test_no_falsely_certain_intervals():
     assert KaplanMeierMedian().fit(np.array([7.0]), np.array([1])).median_ci_ == (7.0, None)
     # the binomial bound: with 2 tied escapes the step's survival may still be ≥ 0.84
     assert KaplanMeierMedian().fit(np.full(2, 50.0), np.ones(2)).median_ci_ == (50.0, None)
+
+
+def test_km_median_ci_matches_r_on_lung_with_either_transform():
+    """R's survfit(Surv(time, status) ~ 1, data = lung) gives median 310, 95% CI [285, 363]
+    with its default conf.type = "log" (figures from an independent review run in R); the
+    log(−log) band (escapestat's default, lifelines', R's conf.type = "log-log") gives
+    [284, 361]."""
+    from lifelines.datasets import load_lung
+
+    from escapestat.stats._kaplan_meier import KaplanMeierMedian
+
+    lung = load_lung()
+    t, e = lung["time"].to_numpy(float), lung["status"].to_numpy(int)
+    assert KaplanMeierMedian().fit(t, e, transform="log").median_ci_ == (285.0, 363.0)
+    default = KaplanMeierMedian().fit(t, e)
+    assert default.median_ == 310.0 and default.median_ci_ == (284.0, 361.0)
+    with pytest.raises(ValueError, match="transform must be one of"):
+        KaplanMeierMedian().fit(t, e, transform="plain")
