@@ -51,7 +51,7 @@ app = typer.Typer(
     name="escapestat",
     help="Escape-time statistics for metastable training dynamics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -84,5 +84,6 @@ for _name, _command in COMMANDS.items():
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m escapestat_cli``): the program is
+    "escapestat" whatever argv[0] says, so usage lines and shell completion agree."""
+    app(prog_name="escapestat")

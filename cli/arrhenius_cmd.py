@@ -80,8 +80,11 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
     aft = fit.weibull_aft
     if aft.get("barrier") is not None:
         alo, ahi = aft["barrier_ci"]
-        _say(f"Weibull AFT     = {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
-             f"  (shape {aft['shape']:.3g})")
+        what = ("=" if fit.direction == "faster with more noise" else
+                ": slope")  # no barrier: the cross-check is a slope too
+        _say(f"Weibull AFT     {what} {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
+             f"  (shape {aft['shape']:.3g}; CI assumes no extra scatter between "
+             f"temperatures)")
     elif aft.get("note"):
         _say(f"Weibull AFT did not fit: {escape(aft['note'])}")
     _print_frailty(fit.frailty)

@@ -74,7 +74,8 @@ def _print_fit(fit: RateRegression, unit: str, label: str | None) -> None:
     shape = fit.aft_.get("shape")
     if shape is not None:
         lo, hi = fit.aft_["shape_ci"]
-        _say(f"Weibull AFT shape ρ {shape:.3g} [{lo:.3g}, {hi:.3g}]")
+        _say(f"Weibull AFT shape ρ {shape:.3g} [{lo:.3g}, {hi:.3g}]; its intervals assume no "
+             "extra scatter between conditions")
         if not lo <= 1 <= hi:
             _say("  escape is not exponential (ρ ≠ 1): the GLM and AFT exponents need not "
                  "agree", style="yellow")

@@ -405,3 +405,31 @@ def test_a_one_valued_temperature_is_a_label_for_report(cli, tmp_path):
 def test_an_almost_one_event_is_shown_with_its_digits(cli, tmp_path):
     code, _, err = cli("fit", _write(tmp_path, "duration,event\n1,1.0000001\n2,0\n"))
     assert code == 1 and "got 1.0000001 at row 1" in err
+
+
+def test_shell_completion_completes_commands_and_options(tmp_path):
+    """``--install-completion`` writes the shell's script; the script asks the program
+    itself, as here, for the words that complete the line."""
+    cmd = [sys.executable, "-c", "from escapestat_cli.app import main; main()"]
+
+    def complete(words: str, cword: int) -> list[str]:
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword),
+               "_ESCAPESTAT_COMPLETE": "complete_bash"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
+                              cwd=tmp_path)
+        return done.stdout.split()
+
+    assert complete("escapestat arr", 1) == ["arrhenius"]
+    assert complete("escapestat fit --ci", 2) == ["--ci-transform"]
+
+
+def test_no_aft_barrier_beside_a_rate_that_does_not_rise(cli, tmp_path):
+    """A ladder whose rate falls with T has no barrier: the AFT cross-check is shown as a
+    slope, never as "Weibull AFT = …" beside "no barrier"."""
+    df = arrhenius_table(-0.03, -np.log(120), [0.01, 0.0075, 0.005], 96, 4e4, seed=3)
+    path = tmp_path / "falling.csv"
+    df.to_csv(path, index=False)
+    code, out, err = cli("arrhenius", path)
+    assert code == 0, err
+    assert "no barrier" in out and "Weibull AFT     : slope" in out
+    assert "Weibull AFT     =" not in out
