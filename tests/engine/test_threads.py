@@ -8,6 +8,8 @@ import os
 import pandas as pd
 import pytest
 import torch
+from testdata import FAST
+from testdata import GROK as _GROK
 
 from escapestat.config._study import conditions, parse_study
 from escapestat.engine import _loop
@@ -74,53 +76,13 @@ def test_one_thread_is_left_alone():
     assert gov.candidates == [1] and gov.last_probe == [] and machine.steps_at == {1: 10}
 
 
-GROK = """
-name = "threads-grok"
-[task]
-operation = "add"
-p = 23
-train_fraction = 0.7
-[model]
-kind = "mlp"
-width = 64
-[dynamics]
-noise = "sgd"
-lr = 2e-2
-weight_decay = 1.0
-batch_size = 64
-[escape]
-commit_steps = 40
-check_every = 20
-[run]
-replicas = 4
-max_steps = 200
-seed = 1
-"""
-
-WIDE_LINEAR = """
-name = "threads-linear"
-[model]
-depth = 3
-strengths = [1.5, 1.0]
-hidden = [64, 64]
-[data]
-kind = "population"
-[init]
-kind = "aligned"
-noise = 0.001
-[dynamics]
-noise = "langevin"
-lr = 0.25
-beta_over_beta_c = 0.5
-barrier_over_temperature = 1.5
-[escape]
-commit_steps = 20
-check_every = 10
-[run]
-replicas = 1024
-max_steps = 100
-seed = 3
-"""
+GROK = _GROK.replace("width = 128", "width = 64").replace("replicas = 8", "replicas = 4") \
+    .replace("max_steps = 800", "max_steps = 200")
+#: A deep linear ladder wide enough (1024 replicas of 64-unit layers) for bmm on 2 threads.
+WIDE_LINEAR = FAST.replace("strengths = [1.5, 1.0]", "strengths = [1.5, 1.0]\nhidden = [64, 64]") \
+    .replace("barrier_over_temperature = [1.5, 2.5]", "barrier_over_temperature = 1.5") \
+    .replace("replicas = 24", "replicas = 1024").replace("max_steps = 3000", "max_steps = 100") \
+    .replace("chunk_replicas = 20", "")
 
 KINDS = {
     "mlp": GROK,
@@ -138,6 +100,7 @@ def test_switching_threads_every_step_changes_no_result(kind, monkeypatch):
     """The governor may switch at any step; results must not notice. Here it probes at
     every step (2 threads, then 1, ...), against a run held on one thread."""
     study = parse_study(KINDS[kind])
+    assert study.model.kind == kind.split()[0].replace("deep", "deep_linear")
     conds = conditions(study)
     chunk = plan_chunks(study, conds)[0]
     cpu = torch.device("cpu")
