@@ -20,16 +20,19 @@ Before timing both are checked (float64, untimed) to give the same parameters af
 each (median of interleaved blocks, ``benchmarks/timing.py``), the ratio, and GFLOP/s
 from analytic counts (``engine_flops``, ``plain_flops``: the engine does ~40% fewer flops,
 since its attention works on the p + 4 rows of the embedding table rather than on every
-sample's three positions), beside a 2048² float32 matmul. ``--busy K`` repeats the timing
-with K CPU-bound competitor processes (a Python busy loop each) and reports each side's
-slow-down against the idle figures of the same invocation.
+sample's three positions), beside a 2048² float32 matmul. The engine is timed twice: on
+a fixed thread count, and "governed" — each step through ``ThreadGovernor`` as the run
+loop steps it (probing every 5 s here, every 30 s in a run). ``--busy K`` repeats the
+timing with K CPU-bound competitor processes (a Python busy loop each) and reports each
+side's slow-down against the idle figures of the same invocation.
 
     python benchmarks/transformer113.py [--device auto|cpu|cuda] [--quick] [--steps N]
                                         [--repeats N] [--threads N] [--busy K]
 
 The last line is one JSON object: ``transformer113_speedup_vs_plain``,
 ``transformer113_gflops``, ``transformer113_plain_gflops``, ``transformer113_s_per_replica_step``
-(and with ``--busy``: ``transformer113_busy_slowdown_engine``,
+(and with ``--busy``: ``transformer113_busy_slowdown_engine`` — governed, as a run —,
+``transformer113_busy_slowdown_engine_fixed_threads``,
 ``transformer113_busy_slowdown_plain``).
 """
 
@@ -47,6 +50,7 @@ from timing import measure, pick_device
 from torch import nn
 
 from escapestat.models._optimizers import AdamW
+from escapestat.models._threads import ThreadGovernor
 from escapestat.models.grokking._modular import make_task
 from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
@@ -219,12 +223,24 @@ def p113_section(device: torch.device, quick: bool = False, steps: int | None = 
     print(f"timing: median of {repeats} interleaved blocks of {steps} steps; engine R "
           f"{REPLICAS}, plain a loop over {PLAIN_REPLICAS} modules")
 
+    threads = torch.get_num_threads()
+
     def timed() -> dict[str, float]:
-        s = measure({"engine": (engine.step, steps), "plain": (plain.step, steps),
+        governor = ThreadGovernor(threads if device.type == "cpu" else 1, every=5.0)
+
+        def governed() -> None:  # as the engine's loop runs it; others keep all threads
+            torch.set_num_threads(governor.threads)
+            governor.step(engine.step)
+            torch.set_num_threads(threads)
+
+        s = measure({"engine": (engine.step, steps), "governed": (governed, steps),
+                     "plain": (plain.step, steps),
                      "matmul": (lambda: torch.mm(a, b, out=c), 3)}, repeats, device,
                     warmup_calls=1)
-        return {"engine": s["engine"] / REPLICAS, "plain": s["plain"] / PLAIN_REPLICAS,
-                "matmul": s["matmul"]}
+        print(f"  (governor's last probe, s/step by threads: "
+              f"{', '.join(f'{t}: {x:.3f}' for t, x in governor.last_probe) or 'none'})")
+        return {"engine": s["engine"] / REPLICAS, "governed": s["governed"] / REPLICAS,
+                "plain": s["plain"] / PLAIN_REPLICAS, "matmul": s["matmul"]}
 
     idle = timed()
     assert bool(model.finite().all()), "parameters blew up: timing would be meaningless"
@@ -234,8 +250,10 @@ def p113_section(device: torch.device, quick: bool = False, steps: int | None = 
     head = f"{'implementation':<12}{'s/replica-step':>16}{'GFLOP/s':>10}{'MFLOP/step':>12}"
     print(head)
     print("-" * len(head))
-    for impl, flops in (("engine", engine_flops(n)), ("plain", plain_flops(n))):
-        print(f"{impl:<12}{idle[impl]:>16.4f}{gflops[impl]:>10.1f}{flops / 1e6:>12.0f}")
+    for impl, flops in (("engine", engine_flops(n)), ("governed", engine_flops(n)),
+                        ("plain", plain_flops(n))):
+        print(f"{impl:<12}{idle[impl]:>16.4f}{flops / idle[impl] / 1e9:>10.1f}"
+              f"{flops / 1e6:>12.0f}")
     speedup = idle["plain"] / idle["engine"]
     print(f"a {MATMUL_N}² float32 matmul: {mm:.1f} GFLOP/s")
     print(f"engine vs plain loop {speedup:.2f}× per replica-step   target ≥ {TARGET:.0f}×  "
@@ -247,12 +265,17 @@ def p113_section(device: torch.device, quick: bool = False, steps: int | None = 
     if busy:
         with competitors(busy):
             loaded = timed()
-        slow = {impl: loaded[impl] / idle[impl] for impl in ("engine", "plain")}
-        print(f"with {busy} competing CPU-bound process{'es' if busy > 1 else ''}: engine "
-              f"{loaded['engine']:.4f} s ({slow['engine']:.2f}× idle), plain "
-              f"{loaded['plain']:.4f} s ({slow['plain']:.2f}× idle); engine vs plain "
-              f"{loaded['plain'] / loaded['engine']:.2f}×")
-        figures |= {"transformer113_busy_slowdown_engine": round(slow["engine"], 2),
+        impls = ("engine", "governed", "plain")
+        slow = {impl: loaded[impl] / idle[impl] for impl in impls}
+        print(f"with {busy} competing CPU-bound process{'es' if busy > 1 else ''} "
+              f"(s per replica-step, × idle):")
+        for impl in impls:
+            print(f"  {impl:<10}{loaded[impl]:>10.4f} s  {slow[impl]:5.2f}× idle")
+        print(f"  engine as the run loop steps it (governed) vs plain: "
+              f"{loaded['plain'] / loaded['governed']:.2f}×")
+        figures |= {"transformer113_busy_slowdown_engine": round(slow["governed"], 2),
+                    "transformer113_busy_slowdown_engine_fixed_threads":
+                        round(slow["engine"], 2),
                     "transformer113_busy_slowdown_plain": round(slow["plain"], 2)}
     return figures
 
