@@ -15,6 +15,7 @@ coverage and median width of the barrier CI under
                replica: it assumes no scatter between temperatures).
 
     python benchmarks/barrier_coverage.py [--datasets N] [--seed S] [--no-aft]
+                                          [--sigmas σ ...] [--replicas R ...]
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=400, help="ladders per cell")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--no-aft", action="store_true", help="skip the AFT column (slow)")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS),
+                        help="log-rate scatters to run (default: 0 0.1 0.2 0.3)")
+    parser.add_argument("--replicas", type=int, nargs="+", default=list(REPLICAS),
+                        help="replicas per temperature to run (default: 64 256)")
     args = parser.parse_args()
     began = time.perf_counter()
     rules = [r for r in RULES if r != "AFT" or not args.no_aft]
@@ -87,8 +92,8 @@ def main() -> None:
     print("-" * len(head))
     rng = np.random.default_rng(args.seed)
     for n_t, inv_t in LADDERS.items():
-        for replicas in REPLICAS:
-            for sigma in SIGMAS:
+        for replicas in args.replicas:
+            for sigma in args.sigmas:
                 hits = {r: [] for r in rules}
                 widths = {r: [] for r in rules}
                 phis = []
