@@ -9,7 +9,8 @@ lr 1e-3, wd 1, betas (0.9, 0.98). A researcher would write that as one ``nn.Modu
 What, side by side in one process, float32, full batch, every step:
 
   (a) engine: ``TransformerEnsemble.loss_and_grads`` (backward written out; the attention
-      on row tables, a C kernel on the CPU) + escapestat's fused AdamW, R = 8 replicas;
+      on row tables, a C kernel on the CPU) + escapestat's fused AdamW, R = 8 replicas
+      (``grok_throughput.Engine``, with its lr, weight decay, betas and eps);
   (b) plain: ``PlainNanda``, a careful researcher's module — it forms the query of the
       last position only, the keys and values of all three in one fused ``nn.Linear``,
       ``F.scaled_dot_product_attention``, and reads out the last position — with
@@ -43,20 +44,20 @@ import json
 import multiprocessing
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from grok_throughput import BETAS, EPS, LR, WD, Engine
 from timing import measure, pick_device
 from torch import nn
 
-from escapestat.models._optimizers import AdamW
 from escapestat.models._threads import ThreadGovernor
 from escapestat.models.grokking._modular import make_task
 from escapestat.models.grokking.transformer._ensemble import TransformerEnsemble
 
 P, FRACTION, D_MODEL, HEADS, D_MLP = 113, 0.3, 128, 4, 512
 CLASSES = P + 1  # Nanda et al.'s readout over the whole vocabulary
-LR, WD, BETAS, EPS = 1e-3, 1.0, (0.9, 0.98), 1e-8
 REPLICAS, PLAIN_REPLICAS, CHECK_STEPS = 8, 2, 3
 MATMUL_N = 2048
 TARGET = 3.0  # the engine's seconds per replica-step ≤ 1/3 of the plain loop's
@@ -102,20 +103,6 @@ def plain_from(model: TransformerEnsemble, r: int) -> PlainNanda:
     return m
 
 
-class Engine:
-    """The engine's step: loss and gradients written out, fused AdamW with [R] lr and wd."""
-
-    def __init__(self, model: TransformerEnsemble, pairs: torch.Tensor, labels: torch.Tensor):
-        self.model, self.pairs, self.labels = model, pairs, labels
-        self.opt = AdamW(model.params, betas=BETAS, eps=EPS)
-        like = model.params[0]
-        self.lr = torch.full((model.replicas,), LR, dtype=like.dtype, device=like.device)
-        self.wd = torch.full_like(self.lr, WD)
-
-    def step(self) -> None:
-        self.opt.step(self.model.loss_and_grads(self.pairs, self.labels)[1], self.lr, self.wd)
-
-
 class Plain:
     """A loop over plain modules, each with its own ``torch.optim.AdamW``, full batch."""
 
@@ -148,10 +135,10 @@ def check_agreement(device: torch.device) -> float:
     """Engine and plain modules reach the same parameters after ``CHECK_STEPS`` float64 steps."""
     model, pairs, labels = setup(2, device, torch.float64, seed=1)
     plain = Plain([plain_from(model, r) for r in range(2)], pairs, labels)
-    engine = Engine(model, pairs, labels)
+    engine = Engine(model)
     before = [w.clone() for w in model.params]
     for _ in range(CHECK_STEPS):
-        engine.step()
+        engine.step(pairs, labels)
         plain.step()
     moved = max(float((w - b).abs().max()) for w, b in zip(model.params, before, strict=True))
     worst = 0.0
@@ -209,7 +196,8 @@ def p113_section(device: torch.device, quick: bool = False, steps: int | None = 
     worst = check_agreement(device)
     model, pairs, labels = setup(REPLICAS, device, torch.float32, seed=0)
     n = pairs.shape[1]
-    engine = Engine(model, pairs, labels)
+    engine = Engine(model)
+    engine_step = partial(engine.step, pairs, labels)
     plain = Plain([plain_from(model, r) for r in range(PLAIN_REPLICAS)], pairs, labels)
     a, b = (torch.randn(MATMUL_N, MATMUL_N, device=device) for _ in range(2))
     c = torch.empty(MATMUL_N, MATMUL_N, device=device)
@@ -230,10 +218,10 @@ def p113_section(device: torch.device, quick: bool = False, steps: int | None = 
 
         def governed() -> None:  # as the engine's loop runs it; others keep all threads
             torch.set_num_threads(governor.threads)
-            governor.step(engine.step)
+            governor.step(engine_step)
             torch.set_num_threads(threads)
 
-        s = measure({"engine": (engine.step, steps), "governed": (governed, steps),
+        s = measure({"engine": (engine_step, steps), "governed": (governed, steps),
                      "plain": (plain.step, steps),
                      "matmul": (lambda: torch.mm(a, b, out=c), 3)}, repeats, device,
                     warmup_calls=1)
