@@ -5,12 +5,12 @@ does not have), on ladders of 3 or 5 temperatures (ΔE/T from 3 to 5, ΔE = 1) w
 256 replicas each and one budget censoring ~30% at the middle temperature. Per cell: the
 coverage and median width of the barrier CI under
 
-  moderated  — the rule ``fit_arrhenius`` uses: φ̃ = (1 + χ²_P)/(1 + df), t on
+  classic    — quasi-Poisson: φ̂ = χ²_P/df, t on df (the rule ``fit_arrhenius`` uses);
+  moderated  — the rule of escapestat ≤ 0.7: φ̃ = (1 + χ²_P)/(1 + df), t on
                (1 + df)²/df degrees of freedom;
   moderated-ν̂ — φ̃ as above, t on the Satterthwaite df at the estimated dispersion,
                (1 + df·φ')²/(df·φ'²) with φ' = max(φ̂, 1) (the rule's own df where
                φ̂ ≤ 1, → df as φ̂ grows);
-  classic    — quasi-Poisson: φ̂ = χ²_P/df, t on df;
   AFT        — the lifelines Weibull-AFT cross-check's Wald CI (model-based, one row per
                replica: it assumes no scatter between temperatures).
 
@@ -38,7 +38,7 @@ LADDERS = {3: np.array([3.0, 4.0, 5.0]), 5: np.array([3.0, 3.5, 4.0, 4.5, 5.0])}
 REPLICAS = (64, 256)
 CENSORED_AT_MIDDLE = 0.3
 COLUMNS = Columns(temperature="temperature")
-RULES = ("moderated", "moderated-ν̂", "classic", "AFT")
+RULES = ("classic", "moderated", "moderated-ν̂", "AFT")
 
 
 def ladder(seed: int, inv_t: np.ndarray, replicas: int, sigma: float) -> pd.DataFrame:
@@ -61,9 +61,10 @@ def half_widths(df: pd.DataFrame, aft: bool) -> tuple[dict, dict, float]:
     floor = max(phi, 1.0)  # below 1, the Poisson df of the moderated rule
     nu_hat = (1 + dof * floor) ** 2 / (dof * floor**2)
     half = {
-        "moderated": (fit.barrier_ci[1] - fit.barrier_ci[0]) / 2,
+        "classic": (fit.barrier_ci[1] - fit.barrier_ci[0]) / 2,
+        "moderated": stats.t.ppf(0.975, (1 + dof) ** 2 / dof) * math.sqrt(moderated)
+        * se_poisson,
         "moderated-ν̂": stats.t.ppf(0.975, nu_hat) * math.sqrt(moderated) * se_poisson,
-        "classic": stats.t.ppf(0.975, dof) * math.sqrt(phi) * se_poisson,
     }
     centre = {rule: fit.barrier for rule in half}
     if aft and fit.weibull_aft.get("barrier") is not None:

@@ -20,10 +20,10 @@ contains the truth; relative bias is mean(estimate)/truth − 1.
 
 A second table measures the barrier CI when the Poisson model is exact (σ = 0) and when
 it is not: each temperature's log-rate is jittered by N(0, σ²), which over-disperses the
-escape counts. It compares the moderated quasi-Poisson rule ``fit_arrhenius`` uses
-(φ̃ = (1 + χ²_P)/(1 + df), t on (1 + df)²/df degrees of freedom) with the rule it
-replaced (Poisson z below Pearson dispersion 1, quasi-Poisson t on df above: a cliff)
-and with the classic quasi-Poisson (φ̂ and t on df, always).
+escape counts. It compares the classic quasi-Poisson rule ``fit_arrhenius`` uses (φ̂ and
+t on df, always) with the two rules it replaced: the moderated one of escapestat 0.6–0.7
+(φ̃ = (1 + χ²_P)/(1 + df), t on (1 + df)²/df degrees of freedom) and, before it, Poisson
+z below Pearson dispersion 1 and quasi-Poisson t on df above (a cliff).
 
 Run: ``python benchmarks/estimators.py [--datasets N] [--seed S]``.
 """
@@ -139,9 +139,9 @@ def barrier_trial(seed: int, censored: float) -> dict:
 
 
 RULES = {
-    "moderated": "moderated quasi-Poisson (used)",
-    "switch": "previous: z, or t on df above φ̂ = 1",
-    "classic": "classic quasi-Poisson: φ̂, t on df",
+    "classic": "classic quasi-Poisson: φ̂, t on df (used)",
+    "moderated": "0.6–0.7: moderated quasi-Poisson",
+    "switch": "before: z, or t on df above φ̂ = 1",
 }
 
 
@@ -152,10 +152,12 @@ def jitter_trial(seed: int, sigma: float) -> dict:
     se_poisson = math.sqrt(np.asarray(fit.covariance)[1, 1] / fit.scale)
     phi = fit.dispersion
     t_df = stats.t.ppf(0.975, df_resid)
+    moderated = (1 + phi * df_resid) / (1 + df_resid)
+    t_moderated = stats.t.ppf(0.975, (1 + df_resid) ** 2 / df_resid)
     half = {
-        "moderated": (fit.barrier_ci[1] - fit.barrier_ci[0]) / 2,
+        "classic": (fit.barrier_ci[1] - fit.barrier_ci[0]) / 2,
+        "moderated": t_moderated * math.sqrt(moderated) * se_poisson,
         "switch": (t_df * math.sqrt(phi) if phi > 1 else Z) * se_poisson,
-        "classic": t_df * math.sqrt(phi) * se_poisson,
     }
     return {"barrier": fit.barrier, "dispersion": phi, "half": half}
 

@@ -3,7 +3,7 @@
 Each replica escapes at rate k(T)·Z with Z ~ Gamma(mean 1, variance θ) (its own start or
 data), on the quickstart's ladder (ΔE = 0.0164, T = ΔE/3 … ΔE/8, τ at ΔE/3 = 1200 steps,
 budget 40 000 steps, 256 replicas per temperature, times rounded up to a check grid of
-10 steps). For θ ∈ {0, 0.5}: the Poisson GLM with the moderated scale (``fit_arrhenius``)
+10 steps). For θ ∈ {0, 0.5}: the Poisson GLM with the quasi-Poisson scale (``fit_arrhenius``)
 and the gamma-frailty maximum-likelihood fit (``fit_frailty_arrhenius``, interval-
 censored on the grid): mean relative bias of ΔE, coverage of its 95% CI, and how often
 the frailty LR test flags heterogeneity (p < 0.05).

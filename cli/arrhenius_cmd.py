@@ -72,11 +72,11 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
     if fit.dispersion is None:
         _say(f"dispersion      = n/a (two temperatures); method: {fit.method}")
     else:
-        _say(f"dispersion      = {fit.dispersion:.3g} (moderated scale "
-             f"{fit.scale:.3g}, t on {fit.quantile_df:.3g} df); method: {fit.method}")
+        _say(f"dispersion      = {fit.dispersion:.3g} (scales the covariance, t on "
+             f"{fit.quantile_df:.3g} df); method: {fit.method}")
         if fit.dispersion > 1:
-            _say("  rates scatter more than Poisson: CIs widened by the moderated "
-                 "quasi-Poisson scale", style="yellow")
+            _say("  rates scatter more than Poisson: CIs widened by the quasi-Poisson "
+                 "scale", style="yellow")
     aft = fit.weibull_aft
     if aft.get("barrier") is not None:
         alo, ahi = aft["barrier_ci"]
@@ -139,12 +139,13 @@ def arrhenius(
 
     Poisson GLM of escapes on −1/T with offset log(exposure): the exact censored
     exponential MLE, zero-escape temperatures included. Standard errors use the Pearson
-    dispersion moderated towards 1 (one prior degree of freedom) with t quantiles, so the
-    CIs widen smoothly as rates scatter more than Poisson. Only the temperature may vary
-    within a fit: split other conditions with --by (or pool them knowingly with --pool);
-    a scheduled (non-constant) temperature is refused. A Weibull AFT fit on 1/T is shown
-    beside it as a check, and a gamma-frailty fit tests whether the replicas escape at
-    different rates (then its barrier is the one to use: the Poisson one is biased).
+    dispersion (quasi-Poisson) with t quantiles on the residual df, so the CIs widen as
+    rates scatter more than Poisson; with three temperatures that is one df, and wide.
+    Only the temperature may vary within a fit: split other conditions with --by (or
+    pool them knowingly with --pool); a scheduled (non-constant) temperature is refused.
+    A Weibull AFT fit on 1/T is shown beside it as a check, and a gamma-frailty fit tests
+    whether the replicas escape at different rates (then its barrier is the one to use:
+    the Poisson one is biased).
 
     Example: escapestat arrhenius studies/examples/escapes.csv --plot arrhenius.png
     """

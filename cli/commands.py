@@ -5,6 +5,7 @@ inside its function, so the statistics commands start without them."""
 from . import (
     arrhenius_cmd,
     fit_cmd,
+    ingest_cmd,
     optimize_cmd,
     regress_cmd,
     report_cmd,
@@ -16,6 +17,7 @@ from . import (
 COMMANDS = {
     "arrhenius": arrhenius_cmd.arrhenius,
     "fit": fit_cmd.fit,
+    "ingest": ingest_cmd.ingest,
     "optimize": optimize_cmd.optimize_cmd,
     "compare": optimize_cmd.compare_cmd,
     "regress": regress_cmd.regress,

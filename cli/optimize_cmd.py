@@ -12,7 +12,7 @@ from rich.table import Table
 from escapestat.vocab import COMPARE_CSV, TRIALS
 
 from .common import dask_line, domain_errors, err_console, out_console, print_json
-from .options import Device, DeviceOpt, JsonOut, cluster_option, parse_cluster_option
+from .options import Device, DeviceOpt, JsonOut, LogOpt, cluster_option, parse_cluster_option
 
 if TYPE_CHECKING:
     from escapestat.search._optimize import OptimizeResult
@@ -201,6 +201,7 @@ def optimize_cmd(
                          "running trial's heartbeats; a silent trial is retried after 2×.")]
     = 30,
     cluster: ClusterOpt = None,
+    log: LogOpt = None,
     json_out: JsonOut = False,
 ) -> None:
     """Search L2 / lr / noise schedules with Optuna to shorten the time to escape.
@@ -226,7 +227,7 @@ def optimize_cmd(
     result = optimize(study_file, out_dir, storage, study_name, trials, device.value,
                       compare=not no_compare, heartbeat=heartbeat,
                       on_trial=_TrialLine(), on_arm=_arm_line, cluster=spec,
-                      on_cluster=_cluster_line)
+                      on_cluster=_cluster_line, log=log)
     _report(result, json_out)
 
 

@@ -95,3 +95,12 @@ def parse_cluster_option(cluster: str | None):
         return parse_cluster(cluster)
     except EscapestatError as exc:
         raise usage_error(str(exc)) from None
+
+
+LogOpt = Annotated[
+    str | None,
+    typer.Option("--log", metavar="KIND:TARGET",
+                 help="Also send escapes and per-check metrics to a tracker: "
+                      "tensorboard:DIR or mlflow:URI (an mlruns folder or a tracking URI).",
+                 show_default=False),
+]

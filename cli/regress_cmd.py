@@ -66,11 +66,11 @@ def _print_fit(fit: RateRegression, unit: str, label: str | None) -> None:
     if fit.dispersion_ is None:
         _say(f"dispersion n/a (no residual df); method: {fit.method_}")
     else:
-        _say(f"dispersion {fit.dispersion_:.3g}: {fit.method_}, scale {fit.scale_:.3g}, "
-             f"t on {fit.quantile_df_:.3g} df")
+        _say(f"dispersion {fit.dispersion_:.3g}: {fit.method_}, t on "
+             f"{fit.quantile_df_:.3g} df")
         if fit.dispersion_ > 1:
-            _say("  rates scatter more than Poisson: CIs widened by the moderated "
-                 "quasi-Poisson scale", style="yellow")
+            _say("  rates scatter more than Poisson: CIs widened by the quasi-Poisson "
+                 "scale", style="yellow")
     shape = fit.aft_.get("shape")
     if shape is not None:
         lo, hi = fit.aft_["shape_ci"]
@@ -103,7 +103,7 @@ def regress(
     over cells of identical conditions: the exact censored exponential MLE.
     A rate coefficient a of log(x) means rate ∝ x^a, so τ ∝ x^(−a): the
     table shows τ exponents, the negated rate coefficients. CIs use the
-    moderated quasi-Poisson scale and t quantiles, as in `arrhenius`. A
+    quasi-Poisson scale and t quantiles on the residual df, as in `arrhenius`. A
     Weibull AFT fit on the replica rows is shown beside it; with exponential
     escape (shape ≈ 1) the two agree. Condition columns outside the formula
     must be constant: split them with --by or pool them with --pool.

@@ -29,6 +29,7 @@ from .options import (
     Device,
     DeviceOpt,
     JsonOut,
+    LogOpt,
     cluster_option,
     parse_cluster_option,
 )
@@ -248,6 +249,7 @@ def run(
         "chunks", "Same tables as one process")] = None,
     bootstrap: Bootstrap = KS_BOOTSTRAP,
     bootstrap_seed: BootstrapSeed = 0,
+    log: LogOpt = None,
     json_out: JsonOut = False,
 ) -> None:
     """Trap replicas in a metastable state, train them with noise, record escape times.
@@ -262,6 +264,8 @@ def run(
 
     With --cluster the chunks run on Dask workers (docs: guide/cluster.md) and
     are written here as they finish; --resume works whichever way a run began.
+    With --log the finished run's escapes and curves go to TensorBoard or MLflow
+    too, one tracker run per condition.
 
     Example: escapestat run studies/quickstart.toml --out runs/quickstart
     """
@@ -274,6 +278,11 @@ def run(
     study = load_study(study_file).with_overrides(
         replicas=replicas, max_steps=max_steps, seed=seed
     )
+    tracker = None
+    if log is not None:  # a typo or a missing package is found before any training
+        from escapestat.trackers import open_log
+
+        tracker = open_log(log)
     out_dir = out if out is not None else Path("runs") / study.name
     text = study_file.read_text(encoding="utf-8")
     with Progress(
@@ -286,6 +295,11 @@ def run(
                            cluster=spec)
     if result.resumed:
         err_console.print(escape(f"resumed: {result.resumed}"))
+    if tracker is not None:
+        from escapestat.engine._tracking import log_run
+
+        logged = log_run(result.escapes, result.curves, study.run.max_steps, tracker)
+        err_console.print(escape(f"logged {len(logged)} conditions to {log}"), soft_wrap=True)
     summary = run_summary(result.replicas, n_bootstrap=bootstrap, seed=bootstrap_seed,
                           grid=result.meta.get("check_every"),
                           budget=result.meta.get("max_steps"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._ingest import IngestResult, ingest  # noqa: F401
 from ._monitor import (  # noqa: F401
     CENSORED,
     DIVERGED,
@@ -22,6 +23,8 @@ __all__ = [
     "UNTRAPPED",
     "Criterion",
     "EscapeMonitor",
+    "IngestResult",
     "append_row",
     "existing_columns",
+    "ingest",
 ]

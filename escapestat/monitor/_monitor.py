@@ -51,6 +51,7 @@ from escapestat.monitor._end_paths import (  # noqa: F401
 from escapestat.stats._strata import CONDITION_COLUMNS, SCHEDULE_SUFFIX
 from escapestat.table._append import append_row, cell_text, column_mismatch, existing_columns
 from escapestat.table._records import _format
+from escapestat.trackers import TrackerLog, open_log
 from escapestat.vocab import CENSORED, DIVERGED, ESCAPED, RUNNING, UNTRAPPED, Status
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -132,6 +133,15 @@ class EscapeMonitor:
         A unique name for the run (default: a random UUID hex).
     handle_signals : bool
         Install the SIGTERM/SIGINT handlers (default True).
+    log : str or TrackerLog, optional
+        Also send every update's metrics to a tracker, as run ``run_id``: a
+        ``TrackerLog`` or its text, ``tensorboard:DIR`` or ``mlflow:URI``
+        (``escapestat.trackers.open_log``). At the end the conditions are logged as
+        hyperparameters, and ``escapestat/event`` (1 escaped, 0 not) and
+        ``escapestat/duration`` as scalars at the last step. ``escapestat ingest`` reads
+        such a log back into the same row.
+    quiet : bool
+        Do not print the line that says a run writes no row (``ingest`` reports it).
 
     Attributes
     ----------
@@ -152,7 +162,9 @@ class EscapeMonitor:
                  fit_threshold: float | None = None, fit_fallback: float | None = None,
                  fit_direction: str | None = None, max_steps: int | None = None,
                  record=(), conditions: Mapping[str, object] | None = None,
-                 run_id: str | None = None, handle_signals: bool = True, **more_conditions):
+                 run_id: str | None = None, handle_signals: bool = True,
+                 log: str | TrackerLog | None = None, quiet: bool = False,
+                 **more_conditions):
         self.path = Path(path)
         _format(self.path)  # an unknown suffix is one clear error, now
         self.criterion = Criterion(metric, threshold, fallback, direction, commit_steps)
@@ -182,6 +194,10 @@ class EscapeMonitor:
         if error is not None:
             raise error
         self.started_at = _now()
+        self.ended_at: str | None = None  # set before close() to keep a known end time
+        self.quiet = bool(quiet)
+        self.log: TrackerLog | None = open_log(log) if isinstance(log, str) else log
+        self._own_log = isinstance(log, str)  # a log passed in is the caller's to close
         self.status = RUNNING
         self.row: dict | None = None
         self.escape_time: int | None = None
@@ -266,6 +282,8 @@ class EscapeMonitor:
                 atexit.register(_close_all, "exit")
                 _ATEXIT[0] = True
         self.last_step = step
+        if self.log is not None and values:
+            self.log.scalars(self.run_id, step, values)
         for name in self._recorded:
             if name in values:
                 self._final[name] = values[name]
@@ -331,13 +349,34 @@ class EscapeMonitor:
                 with _writing():
                     append_row(self.path, row)
                 self.row = row
+                self._log_end(row)
                 return row
         finally:
+            self._end_log()
             if not _OPEN:
                 _restore_handlers()
 
+    def discard(self) -> None:
+        """End the run without writing a row (e.g. its data were found bad)."""
+        self.closed = True
+        _OPEN.pop(id(self), None)
+        self._end_log()
+        if not _OPEN:
+            _restore_handlers()
+
+    def _end_log(self) -> None:
+        if self.log is not None:
+            self.log.close() if self._own_log else self.log.flush()
+
+    def _log_end(self, row: dict) -> None:
+        if self.log is None:
+            return
+        self.log.hparams(self.run_id, self.conditions)
+        self.log.scalars(self.run_id, int(self.last_step or 0), {
+            "escapestat/event": float(row["event"]), "escapestat/duration": row["duration"]})
+
     def _no_row(self) -> None:
-        if self.last_step is not None:
+        if self.last_step is not None and not self.quiet:
             why = ("it was not in the trap at step 0" if self.status == UNTRAPPED else
                    f"{self.criterion.metric!r} was never evaluated at a step ≥ 1")
             print(f"escapestat: run {self.run_id} writes no escape row: {why}", file=sys.stderr)
@@ -358,7 +397,8 @@ class EscapeMonitor:
             row.update(fit_time=fit, generalize_time=generalize, delay=generalize - fit)
         row.update({f"final_{n}": self._final.get(n, nan) for n in self._recorded})
         row.update(nonfinite_updates=self.nonfinite_updates, last_step=self.last_step,
-                   run_id=self.run_id, started_at=self.started_at, ended_at=_now(),
+                   run_id=self.run_id, started_at=self.started_at,
+                   ended_at=self.ended_at or _now(),
                    ended_by=ended_by)
         return row
 

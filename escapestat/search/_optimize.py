@@ -40,6 +40,7 @@ from escapestat.search._search import (
 )
 from escapestat.search._space import SearchSpec, build_study, load_search
 from escapestat.search._storage import HEARTBEAT_SECONDS, embedded_url, open_storage, redact
+from escapestat.trackers import open_log
 from escapestat.vocab import COMPARE_ARMS, COMPARE_CSV, COMPARE_JSON, TRIALS  # noqa: F401
 
 
@@ -112,25 +113,29 @@ def optimize(study_file: str | Path, out_dir: str | Path, storage_url: str | Non
              on_trial: Callable[[str, optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
              on_arm: Callable[[Arm, ArmRun], None] | None = None,
              cluster: ClusterSpec | str | None = None,
-             on_cluster: Callable[[ClusterReady], None] | None = None) -> OptimizeResult:
+             on_cluster: Callable[[ClusterReady], None] | None = None,
+             log: str | None = None) -> OptimizeResult:
     """Search the study's ``[search]`` space, then the constant-only space with the same
     trial budget, then (``compare``) re-run the arms on fresh seeds, on ``cluster`` if
-    given (see ``compare_searches``)."""
+    given (see ``compare_searches``). ``log`` (``tensorboard:DIR``, ``mlflow:URI``): each
+    trial's reported values, parameters and score also go to that tracker."""
     out_dir = Path(out_dir)
     cluster = as_cluster(cluster)
+    if log is not None:  # a typo or a missing package is found before any trial
+        open_log(log).close()
     s = _setup(study_file, out_dir, storage_url, study_name, trials, heartbeat)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [] if on_trial is None else [
         lambda study, trial: on_trial(study.study_name, study, trial)]
     where = f" in {redact(s.storage_url)}"
     main = open_search(s.storage, s.name, s.spec, s.budget, s.identity, where)
-    run_search(main, Objective(s.raw, s.spec, s.source, device, False, worker), s.spec.trials,
+    run_search(main, Objective(s.raw, s.spec, s.source, device, False, worker, log), s.spec.trials,
                callbacks)
     cst = None
     if s.spec.constant_search and s.spec.shape_params:
         cst = open_search(s.storage, s.name + CONSTANT_SUFFIX, s.spec, s.budget, s.identity,
                           where)
-        run_search(cst, Objective(s.raw, s.spec, s.source, device, True, worker),
+        run_search(cst, Objective(s.raw, s.spec, s.source, device, True, worker, log),
                    s.spec.trials, callbacks)
     # Other workers may have finished trials meanwhile: report the storage's state now.
     # Nothing scheduled searched: the search itself is the constant-only one.

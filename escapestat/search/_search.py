@@ -45,6 +45,7 @@ from escapestat.search._sampling import make_pruner, make_sampler, trial_seed
 from escapestat.search._space import SearchSpec, build_study, suggest
 from escapestat.search._storage import retried_from
 from escapestat.stats._incidence import DIVERGE, ESCAPE, EscapeIncidence, incidence_median_ci
+from escapestat.trackers import open_log
 from escapestat.vocab import SURVIVAL
 
 #: The constraint's name in Optuna (``Trial.set_constraint``): mean final test error − limit.
@@ -200,7 +201,9 @@ def censored_rmst(t: int, status: np.ndarray, duration: np.ndarray,
 @dataclass
 class Objective:
     """Optuna objective over a study file's ``[search]``; ``constant_only`` searches the
-    same space with every searched schedule held constant."""
+    same space with every searched schedule held constant. With ``log`` (``open_log``'s
+    text) each trial is a tracker run ``search-trial-N`` (``constant-trial-N``): the values
+    reported to the pruner as ``log_rmst_ratio``, then its parameters and ``objective``."""
 
     raw: dict
     spec: SearchSpec
@@ -208,6 +211,7 @@ class Objective:
     device: str = "auto"
     constant_only: bool = False
     worker: str = ""
+    log: str | None = None
 
     def checkpoints(self, budget: int, every: int) -> list[int]:
         """Report steps: ``spec.checkpoints`` even fractions of the budget, on the check grid."""
@@ -237,6 +241,13 @@ class Objective:
         marks = self.checkpoints(study.run.max_steps, study.escape.check_every)
         limit = self.spec.max_final_test_error
         final: list = []
+        tracker = None if self.log is None else open_log(self.log)
+        run = f"{'constant' if self.constant_only else 'search'}-trial-{trial.number}"
+
+        def report(value: float, t: int) -> None:
+            trial.report(value, t)
+            if tracker is not None:
+                tracker.scalars(run, t, {"log_rmst_ratio": value})
 
         def watch(t, status, duration, active, last):
             final[:] = [status, duration]
@@ -244,7 +255,7 @@ class Objective:
                 return
             while marks and marks[0] <= t:
                 marks.pop(0)
-            trial.report(math.log(censored_rmst(t, status, duration, active) / t), t)
+            report(math.log(censored_rmst(t, status, duration, active) / t), t)
             if trial.should_prune():
                 if limit is not None and "test_accuracy" in last:
                     err = float(np.nanmean(1 - last["test_accuracy"]))
@@ -253,19 +264,27 @@ class Objective:
                 trial.set_user_attr("pruned_at", int(t))
                 raise optuna.TrialPruned()
 
-        arm = run_arm(study, self.device, watch, hold=needs_hold(study, self.spec))
-        # A trial whose replicas were all decided before the last checkpoints still has a
-        # value there (its survival curve is known to the budget): report it, so that the
-        # pruner compares later trials with the fast ones too, not only with the slow.
-        for t in marks:
-            rmst = censored_rmst(t, final[0], final[1], np.array([], dtype=int))
-            trial.report(math.log(rmst / t), t)
-        summary = arm.summary()
-        for key, value in summary.items():
-            trial.set_user_attr(key, value)
-        for name, value in constraint_values(self.spec, summary).items():
-            _constrain(trial, name, value)
-        return objective_value(self.spec.objective, summary)
+        try:
+            arm = run_arm(study, self.device, watch, hold=needs_hold(study, self.spec))
+            # A trial whose replicas were all decided before the last checkpoints still has
+            # a value there (its survival curve is known to the budget): report it, so that
+            # the pruner compares later trials with the fast ones too, not only the slow.
+            for t in marks:
+                rmst = censored_rmst(t, final[0], final[1], np.array([], dtype=int))
+                report(math.log(rmst / t), t)
+            summary = arm.summary()
+            for key, value in summary.items():
+                trial.set_user_attr(key, value)
+            for name, value in constraint_values(self.spec, summary).items():
+                _constrain(trial, name, value)
+            value = objective_value(self.spec.objective, summary)
+            if tracker is not None:
+                tracker.hparams(run, {k: v for k, v in trial.params.items()})
+                tracker.scalars(run, study.run.max_steps, {"objective": value})
+            return value
+        finally:
+            if tracker is not None:
+                tracker.close()
 
 
 def constraint_values(spec: SearchSpec, summary: dict[str, Any]) -> dict[str, float]:

@@ -42,10 +42,10 @@ from ._per_stratum import (  # noqa: F401
     summaries_json,
 )
 from ._poisson_glm import (  # noqa: F401
-    MODERATED,
+    QUASI_POISSON,
     PoissonGLMFit,
     fit_poisson_glm,
-    moderated_scale,
+    quasi_poisson_scale,
 )
 from ._regress import (  # noqa: F401
     RateRegression,
@@ -118,8 +118,8 @@ __all__ = [
     "summarize",
     "FrailtyFit",
     "fit_frailty_arrhenius",
-    "MODERATED",
-    "moderated_scale",
+    "QUASI_POISSON",
+    "quasi_poisson_scale",
     "PoissonGLMFit",
     "fit_poisson_glm",
     "StratumFit",

@@ -3,9 +3,9 @@
 The censored exponential likelihood of a condition depends on its data only through
 D (escapes) and E (exposure, Σ t over all replicas), so a Poisson GLM of D on −1/T with
 offset log E is the exact maximum-likelihood fit across temperatures, zero-escape
-temperatures included: log k = log k₀ + ΔE · (−1/T). The standard errors use a
-moderated quasi-Poisson scale (see ``moderated_scale``), continuous in the Pearson
-dispersion, so a dispersion of 0.99 and of 1.01 give nearly the same interval. A
+temperatures included: log k = log k₀ + ΔE · (−1/T). The standard errors use the
+quasi-Poisson scale with t on the residual df (``quasi_poisson_scale``), continuous in
+the Pearson dispersion, which keeps the barrier's coverage when rates scatter. A
 lifelines Weibull AFT model on 1/T is fitted beside it as a cross-check that does not
 assume a constant hazard. Neither sees replicas that escape at different rates (their
 totals stay Poisson-like while the barrier is biased): the gamma-frailty fit beside them
@@ -24,10 +24,9 @@ from scipy import stats
 from escapestat.errors import EscapestatError
 from escapestat.stats._aft import first_sentence, fit_weibull_aft
 from escapestat.stats._poisson_glm import (  # noqa: F401 (re-exported)
-    MODERATED,
-    PRIOR_DF,
+    QUASI_POISSON,
     fit_poisson_glm,
-    moderated_scale,
+    quasi_poisson_scale,
 )
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import Columns, round_significant
@@ -38,7 +37,7 @@ class ArrheniusFit:
     """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check).
 
     ``dispersion`` is the Pearson χ²/df (None with two temperatures); ``scale`` the
-    moderated φ̃ that multiplies the Poisson covariance; ``quantile`` the t quantile on
+    φ̂ that multiplies the Poisson covariance (1 then); ``quantile`` the t quantile on
     ``quantile_df`` degrees of freedom used by every interval of the fit.
     """
 
@@ -168,8 +167,8 @@ def fit_arrhenius(
 ) -> ArrheniusFit:
     """Fit log k = log k₀ − ΔE/T by Poisson GLM with offset log(exposure).
 
-    Covariance: Poisson's, times the moderated dispersion φ̃; intervals: ± t_ν · SE
-    (``moderated_scale``). Beside it the gamma-frailty fit (``frailty``, on ``grid`` when
+    Covariance: Poisson's, times the Pearson dispersion φ̂; intervals: ± t_df · SE
+    (``quasi_poisson_scale``). Beside it the gamma-frailty fit (``frailty``, on ``grid`` when
     the durations sit on one) tests whether the replicas' rates differ. Raises
     ``EscapestatError`` with fewer than two temperatures, exposures or rates that
     overflow, no escapes at all, or escapes at only one temperature (then the barrier is

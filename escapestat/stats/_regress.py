@@ -10,7 +10,7 @@ design, e.g. ``log(lr) + log(weight_decay)``. Summing D and t over cells of iden
 covariates leaves the likelihood unchanged, so the Poisson GLM is fitted per cell, where
 the Pearson dispersion means something. A rate coefficient a on log(x) means k ∝ x^a,
 so τ = 1/k ∝ x^(−a): the *τ exponent* is the negated rate coefficient. Covariance and
-intervals use the moderated quasi-Poisson scale and t quantile of the Arrhenius fit: both
+intervals use the quasi-Poisson scale and t quantile of the Arrhenius fit: both
 are ``fit_poisson_glm``, the one censored Poisson GLM. A lifelines Weibull AFT model on the
 same covariates, fitted to the replica rows, is a cross-check that does not assume a
 constant hazard: its coefficients are exponents of τ directly, and they agree with the
@@ -283,7 +283,7 @@ class RateRegression:
 
     with D_c escapes and E_c exposure (Σ durations, censored included) summed over the
     replicas of cell c (identical covariates): the exact censored-exponential MLE. The
-    covariance is Poisson's times the moderated scale φ̃ and intervals are ± t_ν·SE
+    covariance is Poisson's times the Pearson dispersion φ̂ and intervals are ± t_df·SE
     (``fit_poisson_glm``, the GLM ``arrhenius`` uses too); p-values are the matching
     two-sided t tests.
 
@@ -298,8 +298,8 @@ class RateRegression:
     terms_ : list of ``Term`` (one per design column but the intercept).
     intercept_ : log k at x = 0 with its CI, and log τ = −log k (None without one).
     dispersion_ : Pearson χ²/df over cells (None with no residual df).
-    scale_, quantile_, quantile_df_ : φ̃, the t quantile and its degrees of freedom ν.
-    method_ : ``"quasi-poisson (moderated)"`` or ``"poisson"`` (no residual df).
+    scale_, quantile_, quantile_df_ : φ̂, the t quantile and its degrees of freedom.
+    method_ : ``"quasi-poisson"`` or ``"poisson"`` (no residual df).
     n_rows_, n_cells_, events_, exposure_ : replicas, cells, escapes and Σ durations.
     cells_ : per cell: the formula's columns, ``n``, ``events``, ``exposure``.
     aft_ : the Weibull AFT cross-check: ``terms`` (τ exponents with CIs), ``shape``,

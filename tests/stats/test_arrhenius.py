@@ -7,11 +7,11 @@ from scipy import optimize, stats
 
 from escapestat.errors import EscapestatError
 from escapestat.stats._arrhenius import (
-    MODERATED,
+    QUASI_POISSON,
     aggregate,
     check_theory_barrier,
     fit_arrhenius,
-    moderated_scale,
+    quasi_poisson_scale,
     temperature_from_lr_batch,
     with_temperature,
 )
@@ -56,8 +56,8 @@ def test_overdispersion_switches_to_quasi_poisson():
         frames.append(pd.DataFrame({"duration": rng.exponential(1 / rate, 200), "event": 1,
                                     "temperature": t}))
     fit = fit_arrhenius(pd.concat(frames), COLS)
-    assert fit.dispersion > 1 and fit.method == MODERATED
-    assert 1 < fit.scale < fit.dispersion  # moderated towards 1, never past the estimate
+    assert fit.dispersion > 1 and fit.method == QUASI_POISSON
+    assert fit.scale == fit.dispersion and fit.quantile_df == 3  # R's quasipoisson
 
 
 @pytest.mark.parametrize(
@@ -135,16 +135,18 @@ def test_barrier_ci_is_continuous_across_dispersion_one():
     assert widths[1.010] / widths[0.998] == pytest.approx(1.0, abs=0.03)
 
 
-def test_moderated_scale_rule():
+def test_quasi_poisson_scale_rule():
     # no residual df: plain Poisson, normal quantile
-    assert moderated_scale(0.0, 0) == (1.0, pytest.approx(stats.norm.ppf(0.975)), math.inf)
-    # φ̃ = (d₀ + χ²)/(d₀ + df), ν = (d₀ + df)²/df with d₀ = 1
-    scale, q, nu = moderated_scale(6.0, 2)
-    assert scale == pytest.approx(7 / 3) and nu == pytest.approx(4.5)
-    assert q == pytest.approx(stats.t.ppf(0.975, 4.5))
+    assert quasi_poisson_scale(0.0, 0) == (1.0, pytest.approx(stats.norm.ppf(0.975)), math.inf)
+    # φ̂ = χ²/df, t on df: the dispersion is not shrunk towards 1 (that cost coverage)
+    scale, q, nu = quasi_poisson_scale(6.0, 2)
+    assert scale == pytest.approx(3.0) and nu == 2
+    assert q == pytest.approx(stats.t.ppf(0.975, 2))
+    assert quasi_poisson_scale(0.5, 2)[0] == pytest.approx(0.25)  # below 1 too, as in R
     # continuous and monotone in the Pearson χ²
-    grid = np.linspace(0, 10, 1001)  # χ² steps of 0.01: no step may move the width by 1%
-    widths = np.array([q * math.sqrt(s) for s, q, _ in (moderated_scale(c, 3) for c in grid)])
+    grid = np.linspace(0.01, 10, 1000)  # χ² steps of 0.01 from 0.01: no step moves ≥ 1%
+    widths = np.array([q * math.sqrt(s)
+                       for s, q, _ in (quasi_poisson_scale(c, 3) for c in grid[100:])])
     assert np.all(np.diff(widths) > 0) and np.max(widths[1:] / widths[:-1]) < 1.01
 
 
@@ -191,15 +193,11 @@ def test_a_rate_that_falls_with_temperature_is_a_finding_not_a_barrier(cli, tmp_
     """Escape slower with more noise (as grokking showed): reported as a direction."""
     import json
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for temperature, tau in ((0.01, 200), (0.02, 400), (0.04, 800)):
-        t = rng.exponential(tau, 100)
-        rows.append(pd.DataFrame({"duration": np.minimum(t, 3000),
-                                  "event": (t < 3000).astype(int),
-                                  "temperature": temperature}))
+    # k = k₀·e^{+0.02/T}: τ 200 at T = 0.01 rising to ≈ 900 at T = 0.04 (a "barrier" of −0.02)
+    df = arrhenius_table(-0.02, -math.log(200) - 2.0, [0.01, 0.0141, 0.02, 0.0283, 0.04], 100,
+                         3000.0, seed=0)
     path = tmp_path / "slower.csv"
-    pd.concat(rows).to_csv(path, index=False)
+    df.to_csv(path, index=False)
     code, out, err = cli("arrhenius", path)
     assert code == 0, err
     assert "slower with more noise" in out and "no barrier" in out and "barrier ΔE" not in out

@@ -1,5 +1,6 @@
-"""The one censored Poisson GLM (``fit_poisson_glm``): truth recovered, the moderated
-scale applied, and ``arrhenius`` and ``regress`` both fitted by it."""
+"""The one censored Poisson GLM (``fit_poisson_glm``): truth recovered, the quasi-Poisson
+scale applied as statsmodels' own ``scale="X2"``, and ``arrhenius`` and ``regress`` both
+fitted by it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.stats import MODERATED, fit_arrhenius, fit_poisson_glm, moderated_scale
+from escapestat.stats import QUASI_POISSON, fit_arrhenius, fit_poisson_glm, quasi_poisson_scale
 from escapestat.stats._regress import RateRegression
 from escapestat.table._records import Columns
 
@@ -27,9 +28,9 @@ def test_truth_inside_the_intervals_and_ci_is_quantile_times_se():
         lo, hi = glm.ci(j)
         assert lo < truth < hi
         assert hi - lo == pytest.approx(2 * glm.quantile * glm.se[j])
-    scale, q, nu = moderated_scale(glm.dispersion * (len(events) - 2), len(events) - 2)
+    scale, q, nu = quasi_poisson_scale(glm.dispersion * (len(events) - 2), len(events) - 2)
     assert (glm.scale, glm.quantile, glm.quantile_df) == pytest.approx((scale, q, nu))
-    assert glm.method == MODERATED
+    assert glm.method == QUASI_POISSON
 
 
 def test_no_residual_df_is_plain_poisson():
@@ -69,13 +70,18 @@ def test_arrhenius_and_regress_are_the_same_glm(ladder_csv, monkeypatch):
     assert term.rate_coef_ci == tuple(a.barrier_ci)
 
 
-def test_covariance_is_poissons_times_the_moderated_scale():
+def test_covariance_and_intervals_are_statsmodels_quasi_poisson():
+    """statsmodels' ``fit(scale="X2")`` with t on the residual df is R's quasipoisson."""
     import statsmodels.api as sm
 
     events, exposure, design = _cells(seed=3)
     glm = fit_poisson_glm(events, exposure, design, intercept=0)
-    plain = sm.GLM(events, design, family=sm.families.Poisson(),
-                   offset=np.log(exposure)).fit()
+    quasi = sm.GLM(events, design, family=sm.families.Poisson(),
+                   offset=np.log(exposure)).fit(scale="X2")
     assert glm.scale != pytest.approx(1.0, abs=1e-3)
-    assert glm.params == pytest.approx(np.asarray(plain.params), rel=1e-6)
-    assert glm.covariance == pytest.approx(glm.scale * np.asarray(plain.cov_params()), rel=1e-5)
+    assert glm.params == pytest.approx(np.asarray(quasi.params), rel=1e-6)
+    assert glm.covariance == pytest.approx(np.asarray(quasi.cov_params()), rel=1e-5)
+    quasi_t = sm.GLM(events, design, family=sm.families.Poisson(), offset=np.log(exposure)
+                     ).fit(scale="X2", use_t=True)
+    for j in range(2):
+        assert glm.ci(j) == pytest.approx(tuple(quasi_t.conf_int()[j]), rel=1e-5)

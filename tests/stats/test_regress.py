@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from escapestat.errors import EscapestatError
-from escapestat.stats._arrhenius import fit_arrhenius, moderated_scale
+from escapestat.stats._arrhenius import fit_arrhenius, quasi_poisson_scale
 from escapestat.stats._regress import RateRegression, fit_regression, regress_strata
 from escapestat.stats._synthetic import arrhenius_table
 from escapestat.table._records import Columns
@@ -77,17 +77,17 @@ def test_glm_is_the_censored_exponential_mle(grid, fitted):
     assert cells["n"].sum() == len(grid) and cells["events"].sum() == grid["event"].sum()
 
 
-def test_moderated_scale_over_cells_as_in_arrhenius(grid, fitted):
+def test_quasi_poisson_scale_over_cells_as_in_arrhenius(grid, fitted):
     cells = fitted.cells_
     b0 = fitted.intercept_["rate_coef"]
     b = np.array([t.rate_coef for t in fitted.terms_])
     mu = cells["exposure"] * np.exp(b0 + np.log(cells["lr"]) * b[0]
                                     + np.log(cells["weight_decay"]) * b[1])
     chi2 = float((((cells["events"] - mu) ** 2) / mu).sum())
-    scale, q, nu = moderated_scale(chi2, 12 - 3)
+    scale, q, nu = quasi_poisson_scale(chi2, 12 - 3)
     assert fitted.dispersion_ == pytest.approx(chi2 / 9)
     assert (fitted.scale_, fitted.quantile_, fitted.quantile_df_) == pytest.approx((scale, q, nu))
-    assert fitted.method_ == "quasi-poisson (moderated)"
+    assert fitted.method_ == "quasi-poisson"
 
 
 def test_same_numbers_as_arrhenius_for_minus_one_over_t():
