@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [  # top to bottom, as in pyproject.toml
     ["escapestat_cli"], ["report"], ["search", "sweep"], ["engine"], ["models"], ["config"],
-    ["integrations"], ["monitor"], ["trackers"], ["stats", "theory"], ["table"], ["errors", "vocab"],
+    ["integrations"], ["monitor"], ["trackers"], ["stats", "theory"], ["table"],
+    ["errors", "vocab"],
 ]
 
 
