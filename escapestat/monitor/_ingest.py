@@ -15,6 +15,7 @@ from pathlib import Path
 from escapestat.errors import EscapestatError
 from escapestat.monitor._monitor import EscapeMonitor
 from escapestat.table._append import existing_columns
+from escapestat.table._records import read_table
 from escapestat.trackers import LoggedRun
 from escapestat.trackers._run import iso_time
 from escapestat.vocab import UNTRAPPED
@@ -34,6 +35,11 @@ class IngestResult:
                 "skipped": [{"run": r, "why": w} for r, w in self.skipped]}
 
 
+def _run_ids(path: Path) -> set[str]:
+    table = read_table(path)
+    return set(table["run_id"].astype(str)) if "run_id" in table else set()
+
+
 def _condition_keys(runs: list[LoggedRun]) -> list[str]:
     keys: dict[str, None] = {}
     for run in runs:
@@ -49,18 +55,25 @@ def ingest(runs: list[LoggedRun], path: str | os.PathLike, metric: str, threshol
 
     Runs are replayed in order; every run gets the union of the runs' hyperparameter
     names as condition columns (empty where it had none). Without ``append`` an existing
-    table is refused, so nothing written before is touched.
+    table is refused, so nothing written before is touched; with it, a run whose
+    ``run_id`` the table already holds is skipped, so ingesting the same logs twice
+    never counts a run twice.
     """
     out = Path(path)
-    if not append and existing_columns(out) is not None:
+    exists = existing_columns(out) is not None
+    if exists and not append:
         raise EscapestatError(f"{out} exists; write to a new file, or add --append to "
                               "append these runs to it")
     result = IngestResult(out)
     keys = _condition_keys(runs)
+    held = _run_ids(out) if exists else set()
     seen: set[str] = set()
     for run in runs:
         if metric not in run.series:
             result.skipped.append((run.name, f"no {metric!r} series"))
+            continue
+        if run.name in held:
+            result.skipped.append((run.name, f"already in {out}"))
             continue
         run_id = run.name
         n = 2

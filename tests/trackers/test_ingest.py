@@ -183,8 +183,21 @@ def test_an_existing_table_is_refused_and_kept_unless_append(cli, tmp_path):
     assert code == 1 and stdout == "" and len(err.strip().splitlines()) == 1
     assert "exists" in err and "--append" in err and out.read_bytes() == before
     code, stdout, err = _ingest(cli, "tensorboard", tmp_path / "tb", out, "--append")
+    assert code == 0, err  # the same runs again: already there, never counted twice
+    assert out.read_bytes() == before and "wrote 0 rows" in stdout
+    assert err.count("already in") == 3
+    from escapestat.trackers._tensorboard import TensorBoardLog
+
+    log = TensorBoardLog(tmp_path / "tb")  # one more run in the same log
+    log.hparams("extra", {"lr": 0.16, "seed": 5, "condition": "lr=0.16"})
+    for step, metrics in _series("escapes").items():
+        log.scalars("extra", step, metrics)
+    log.close()
+    code, stdout, err = _ingest(cli, "tensorboard", tmp_path / "tb", out, "--append")
     assert code == 0, err
-    assert len(pd.read_csv(out)) == 6
+    table = pd.read_csv(out)
+    assert len(table) == 4 and table["run_id"].iloc[-1] == "extra"
+    assert out.read_bytes().startswith(before)
 
 
 @pytest.mark.parametrize("tracker, make, message", [
