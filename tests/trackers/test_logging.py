@@ -4,6 +4,7 @@ read back with the trackers' own readers (and ``read_runs``)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -88,3 +89,49 @@ def test_run_with_a_bad_log_spec_trains_nothing(cli, tmp_path):
                          "--out", tmp_path / "run", "--log", "tensorbord:x")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "tensorbord" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_real_tensorboard_server_shows_what_was_logged(tmp_path):
+    """Start TensorBoard itself on loopback and read the logged run back over its HTTP API."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    escapes = pd.DataFrame({"condition": [0, 0, 0, 0], "duration": [30.0, 50.0, 50.0, 100.0],
+                            "status": ["escaped", "escaped", "diverged", "censored"],
+                            "temperature": 0.01})
+    log_run(escapes, None, 100, open_log(f"tensorboard:{tmp_path}"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("tensorboard", path=str(Path(sys.executable).parent))
+    server = subprocess.Popen([exe or "tensorboard", "--logdir", str(tmp_path), "--host",
+                               "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, runs = time.monotonic() + 90, None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/data/runs", timeout=5) as r:
+                    runs = json.load(r)
+                if runs:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert runs == ["condition-0"]
+        query = f"{url}/data/plugin/scalars/scalars?run=condition-0&tag="
+        with urllib.request.urlopen(query + "escaped", timeout=10) as r:
+            escaped = {step: value for _, step, value in json.load(r)}
+        with urllib.request.urlopen(query + "diverged", timeout=10) as r:
+            diverged = {step: value for _, step, value in json.load(r)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert escaped == {0: 0.0, 30: 0.25, 50: 0.5, 100: 0.5}
+    assert diverged == {0: 0.0, 30: 0.0, 50: 0.25, 100: 0.25}
