@@ -11,19 +11,15 @@ from collections.abc import Sequence
 
 import torch
 
+from escapestat.models._broadcast import per_replica
 from escapestat.models.base import Hyper
-
-
-def _per_replica(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """An [R] tensor shaped [R, 1, …] to broadcast over one parameter tensor."""
-    return values.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def sgd(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], hyper: Hyper,
         generator: torch.Generator | None = None) -> None:
     """θ ← θ − lr ∇θ (the minibatch noise is in the gradients)."""
     for p, g in zip(params, grads, strict=True):
-        p.addcmul_(_per_replica(hyper.lr, p), g, value=-1)
+        p.addcmul_(per_replica(hyper.lr, p), g, value=-1)
 
 
 def langevin(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], hyper: Hyper,
@@ -33,7 +29,7 @@ def langevin(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], hype
     kick = torch.sqrt(2 * hyper.lr * hyper.temperature)
     for p, g in zip(params, grads, strict=True):
         xi = torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)
-        p.addcmul_(_per_replica(hyper.lr, p), g, value=-1).addcmul_(_per_replica(kick, p), xi)
+        p.addcmul_(per_replica(hyper.lr, p), g, value=-1).addcmul_(per_replica(kick, p), xi)
 
 
 INTEGRATORS = {"sgd": sgd, "langevin": langevin}

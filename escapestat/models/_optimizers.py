@@ -28,6 +28,7 @@ import torch
 
 from escapestat.errors import EscapestatError
 from escapestat.models import _native as native
+from escapestat.models._broadcast import per_replica, replica_vector
 
 
 def pack(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -70,18 +71,6 @@ def _packed_view(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     flat = flat_view(tensors)
     assert flat is not None  # pack's chunks are consecutive and contiguous
     return flat
-
-
-def _per_replica(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A float or an [R] tensor as a contiguous [R] tensor of ``like``'s dtype and device."""
-    v = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-    return v.expand(like.shape[0]).contiguous()
-
-
-def _column(values: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """A float or an [R] tensor, shaped [R, 1, …] (or 0-d) to broadcast over ``like``."""
-    v = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-    return v if v.dim() == 0 else v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 class _Fused:
@@ -161,7 +150,7 @@ class AdamW(_Fused):
             exp_avg, exp_avg_sq = self._state
             native.required().adamw(
                 self.params, [g.contiguous() for g in grads], exp_avg, exp_avg_sq,
-                _per_replica(lr, first), _per_replica(weight_decay, first),
+                replica_vector(lr, first), replica_vector(weight_decay, first),
                 self.decay_mask, self.betas, self.eps, self.steps)
             return
         g = self._flat_grads(grads)
@@ -172,8 +161,8 @@ class AdamW(_Fused):
         shrink = 1 - lr * torch.as_tensor(weight_decay, dtype=first.dtype, device=first.device)
         for p, minus, decay in zip(self.params, self._direction, self.decay_mask, strict=True):
             if decay:
-                p.mul_(_column(shrink, p))
-            p.addcmul_(_column(lr, p), minus)
+                p.mul_(per_replica(shrink, p))
+            p.addcmul_(per_replica(lr, p), minus)
 
     def _minus_direction(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
                          u: torch.Tensor) -> None:
@@ -220,14 +209,14 @@ class Adam(AdamW):
             raise EscapestatError(f"{len(grads)} gradients for {len(self.params)} parameters")
         self.steps += 1
         first = self.params[0]
-        grads = [g + _column(weight_decay, p) * p if decay else g
+        grads = [g + per_replica(weight_decay, p) * p if decay else g
                  for g, p, decay in zip(grads, self.params, self.decay_mask, strict=True)]
         if self._direction is None or self._direction[0].shape != first.shape:
             self._direction = pack([torch.zeros_like(p) for p in self.params])
         self._minus_direction(self._flat_grads(grads), self._flat(0), self._flat(1),
                               _packed_view(self._direction))
         for p, minus in zip(self.params, self._direction, strict=True):
-            p.addcmul_(_column(lr, p), minus)
+            p.addcmul_(per_replica(lr, p), minus)
 
 
 class SGD(_Fused):
@@ -257,5 +246,5 @@ class SGD(_Fused):
         self.steps += 1
         for p, b, decay in zip(self.params, self._state[0], self.decay_mask, strict=True):
             if decay:
-                b.addcmul_(_column(weight_decay, p), p)
-            p.addcmul_(_column(lr, p), b, value=-1)
+                b.addcmul_(per_replica(weight_decay, p), p)
+            p.addcmul_(per_replica(lr, p), b, value=-1)

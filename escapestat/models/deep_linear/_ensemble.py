@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import torch
 
+from escapestat.models._broadcast import per_replica
 from escapestat.models.deep_linear._replica_ops import (  # noqa: F401
     Scalar,
-    _per_replica,
     _replica_last,
     _vector_matmul,
 )
@@ -168,7 +168,7 @@ class DeepLinearEnsemble:
         """Per-replica ½ mean‖y − Px‖² + (β/2) Σ‖W_l‖² from the moments (syy = mean ‖y‖²)."""
         p = self.end_to_end()
         fit = 0.5 * syy - (p * syx).sum((1, 2)) + 0.5 * (self._matmul(p, sxx) * p).sum((1, 2))
-        b = _per_replica(beta, p).reshape(-1)
+        b = per_replica(beta, p).reshape(-1)
         l2 = sum(w.square().sum((1, 2)) for w in self.weights)
         return fit + 0.5 * b * l2
 
@@ -181,7 +181,7 @@ class DeepLinearEnsemble:
         mm = self._matmul
         pre = self.prefixes()
         back = mm(pre[-1], sxx) - syx  # G, then (W_L ··· W_{l+1})ᵀ G going down
-        b = _per_replica(beta, back)
+        b = per_replica(beta, back)
         grads: list[torch.Tensor] = []  # from the last layer down, reversed at the end
         for layer in range(len(self.weights) - 1, -1, -1):
             w = self.weights[layer]

@@ -1,18 +1,11 @@
-"""Tensor ops over the replica axis R: per-replica scalars broadcast over weights, and the
-replica-last layout whose matmuls run as a few vector ops over R (small nets on CPU)."""
+"""Tensor ops over the replica axis R: the replica-last layout whose matmuls run as a few
+vector ops over R (small nets on CPU). Per-replica scalars broadcast by ``_broadcast``."""
 
 from __future__ import annotations
 
 import torch
 
-Scalar = float | torch.Tensor
-
-
-def _per_replica(value: Scalar, like: torch.Tensor) -> torch.Tensor:
-    """A float or an [R] tensor, shaped [R, 1, 1] (or scalar) to broadcast over weights."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0:
-        return value.to(like.dtype).reshape(-1, 1, 1)
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+from escapestat.models._broadcast import Scalar  # noqa: F401 (re-exported)
 
 
 def _replica_last(t: torch.Tensor) -> torch.Tensor:

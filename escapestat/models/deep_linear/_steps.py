@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from escapestat.models._broadcast import replica_vector
 from escapestat.models._integrators import langevin, sgd
-from escapestat.models._optimizers import _per_replica
 from escapestat.models.base import Hyper
 from escapestat.models.deep_linear._replica_ops import Scalar
 
@@ -23,7 +23,7 @@ def sgd_step(
     """W_l ← W_l − lr ∇W_l in place (the minibatch noise is in the moments)."""
     grads = model.gradients(sxx, syx, beta)
     w = model.weights[0]
-    sgd(model.weights, grads, Hyper(_per_replica(lr, w), _per_replica(beta, w)))
+    sgd(model.weights, grads, Hyper(replica_vector(lr, w), replica_vector(beta, w)))
 
 
 def langevin_step(
@@ -33,5 +33,5 @@ def langevin_step(
     """W_l ← W_l − lr ∇W_l + √(2 lr T) ξ: Euler–Maruyama, stationary law ∝ exp(−loss / T)."""
     grads = model.gradients(sxx, syx, beta)
     w = model.weights[0]
-    langevin(model.weights, grads, Hyper(_per_replica(lr, w), _per_replica(beta, w),
-                                         _per_replica(temperature, w)), generator)
+    langevin(model.weights, grads, Hyper(replica_vector(lr, w), replica_vector(beta, w),
+                                         replica_vector(temperature, w)), generator)
