@@ -50,8 +50,15 @@ def read_mlflow(source: str, metrics: list[str]) -> list[LoggedRun]:
     client = _client(uri)
     try:
         experiments = client.search_experiments()
-        runs = client.search_runs([e.experiment_id for e in experiments],
-                                  order_by=["attributes.start_time ASC"]) if experiments else []
+        runs, token = [], None
+        while experiments:  # page through: one call returns at most 1000 runs
+            page = client.search_runs([e.experiment_id for e in experiments],
+                                      order_by=["attributes.start_time ASC"],
+                                      max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
     except Exception as exc:
         raise EscapestatError(f"{source}: MLflow could not list its runs "
                               f"({_first_line(exc)})") from None
