@@ -96,6 +96,6 @@ def ingest(
         print_json(result.to_dict())
         return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items())) or "none"
-    out_console.print(escape(f"read {len(runs)} runs with {metric!r} from {tracker.value} "
-                             f"{source}; wrote {result.rows} rows to {out} ({counts})"),
+    out_console.print(escape(f"read {len(runs)} runs from {tracker.value} {source}; "
+                             f"wrote {result.rows} rows to {out} ({counts})"),
                       highlight=False, soft_wrap=True)

@@ -65,7 +65,7 @@ def ingest(runs: list[LoggedRun], path: str | os.PathLike, metric: str, threshol
         raise EscapestatError(f"{out} exists; write to a new file, or add --append to "
                               "append these runs to it")
     result = IngestResult(out)
-    keys = _condition_keys(runs)
+    keys = _condition_keys([r for r in runs if metric in r.series])
     held = _run_ids(out) if exists else set()
     seen: set[str] = set()
     for run in runs:

@@ -12,6 +12,7 @@ names the extra to install (``escapestat[tensorboard]``, ``[mlflow]``, ``[wandb]
 
 from __future__ import annotations
 
+from escapestat.errors import EscapestatError, did_you_mean
 from escapestat.trackers._log import TrackerLog, open_log, parse_log_spec
 from escapestat.trackers._run import LoggedRun, condition_value, run_name
 
@@ -21,8 +22,9 @@ WRITERS = ("tensorboard", "mlflow")
 
 
 def read_runs(kind: str, source: str, metrics: list[str]) -> list[LoggedRun]:
-    """Every run under ``source`` that logged at least one of ``metrics``, with those
-    series (step → value, the last value logged at a step) and its hyperparameters."""
+    """Every run under ``source``, with the series of ``metrics`` it logged (step → value,
+    the last value logged at a step) and its hyperparameters. When no run logged
+    ``metrics[0]`` (the escape metric) it is one clear error naming what was logged."""
     if kind == "tensorboard":
         from escapestat.trackers._tensorboard import read_tensorboard as read
     elif kind == "mlflow":
@@ -30,11 +32,16 @@ def read_runs(kind: str, source: str, metrics: list[str]) -> list[LoggedRun]:
     elif kind == "wandb":
         from escapestat.trackers._wandb import read_wandb as read
     else:
-        from escapestat.errors import EscapestatError, did_you_mean
-
         raise EscapestatError(f"unknown tracker {kind!r}{did_you_mean(kind, READERS)}; "
                               f"choose one of {', '.join(READERS)}")
-    return read(source, metrics)
+    runs = read(source, metrics)
+    if metrics and not any(metrics[0] in r.series for r in runs):
+        logged = sorted(set().union(*(r.logged for r in runs)))
+        shown = ", ".join(logged[:12]) + (", …" if len(logged) > 12 else "")
+        raise EscapestatError(
+            f"{source}: none of its {len(runs)} runs logged {metrics[0]!r}"
+            f"{did_you_mean(metrics[0], logged)}; they logged: {shown or 'no scalars'}")
+    return runs
 
 
 __all__ = ["READERS", "WRITERS", "LoggedRun", "TrackerLog", "condition_value", "open_log",

@@ -65,14 +65,14 @@ def read_mlflow(source: str, metrics: list[str]) -> list[LoggedRun]:
     out = []
     for r in runs:
         name = r.info.run_name or r.info.run_id
-        run = LoggedRun(run_name(f"{name}-{r.info.run_id[:8]}"), flatten(dict(r.data.params)))
+        run = LoggedRun(run_name(f"{name}-{r.info.run_id[:8]}"), flatten(dict(r.data.params)),
+                        logged=set(r.data.metrics))
         for metric in metrics:
             if metric not in r.data.metrics:
                 continue
             for m in client.get_metric_history(r.info.run_id, metric):
                 run.add(metric, m.step, m.value, m.timestamp / 1000.0)
-        if run.series:
-            out.append(run)
+        out.append(run)
     return out
 
 

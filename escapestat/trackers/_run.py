@@ -16,14 +16,16 @@ from escapestat.errors import EscapestatError
 class LoggedRun:
     """A run read from a tracker.
 
-    ``series`` maps a metric to {step: value} (steps as logged; a step logged twice keeps
-    its last value); ``conditions`` are the run's hyperparameters as scalars; ``started``
-    and ``ended`` the first and last wall-clock times seen (seconds since the epoch).
+    ``series`` maps a metric asked for to {step: value} (steps as logged; a step logged
+    twice keeps its last value); ``logged`` names every scalar the run logged, asked for
+    or not; ``conditions`` are the run's hyperparameters as scalars; ``started`` and
+    ``ended`` the first and last wall-clock times seen (seconds since the epoch).
     """
 
     name: str
     conditions: dict[str, object] = field(default_factory=dict)
     series: dict[str, dict[int, float]] = field(default_factory=dict)
+    logged: set[str] = field(default_factory=set)
     started: float | None = None
     ended: float | None = None
 

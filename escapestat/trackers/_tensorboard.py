@@ -58,11 +58,15 @@ def _scalars(acc, run: LoggedRun, metrics: list[str]) -> None:
 
     tags = acc.Tags()
     for tag in tags.get("scalars", []):
+        run.logged.add(tag)
         if tag in metrics:
             for e in acc.Scalars(tag):
                 run.add(tag, e.step, e.value, e.wall_time)
     for tag in tags.get("tensors", []):
-        if tag in metrics and acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+            continue
+        run.logged.add(tag)
+        if tag in metrics:
             for e in acc.Tensors(tag):
                 run.add(tag, e.step, float(tensor_util.make_ndarray(e.tensor_proto)),
                         e.wall_time)
@@ -85,7 +89,7 @@ def read_tensorboard(source: str, metrics: list[str]) -> list[LoggedRun]:
         run = LoggedRun(run_name(name if name != "." else root.name))
         _scalars(acc, run, metrics)
         params[d] = _hparams(acc)
-        if run.series:
+        if run.logged:
             found[d] = run
     for d, run in found.items():
         # add_hparams writes to a subdirectory of the run: take the nearest hparams

@@ -77,6 +77,7 @@ def _read_run(path: Path, metrics: list[str], pb) -> LoggedRun:
             row = {(i.key or ".".join(i.nested_key)): i.value_json for i in record.history.item}
             step = int(json.loads(row["_step"])) if "_step" in row else record.history.step.num
             wall = float(json.loads(row["_timestamp"])) if "_timestamp" in row else None
+            run.logged.update(k for k in row if not k.startswith("_"))
             for metric in metrics:
                 if metric in row:
                     value = json.loads(row[metric])
@@ -98,5 +99,4 @@ def read_wandb(source: str, metrics: list[str]) -> list[LoggedRun]:
     if not logs:
         raise EscapestatError(f"{source}: no W&B run logs (run-*.wandb) under it")
     pb = require("wandb.proto.wandb_internal_pb2", "wandb", "reading W&B runs")
-    runs = [_read_run(p, metrics, pb) for p in logs]
-    return [r for r in runs if r.series]
+    return [_read_run(p, metrics, pb) for p in logs]

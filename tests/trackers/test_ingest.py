@@ -206,6 +206,16 @@ def test_a_bad_source_is_one_line(cli, tmp_path, tracker, make, message):
     assert message in err and not (tmp_path / "in.csv").exists()
 
 
+def test_a_metric_no_run_logged_is_one_line_naming_what_was_logged(cli, tmp_path):
+    pytest.importorskip("tensorboard")
+    _live_rows(tmp_path, log=f"tensorboard:{tmp_path / 'tb'}")
+    code, out, err = cli("ingest", "tensorboard", tmp_path / "tb", "--metric", "test_accuracy",
+                         "--threshold", 0.95, "--out", tmp_path / "in.csv")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "none of its 4 runs logged 'test_accuracy' (did you mean 'test_acc'?)" in err
+    assert "train_acc" in err and not (tmp_path / "in.csv").exists()
+
+
 def test_an_unknown_tracker_is_a_usage_error(cli, tmp_path):
     code, out, err = _ingest(cli, "tensorbord", tmp_path, tmp_path / "in.csv")
     assert code == 2 and len(err.strip().splitlines()) == 1
