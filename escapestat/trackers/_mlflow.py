@@ -1,13 +1,15 @@
 """MLflow tracking stores: read runs' metric histories and parameters, log to a run.
 
 ``source`` is a tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``, ``file:…``)
-or a local ``mlruns`` folder. MLflow 3 keeps its file store in maintenance mode and
+or a local ``mlruns`` folder; the skinny client reads and writes SQLite stores with the
+SQLAlchemy and Alembic that optuna brings. MLflow 3 keeps its file store in maintenance mode and
 refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set; escapestat sets it for a folder
 it is asked to read or write, as that is a store the user already has.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,10 +19,15 @@ from escapestat.trackers._run import LoggedRun, flatten, require, run_name
 
 def tracking_uri(source: str, create: bool = False) -> str:
     """A folder as a ``file:`` URI (allowing MLflow's file store; ``create``: made when
-    missing, for writing); a URI as it is."""
+    missing, for writing); a URI as it is, but a ``sqlite:///`` database must exist
+    unless ``create`` (reading a missing one would create it, empty)."""
     if "://" in source or source.startswith("file:"):
         if source.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if source.startswith("sqlite:///") and not create:
+            db = Path(source[len("sqlite:///"):])
+            if not db.is_file():
+                raise EscapestatError(f"{source}: no such MLflow database ({db})")
         return source
     path = Path(source)
     if create:
@@ -34,6 +41,8 @@ def tracking_uri(source: str, create: bool = False) -> str:
 
 def _client(uri: str):
     tracking = require("mlflow.tracking", "mlflow", "MLflow")
+    for name in ("mlflow.store.db.utils", "alembic"):  # "creating tables…" at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return tracking.MlflowClient(tracking_uri=uri)
     except Exception as exc:  # mlflow raises its own types for a bad URI

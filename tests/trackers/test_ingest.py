@@ -103,13 +103,14 @@ def test_tensorboard_written_by_torch_summarywriter(cli, tmp_path):
     _same_rows(_live_rows(tmp_path), pd.read_csv(tmp_path / "in.csv"))
 
 
-@pytest.mark.parametrize("kind, package", [("tensorboard", "tensorboard"),
-                                           ("mlflow", "mlflow")])
+@pytest.mark.parametrize("kind, target", [
+    ("tensorboard", "{tmp}/log"), ("mlflow", "{tmp}/log"), ("mlflow", "sqlite:///{tmp}/m.db")])
 def test_the_monitor_logs_to_a_tracker_and_ingest_reads_the_same_rows(cli, tmp_path, kind,
-                                                                      package):
-    pytest.importorskip(package)
-    live = _live_rows(tmp_path, log=f"{kind}:{tmp_path / 'log'}")
-    code, out, err = _ingest(cli, kind, tmp_path / "log", tmp_path / "in.csv")
+                                                                      target):
+    pytest.importorskip(kind)
+    source = target.format(tmp=tmp_path)
+    live = _live_rows(tmp_path, log=f"{kind}:{source}")
+    code, out, err = _ingest(cli, kind, source, tmp_path / "in.csv")
     assert code == 0, err
     ingested = pd.read_csv(tmp_path / "in.csv")
     _same_rows(live, ingested)
@@ -199,11 +200,13 @@ def test_an_existing_table_is_refused_and_kept_unless_append(cli, tmp_path):
     ("tensorboard", lambda p: p / "missing", "not a TensorBoard log directory"),
     ("wandb", lambda p: p, "no W&B run logs"),
     ("mlflow", lambda p: p / "missing", "not an MLflow store"),
+    ("mlflow", lambda p: f"sqlite:///{p}/missing.db", "no such MLflow database"),
 ])
 def test_a_bad_source_is_one_line(cli, tmp_path, tracker, make, message):
     code, out, err = _ingest(cli, tracker, make(tmp_path), tmp_path / "in.csv")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
     assert message in err and not (tmp_path / "in.csv").exists()
+    assert not (tmp_path / "missing.db").exists()  # reading never creates a store
 
 
 def test_a_metric_no_run_logged_is_one_line_naming_what_was_logged(cli, tmp_path):
