@@ -65,16 +65,18 @@ def ingest(
         "--record", help="Also write this metric's last value as final_NAME (repeatable).")
     ] = None,
     append: Annotated[bool, typer.Option(
-        "--append", help="Append to an existing table (its columns must match).")] = False,
+        "--append", help="Append to an existing table (its columns must match); runs it "
+        "already holds are skipped.")] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Apply the escape rule to each logged run and write one row per run.
+    """Write an escape table from runs logged to TensorBoard, MLflow or W&B.
 
-    Each run's series are replayed, step by step, through the same rule as `run` and
-    EscapeMonitor: the first crossing of --threshold that does not fall back past
-    --fallback within --commit-steps is the escape; a run that never escapes is censored
-    at its last logged step (or --max-steps); a non-finite value is a divergence. The
-    runs' hyperparameters become condition columns.
+    One row per run: each run's series are replayed, step by step, through the same
+    rule as `run` and EscapeMonitor: the first crossing of --threshold that does not
+    fall back past --fallback within --commit-steps is the escape; a run that never
+    escapes is censored at its last logged step (or --max-steps); a non-finite value is
+    a divergence. The runs' hyperparameters become condition columns; with --append,
+    runs the table already holds are skipped.
 
     Example: escapestat ingest tensorboard runs/tb --metric test_acc --threshold 0.95
     --out escapes.csv
