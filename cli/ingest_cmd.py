@@ -64,6 +64,9 @@ def ingest(
     record: Annotated[list[str] | None, typer.Option(
         "--record", help="Also write this metric's last value as final_NAME (repeatable).")
     ] = None,
+    step_offset: Annotated[int, typer.Option(
+        "--step-offset", help="Add this to every logged step, so that steps count training "
+        "steps done (Lightning logs one less: use 1).")] = 0,
     append: Annotated[bool, typer.Option(
         "--append", help="Append to an existing table (its columns must match); runs it "
         "already holds are skipped.")] = False,
@@ -89,6 +92,7 @@ def ingest(
     runs = read_runs(tracker.value, source, metrics)
     result = ingest_runs(
         runs, out, metric, threshold, source=tracker.value, append=append,
+        step_offset=step_offset,
         fallback=fallback, commit_steps=commit_steps, direction=direction,
         fit_metric=fit_metric, fit_threshold=fit_threshold, max_steps=max_steps,
         record=list(record or []))

@@ -48,11 +48,14 @@ def _condition_keys(runs: list[LoggedRun]) -> list[str]:
 
 
 def ingest(runs: list[LoggedRun], path: str | os.PathLike, metric: str, threshold: float, *,
-           source: str = "tracker", append: bool = False, **criterion) -> IngestResult:
+           source: str = "tracker", append: bool = False, step_offset: int = 0,
+           **criterion) -> IngestResult:
     """Write one escape-table row per run that logged ``metric`` (``EscapeMonitor``'s
     rule, its options in ``criterion``: fallback, direction, commit_steps, fit_metric,
     fit_threshold, fit_fallback, fit_direction, max_steps, record).
 
+    ``step_offset`` is added to every logged step, for loggers whose step is not the
+    number of training steps done (Lightning logs at that number minus one: offset 1).
     Runs are replayed in order; every run gets the union of the runs' hyperparameter
     names as condition columns (empty where it had none). Without ``append`` an existing
     table is refused, so nothing written before is touched; with it, a run whose
@@ -85,7 +88,7 @@ def ingest(runs: list[LoggedRun], path: str | os.PathLike, metric: str, threshol
                                 handle_signals=False, quiet=True, **criterion)
         try:
             for step in run.steps():
-                monitor.update(step, run.at(step))
+                monitor.update(step + step_offset, run.at(step))
         except EscapestatError as exc:
             monitor.discard()
             raise EscapestatError(f"run {run.name}: {exc}") from None

@@ -21,6 +21,7 @@ from escapestat.integrations.lightning import EscapeCallback
 class Classifier(lightning.LightningModule):
     def __init__(self, lr: float):
         super().__init__()
+        self.save_hyperparameters()  # a logger records lr (TensorBoard: as hparams)
         self.lr = lr
         self.net = torch.nn.Linear(8, 2)
         torch.nn.init.zeros_(self.net.weight)  # start at chance
@@ -39,7 +40,9 @@ class Classifier(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def main(path: str, seed: int = 0, lr: float = 0.02, callbacks=()) -> None:
+def main(path: str, seed: int = 0, lr: float = 0.02, callbacks=(), logger=False) -> None:
+    """Train, recording the escape in ``path``; ``logger`` is Lightning's (e.g. a
+    ``TensorBoardLogger``: ``escapestat ingest tensorboard`` then reads the same escape)."""
     lightning.seed_everything(seed, verbose=False)
     x = torch.randn(512, 8, generator=torch.Generator().manual_seed(seed))
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
@@ -48,7 +51,7 @@ def main(path: str, seed: int = 0, lr: float = 0.02, callbacks=()) -> None:
     escape = EscapeCallback(path, metric="val_acc", threshold=0.9, fallback=0.8,
                             commit_steps=8, lr=lr, seed=seed)
     trainer = lightning.Trainer(max_epochs=4, val_check_interval=4, accelerator="cpu",
-                                callbacks=[escape, *callbacks], logger=False,
+                                callbacks=[escape, *callbacks], logger=logger,
                                 enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False)
     trainer.fit(Classifier(lr), train, val)

@@ -94,6 +94,33 @@ def test_the_lightning_callback_with_real_lightning(tmp_path):
 
 
 @_isolated
+def test_lightnings_own_tensorboard_log_ingests_to_the_callbacks_row(tmp_path):
+    """Lightning's TensorBoardLogger writes the run; ``escapestat ingest`` replays it into
+    the row the EscapeCallback wrote live (accuracies are k/128: exact in float32).
+    Lightning logs a validation at global_step − 1 (3, 7, 11, … where the callback sees
+    4, 8, 12, …), so the steps are shifted by one: without it every time is one less."""
+    _need("lightning")
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from escapestat.monitor import ingest
+    from escapestat.trackers import read_runs
+
+    example = _example("lightning_escape")
+    example.main(str(tmp_path / "live.csv"),
+                 logger=TensorBoardLogger(str(tmp_path / "tb"), name="clf"))
+    (run,) = read_runs("tensorboard", str(tmp_path / "tb"), ["val_acc"])
+    assert run.name == "clf-version_0" and run.conditions["lr"] == 0.02
+    assert min(run.series["val_acc"]) == 3
+    result = ingest([run], tmp_path / "ingested.csv", "val_acc", 0.9, fallback=0.8,
+                    commit_steps=8, step_offset=1)
+    assert result.rows == 1
+    live, ingested = (pd.read_csv(tmp_path / f) for f in ("live.csv", "ingested.csv"))
+    same = ["duration", "event", "status", "first_cross_time", "last_step", "lr"]
+    assert ingested[same].iloc[0].tolist() == live[same].iloc[0].tolist()
+
+
+@_isolated
 def test_the_huggingface_callback_with_real_transformers(tmp_path):
     transformers = _need("transformers")
     example = _example("huggingface_escape")

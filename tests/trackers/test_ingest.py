@@ -263,3 +263,20 @@ def test_condition_values_from_text_and_floats():
     assert condition_value(32.0) == 32 and isinstance(condition_value(32.0), int)
     assert condition_value("True") is True and condition_value("adamw") == "adamw"
     assert condition_value([1, 2]) == "[1, 2]" and np.isnan(float(condition_value("nan")))
+
+
+def test_step_offset_shifts_every_logged_step(cli, tmp_path):
+    """Lightning logs at steps done − 1; --step-offset 1 counts steps done instead."""
+    pytest.importorskip("tensorboard")
+    live = _live_rows(tmp_path, log=f"tensorboard:{tmp_path / 'tb'}")
+    code, out, err = _ingest(cli, "tensorboard", tmp_path / "tb", tmp_path / "in.csv",
+                             "--step-offset", 1)
+    assert code == 0, err
+    shifted = pd.read_csv(tmp_path / "in.csv")
+    # No logged step is now the state before training, so the run that started outside
+    # the trap is not recognised as untrapped: it escapes at its first step.
+    assert shifted.set_index("run_id").loc["untrapped", "duration"] == 1
+    shifted = shifted[shifted["run_id"] != "untrapped"].sort_values("lr").reset_index(drop=True)
+    live = live.sort_values("lr").reset_index(drop=True)
+    for col in ("duration", "first_cross_time", "last_step"):
+        pd.testing.assert_series_equal(shifted[col], live[col] + 1, check_dtype=False)
