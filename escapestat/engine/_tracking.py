@@ -12,24 +12,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from escapestat.stats._strata import CONDITION_COLUMNS, SCHEDULE_SUFFIX
+from escapestat.stats._strata import condition_columns
 from escapestat.trackers import TrackerLog
 from escapestat.vocab import DIVERGED, ESCAPED
 
 
 def _conditions(rows: pd.DataFrame) -> dict[str, object]:
-    first = rows.iloc[0]
+    """The condition's columns (``condition_columns``), as plain values, empty ones left out."""
     out: dict[str, object] = {}
-    for col in rows.columns:
-        if col == "condition" or not (col in CONDITION_COLUMNS or col.endswith(SCHEDULE_SUFFIX)):
-            continue
-        value = first[col]
-        if isinstance(value, (np.generic,)):
-            value = value.item()
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            continue
-        out[col] = value
+    for col in condition_columns(rows, exclude=("condition",)):
+        value = rows[col].iloc[0]
+        value = value.item() if isinstance(value, np.generic) else value
+        if value is not None and not (isinstance(value, float) and np.isnan(value)):
+            out[col] = value
     return out
+
+
+def _fraction_by(durations: np.ndarray, n: int, steps: np.ndarray) -> np.ndarray:
+    """The fraction of ``n`` replicas whose duration is ≤ each step."""
+    return np.searchsorted(np.sort(durations), steps, side="right") / n
 
 
 def log_run(escapes: pd.DataFrame, curves: pd.DataFrame | None, budget: int,
@@ -43,11 +44,11 @@ def log_run(escapes: pd.DataFrame, curves: pd.DataFrame | None, budget: int,
         n = len(rows)
         status = rows["status"].astype(str).to_numpy()
         duration = rows["duration"].to_numpy(dtype=float)
-        steps = sorted({0, int(budget), *duration.astype(int).tolist()})
-        for step in steps:
-            log.scalars(name, step, {
-                "escaped": float(((status == ESCAPED) & (duration <= step)).sum() / n),
-                "diverged": float(((status == DIVERGED) & (duration <= step)).sum() / n)})
+        steps = np.array(sorted({0, int(budget), *duration.astype(int).tolist()}))
+        escaped = _fraction_by(duration[status == ESCAPED], n, steps)
+        diverged = _fraction_by(duration[status == DIVERGED], n, steps)
+        for step, e, d in zip(steps.tolist(), escaped.tolist(), diverged.tolist(), strict=True):
+            log.scalars(name, step, {"escaped": e, "diverged": d})
         if curves is not None and len(curves):
             mine = curves[curves["condition"] == cond]
             for step, at in mine.groupby("step", sort=True):

@@ -365,8 +365,12 @@ class EscapeMonitor:
             _restore_handlers()
 
     def _end_log(self) -> None:
-        if self.log is not None:
-            self.log.close() if self._own_log else self.log.flush()
+        if self.log is None:
+            return
+        if self._own_log:
+            self.log.close()
+        else:
+            self.log.flush()
 
     def _log_end(self, row: dict) -> None:
         if self.log is None:

@@ -279,7 +279,7 @@ class Objective:
                 _constrain(trial, name, value)
             value = objective_value(self.spec.objective, summary)
             if tracker is not None:
-                tracker.hparams(run, {k: v for k, v in trial.params.items()})
+                tracker.hparams(run, dict(trial.params))
                 tracker.scalars(run, study.run.max_steps, {"objective": value})
             return value
         finally:
