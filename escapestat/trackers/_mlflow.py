@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from escapestat.errors import EscapestatError
@@ -104,8 +105,6 @@ class MLflowLog:
 
     def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
         entities = require("mlflow.entities", "mlflow", "MLflow")
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(self._run(run), metrics=[
             entities.Metric(k, float(v), now, int(step)) for k, v in values.items()])

@@ -21,9 +21,8 @@ EVENTS = "events.out.tfevents."
 
 
 def _event_dirs(root: Path) -> list[Path]:
-    dirs = sorted({Path(d) for d, _, files in os.walk(root)
+    return sorted({Path(d) for d, _, files in os.walk(root)
                    if any(f.startswith(EVENTS) for f in files)})
-    return dirs
 
 
 def _accumulator(path: Path):
