@@ -276,7 +276,9 @@ def _result(future: Any, item: Any) -> Any:
     except Exception as exc:
         if future.status == "error":
             raise TaskFailed(item, "raised", _why(exc)) from None
-        if future.status == "finished":
+        # A closed connection while fetching a finished result (Dask's CommClosedError is
+        # an OSError) is the scheduler going away, not a result that would not unpickle.
+        if future.status == "finished"  and not isinstance(exc, OSError):
             raise TaskFailed(item, "unreadable", _why(exc)) from None
         raise TaskFailed(item, "lost", _why(exc)) from None  # cancelled: the scheduler gone
     future.release()

@@ -217,3 +217,28 @@ def test_one_bar_counts_steps_across_workers(cluster, tmp_path):
     assert any(isinstance(e, ClusterSteps) and e.steps % 10000 for e in steps), steps
     assert isinstance(steps[-1], ChunkDone) and steps[-1].steps == 4 * 10000
     assert [e.done for e in events if isinstance(e, ChunkDone)] == [1, 2, 3, 4]
+
+
+class _Finished:
+    """A future the scheduler marked finished whose result then fails to arrive."""
+
+    status = "finished"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_a_closed_connection_fetching_a_result_is_the_scheduler_lost():
+    """Killing the scheduler mid-gather surfaces as CommClosedError on a future already
+    marked finished (seen in CI): that is the scheduler lost, not an unreadable result."""
+    from distributed.comm.core import CommClosedError
+
+    with pytest.raises(_cluster.TaskFailed) as lost:
+        _cluster._result(_Finished(CommClosedError("connection reset")), 3)
+    assert lost.value.how == "lost"
+    with pytest.raises(_cluster.TaskFailed) as unreadable:
+        _cluster._result(_Finished(ModuleNotFoundError("no module named 'x'")), 3)
+    assert unreadable.value.how == "unreadable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -365,6 +366,23 @@ def test_a_best_value_at_the_edge_of_its_range_gets_a_note(raw_spec):
     assert edge_notes(spec, SearchOutcome("s", [], None)) == []
 
 
+def _a_trial_is_running(db) -> bool:
+    """Whether the search writing ``db`` has a RUNNING trial, read through a read-only
+    SQLite connection: ``optuna.load_study`` here would create the schema itself and race
+    the search that is creating it (seen in CI: the search died, "no trial started")."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=1)) as con:
+            rows = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'")
+            return rows.fetchone()[0] > 0
+    except sqlite3.OperationalError:  # the schema is not there yet, or the file is locked
+        return False
+
+
 def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
     """SIGINT mid-trial: exit 130 (128 + SIGINT) with one `error:` line (no Optuna
     traceback), the trial in flight FAIL and flagged ``interrupted``, so that it does not
@@ -384,15 +402,15 @@ def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
     url = f"sqlite:///{out / 'optuna.db'}"
     try:
         deadline = time.monotonic() + 120
-        running = []
+        running = False
         while not running and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.3)
-            try:
-                trials = optuna.load_study(study_name="tiny-search", storage=url).trials
-            except Exception:  # the database or the study is not there yet
-                continue
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-        assert running, "no trial started"
+            running = _a_trial_is_running(out / "optuna.db")
+        if not running:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"no trial started (exit {proc.returncode}); stderr: "
+                                 f"{err[-2000:]}")
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         try:
