@@ -366,6 +366,14 @@ def test_a_best_value_at_the_edge_of_its_range_gets_a_note(raw_spec):
     assert edge_notes(spec, SearchOutcome("s", [], None)) == []
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """Give the search SIGINT's default disposition: a suite started in the background of
+    a non-interactive shell inherits SIGINT ignored (seen in CI: the Ctrl-C never came)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _a_trial_is_running(db) -> bool:
     """Whether the search writing ``db`` has a RUNNING trial, read through a read-only
     SQLite connection: ``optuna.load_study`` here would create the schema itself and race
@@ -398,7 +406,8 @@ def test_ctrl_c_is_one_line_and_marks_the_trial_in_flight_failed(tmp_path):
     path.write_text(STUDY.replace("max_steps = 600", "max_steps = 200000"), encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "escapestat_cli", "optimize", str(path),
                              "--out", str(out), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_at_a_terminal)
     url = f"sqlite:///{out / 'optuna.db'}"
     try:
         deadline = time.monotonic() + 120
