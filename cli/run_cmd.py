@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich import box
@@ -34,6 +35,8 @@ from .options import (
     parse_cluster_option,
 )
 
+if TYPE_CHECKING:
+    from escapestat.stats._summary import ConditionSummary, RunSummary, StratumArrhenius
 
 class _Bar:
     """Renders the engine's progress events as a rich bar on stderr."""
@@ -94,23 +97,34 @@ def _pair(lo, hi, digits: int = 2) -> str:
     return f"\n{_compact(lo, digits)}–{_compact(hi, digits)}"
 
 
-def _median(c: dict, name: str) -> str:
-    m, (lo, hi) = c.get(f"{name}_median"), c.get(f"{name}_median_ci") or (None, None)
+def _median(c: ConditionSummary, name: str) -> str:
+    m, (lo, hi) = c.grokking.median(name) if c.grokking else (None, (None, None))
     if m is None:
         return "not reached"
     return f"{_fmt(m)}\n{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}"
 
 
-def _batch(c: dict) -> str:
+def _batch(c: ConditionSummary) -> str:
     """The batch size, marked when it is the whole training set (no minibatch noise)."""
-    return f"{c['batch_size']}\n(full)" if c.get("full_batch") else str(c["batch_size"])
+    return f"{c.batch_size}\n(full)" if c.full_batch else str(c.batch_size)
 
 
-def _print_grokking(summary: dict) -> None:
-    rows = summary["conditions"]
-    sizes = {c["n"] for c in rows}
+def _shape(c: ConditionSummary, grokking: bool = False) -> str:
+    """The Weibull shape with its CI below, or — without one (grokking: without a CI)."""
+    e = c.escape
+    if e is None:
+        return "—"
+    (lo, hi), k = e.weibull_shape_ci, e.weibull_shape
+    if grokking:
+        return "—" if lo != lo else f"{k:.1f}\n{lo:.1f}–{hi:.1f}"
+    return "—" if k != k else f"{k:.2f}" + _pair(lo, hi, 3)
+
+
+def _print_grokking(summary: RunSummary) -> None:
+    rows = summary.conditions
+    sizes = {c.n for c in rows}
     per = f"{next(iter(sizes))} replicas each; " if len(sizes) == 1 else ""
-    linear = rows and rows[0].get("barrier_theory") is not None
+    linear = bool(rows) and rows[0].barrier_theory is not None
     rule = ("fit / generalize: train / test error committed past threshold of the way from "
             "its start to the learned level" if linear else
             "fit: train accuracy committed ≥ fit_threshold; generalize: test accuracy "
@@ -122,44 +136,45 @@ def _print_grokking(summary: dict) -> None:
     for name in names:
         table.add_column(name, justify="right", overflow="fold")
     for c in rows:
-        k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
         table.add_row(
-            _fmt(c["lr"], 3), _fmt(c["weight_decay"], 3), _batch(c),
-            *((str(c["n"]),) if per == "" else ()),
+            _fmt(c.lr, 3), _fmt(c.weight_decay, 3), _batch(c),
+            *((str(c.n),) if per == "" else ()),
             _median(c, "fit"), _median(c, "generalize"), _median(c, "delay"),
-            f"{100 * c['grokked']:.0f}%",
-            "—" if k_lo is None or k_lo != k_lo
-            else f"{c['weibull_shape']:.1f}\n{k_lo:.1f}–{k_hi:.1f}")
+            f"{100 * c.grokking.grokked:.0f}%" if c.grokking else "—",
+            _shape(c, grokking=True))
     out_console.print(table)
-    _print_verdicts(rows, lambda c: f"lr {_fmt(c['lr'], 3)}, wd {_fmt(c['weight_decay'], 3)}, "
-                                    f"B {c['batch_size']}"
-                                    + (" (full)" if c.get("full_batch") else ""))
+    _print_verdicts(rows, lambda c: f"lr {_fmt(c.lr, 3)}, wd {_fmt(c.weight_decay, 3)}, "
+                                    f"B {c.batch_size}" + (" (full)" if c.full_batch else ""))
 
 
-def _print_verdicts(rows: list[dict], label) -> None:
-    """The mechanism per condition (design §4), one line for the agreeing majority."""
-    kinds = [c.get("verdict") or "—" for c in rows]
-    common = max(set(kinds), key=kinds.count)
-    odd = [f"{label(c)}: {k} ({c.get('verdict_reason')})" for c, k in zip(rows, kinds,
-                                                                           strict=True)
+def _print_verdicts(rows: Sequence[ConditionSummary],
+                    label: Callable[[ConditionSummary], str]) -> None:
+    """The mechanism per condition, one line for the agreeing majority."""
+    kinds = [c.verdict or "—" for c in rows]
+    # On a tie the first condition's verdict leads (a set's order changes run to run).
+    common = max(dict.fromkeys(kinds), key=kinds.count)
+    odd = [f"{label(c)}: {k} ({c.verdict_reason})" for c, k in zip(rows, kinds, strict=True)
            if k != common]
     head = f"mechanism: {common}" + (" for all" if not odd else
                                      f" for {kinds.count(common)} of {len(kinds)}")
     out_console.print(escape("; ".join([head, *odd])), highlight=False)
 
 
-def _print_summary(summary: dict) -> None:
-    rows = summary["conditions"]
-    if rows and "grokked" in rows[0]:
+#: The setting columns of the escape table: what a condition reads, and its heading.
+_SETTINGS = {"weight_decay": "β", "lr": "lr", "batch_size": "B", "seed_over_saddle": "b₀/s"}
+
+
+def _print_summary(summary: RunSummary) -> None:
+    if summary.grokking:
         _print_grokking(summary)
         return
-    names = {"weight_decay": "β", "lr": "lr", "batch_size": "B", "seed_over_saddle": "b₀/s"}
-    constant = {key: {r.get(key) for r in rows} for key in names}
+    rows = summary.conditions
+    constant = {key: {getattr(r, key) for r in rows} for key in _SETTINGS}
     shown = [key for key, values in constant.items() if len(values) > 1]
-    fixed = [f"{names[key]} = {_fmt(next(iter(constant[key])), 4)}"
-             for key in names
+    fixed = [f"{_SETTINGS[key]} = {_fmt(next(iter(constant[key])), 4)}"
+             for key in _SETTINGS
              if key not in shown and next(iter(constant[key])) is not None]
-    excluded = any(c["diverged"] + c["untrapped"] for c in rows)
+    excluded = any(c.diverged + c.untrapped for c in rows)
     caption = "; ".join([", ".join(fixed)] if fixed else []) + ("; " if fixed else "") + (
         "τ = exposure / escapes") + (
         "; div./untr.: diverged (censored where they diverged) / untrapped (not in n)"
@@ -167,64 +182,65 @@ def _print_summary(summary: dict) -> None:
         "; b₀/s: seeded amplitude over the saddle's" if "seed_over_saddle" in shown else "")
     table = Table(title="Escape times per condition (steps; exact 95% CIs below)",
                   caption=caption, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-    # ΔE/T is exact for Langevin; for SGD, T = lr / B is only a label (design §1).
-    exact = all(c.get("batch_size") is None for c in rows)
-    for name in [names[k] for k in shown] + ["T"] + (["ΔE/T"] if exact else []) + [
-            "n", "esc.", "τ", "median",
-                                             "Weibull k"] + (
-                                                 ["div./\nuntr."] if excluded else []):
+    # ΔE/T is exact for Langevin; for SGD, T = lr / B is only a label.
+    exact = all(c.batch_size is None for c in rows)
+    for name in [_SETTINGS[k] for k in shown] + ["T"] + (["ΔE/T"] if exact else []) + [
+            "n", "esc.", "τ", "median", "Weibull k"] + (["div./\nuntr."] if excluded else []):
         table.add_column(name, justify="right", overflow="fold")
     for c in rows:
-        t_lo, t_hi = c.get("tau_ci") or (None, None)
-        k_lo, k_hi = c.get("weibull_shape_ci") or (None, None)
-        shape = c.get("weibull_shape")
+        e = c.escape
         table.add_row(
-            *[_compact(c[k], 4) for k in shown],
-            _compact(c["temperature"]),
-            *([_compact(c["barrier_over_temperature"])] if exact else []),
-            str(c["n"]), str(c["events"]),
-            _compact(c.get("tau")) + _pair(t_lo, t_hi),
-            _compact(c.get("median")),
-            "—" if shape is None or shape != shape else f"{shape:.2f}" + _pair(k_lo, k_hi, 3),
-            *([f"{c['diverged']}/{c['untrapped']}"] if excluded else []),
+            *[_compact(getattr(c, k), 4) for k in shown],
+            _compact(c.temperature),
+            *([_compact(c.barrier_over_temperature)] if exact else []),
+            str(c.n), str(c.events),
+            "—" if e is None else _compact(e.tau) + _pair(*e.tau_ci),
+            "—" if e is None else _compact(e.median),
+            _shape(c),
+            *([f"{c.diverged}/{c.untrapped}"] if excluded else []),
         )
     out_console.print(table)
-    _print_verdicts(rows, lambda c: f"T {_fmt(c['temperature'])}")
-    parts = [c for c in rows if c.get("switch_trapped_component") is not None]
+    _print_verdicts(rows, lambda c: f"T {_fmt(c.temperature)}")
+    parts = [c for c in rows if c.switch_trapped_component is not None]
     if parts:
-        comp = sorted(c["switch_trapped_component"] for c in parts)
-        floor = sorted(c["rounding_floor"] for c in parts)
+        comp = sorted(cast(float, c.switch_trapped_component) for c in parts)
+        floor = sorted(cast(float, c.rounding_floor) for c in parts)
         out_console.print(
             f"trapped component at the switch (the layers' largest direction beyond the "
             f"learned modes; medians per condition {_fmt(comp[0])} … {_fmt(comp[-1])}); "
             f"rounding floor eps·‖W‖ ≈ {_fmt(floor[len(floor) // 2])}", highlight=False)
-    for f in summary["arrhenius"]:
-        seeded = ("" if f.get("seed_over_saddle") is None
-                  else f", b₀/saddle = {f['seed_over_saddle']:.3g}")
-        head = f"β = {f['weight_decay']:.4g}{seeded}: "
-        if "error" in f:
-            out_console.print(head + f"no Arrhenius fit — {f['error']}")
-            continue
-        lo, hi = f["barrier_ci"]
-        if f.get("direction", "faster with more noise") != "faster with more noise":
-            out_console.print(head + f"escape is {f['direction']}: the rate does not rise "
-                              f"with T (slope {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}]); no "
-                              f"barrier")
-            continue
-        line = f"{head}barrier {f['barrier']:.4g} [{lo:.4g}, {hi:.4g}] ({f['method']})"
-        if f.get("theory_barrier"):
-            rlo, rhi = f["barrier_ratio_ci"]
-            line += (f"; theory {f['theory_barrier']:.4g}; fitted/theory {f['barrier_ratio']:.3f} "
-                     f"[{rlo:.3f}, {rhi:.3f}]")
-        out_console.print(line)
-        fr = f.get("frailty") or {}
-        if fr.get("heterogeneous"):
-            flo, fhi = fr["barrier_ci"]
-            out_console.print(
-                f"  replicas escape at different rates (gamma-frailty variance "
-                f"{fr['frailty_variance']:.3g}, LR p {fr['lr_pvalue']:.2g}): the barrier above "
-                f"is biased; frailty barrier {fr['barrier']:.4g} [{flo:.4g}, {fhi:.4g}]",
-                style="yellow", highlight=False)
+    for f in summary.arrhenius:
+        _print_arrhenius(f)
+
+
+def _print_arrhenius(f: StratumArrhenius) -> None:
+    seeded = ("" if f.seed_over_saddle is None
+              else f", b₀/saddle = {f.seed_over_saddle:.3g}")
+    head = f"β = {f.weight_decay:.4g}{seeded}: "
+    fit = f.fit
+    if fit is None:
+        out_console.print(head + f"no Arrhenius fit — {f.error}")
+        return
+    lo, hi = fit.barrier_ci
+    if fit.direction != "faster with more noise":
+        out_console.print(head + f"escape is {fit.direction}: the rate does not rise "
+                          f"with T (slope {fit.barrier:.4g} [{lo:.4g}, {hi:.4g}]); no barrier")
+        return
+    line = f"{head}barrier {fit.barrier:.4g} [{lo:.4g}, {hi:.4g}] ({fit.method})"
+    ratio = f.versus_theory()
+    if ratio is not None:
+        rlo, rhi = ratio["barrier_ratio_ci"]
+        line += (f"; theory {f.theory_barrier:.4g}; fitted/theory {ratio['barrier_ratio']:.3f} "
+                 f"[{rlo:.3f}, {rhi:.3f}]")
+    out_console.print(line)
+    fr = fit.frailty or {}
+    if fr.get("heterogeneous"):
+        flo, fhi = fr["barrier_ci"]
+        out_console.print(
+            f"  replicas escape at different rates (gamma-frailty variance "
+            f"{fr['frailty_variance']:.3g}, LR p {fr['lr_pvalue']:.2g}): the barrier above "
+            f"is biased; frailty barrier {fr['barrier']:.4g} [{flo:.4g}, {fhi:.4g}]",
+            style="yellow", highlight=False)
 
 
 @domain_errors
@@ -308,7 +324,8 @@ def run(
     for note in result.notes:
         err_console.print(escape(f"note: {note}"))
     if json_out:
-        print_json({"out": str(out_dir), "counts": counts, "notes": result.notes, **summary})
+        print_json({"out": str(out_dir), "counts": counts, "notes": result.notes,
+                    **summary.as_dict()})
         result.require_usable()
         return
     tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))

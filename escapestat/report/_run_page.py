@@ -27,8 +27,13 @@ from escapestat.report._figures import (
 from escapestat.table import _records as records
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from escapestat.config._schedules import Schedule
     from escapestat.stats._arrhenius import ArrheniusFit
+    from escapestat.stats._per_stratum import StratumFit
+    from escapestat.stats._summary import ConditionSummary, RunSummary
+    from escapestat.stats._survival import GroupSummary
 
 
 # ---------------------------------------------------------------- a run directory
@@ -107,25 +112,27 @@ def condition_labels(replicas: pd.DataFrame) -> dict[int, str]:
     return labels
 
 
-def _conditions_table(conditions: list[dict], labels: dict[int, str], grokking: bool) -> Table:
-    excluded = any(c.get("diverged", 0) + c.get("untrapped", 0) for c in conditions)
+def _conditions_table(conditions: Sequence[ConditionSummary], labels: dict[int, str],
+                      grokking: bool) -> Table:
+    excluded = any(c.diverged + c.untrapped for c in conditions)
     rows = []
     for c in conditions:
-        row = {"condition": c["condition"], "setting": labels.get(c["condition"], ""),
-               "mechanism": c.get("verdict") or "—", "n": c["n"],
-               "escaped" if not grokking else "grokked": c["events"]}
+        e = c.escape
+        row = {"condition": c.condition, "setting": labels.get(c.condition, ""),
+               "mechanism": c.verdict or "—", "n": c.n,
+               "escaped" if not grokking else "grokked": c.events}
         if grokking:
             for name in ("fit", "generalize", "delay"):
-                m = c.get(f"{name}_median")
-                row[f"{name} median [CI]"] = ("not reached" if m is None else
-                                              _est(m, c.get(f"{name}_median_ci")))
+                m, ci = c.grokking.median(name) if c.grokking else (None, None)
+                row[f"{name} median [CI]"] = "not reached" if m is None else _est(m, ci)
         else:
-            row["τ [95% CI]"] = _est(c.get("tau"), c.get("tau_ci"))
-            row["KM median"] = "not reached" if c.get("median") is None else fmt3(c["median"])
-        row["Weibull k [CI]"] = _est(c.get("weibull_shape"), c.get("weibull_shape_ci"))
-        row["KS p"] = fmt3(c.get("poisson_pvalue"))
+            row["τ [95% CI]"] = _est(e.tau, e.tau_ci) if e else _est(None, None)
+            row["KM median"] = "not reached" if e is None or e.median is None else fmt3(e.median)
+        row["Weibull k [CI]"] = (_est(e.weibull_shape, e.weibull_shape_ci) if e
+                                 else _est(None, None))
+        row["KS p"] = fmt3(e.poisson_pvalue if e else None)
         if excluded:
-            row["diverged, untrapped"] = f"{c.get('diverged', 0)}, {c.get('untrapped', 0)}"
+            row["diverged, untrapped"] = f"{c.diverged}, {c.untrapped}"
         rows.append(row)
     return Table(pd.DataFrame(rows), "per condition; times in steps with 95% CIs; τ = exposure "
                                      "/ escapes; mechanism: activated, deterministic, "
@@ -152,7 +159,9 @@ def _km_figures(rows: pd.DataFrame, columns: records.Columns, labels: dict | Non
 
 
 def _diagnostics(rows: pd.DataFrame, columns: records.Columns, labels: dict | None, unit: str,
-                 summaries: list[dict]) -> Section:
+                 summaries: Sequence[tuple[object, GroupSummary]]) -> Section:
+    """The log(−log S) figure and, per (label, summary), the Weibull shape, KS p and the
+    verdict with its reason."""
     sec = Section("Weibull / KS diagnostics", [
         "A Poisson (activated) escape has Weibull shape k ≈ 1 and an exponential survival "
         "curve: on the log(−log S) against log t scale its curve is a straight line of "
@@ -165,11 +174,11 @@ def _diagnostics(rows: pd.DataFrame, columns: records.Columns, labels: dict | No
                              "log(−log S(t)) against log t per condition"
                              + (" (the first 10)" if len(keys) > 10 else "")))
     table = pd.DataFrame([{
-        "group": s["label"], "events": s["events"],
-        "Weibull k": fmt3(s.get("weibull_shape")), "95% CI": _ci(s.get("weibull_shape_ci")),
-        "KS p": fmt3(s.get("poisson_pvalue")), "mechanism": s.get("verdict") or "—",
-        "why": s.get("verdict_reason") or "",
-    } for s in summaries])
+        "group": label, "events": s.events,
+        "Weibull k": fmt3(s.weibull_shape), "95% CI": _ci(s.weibull_shape_ci),
+        "KS p": fmt3(s.poisson_pvalue), "mechanism": s.verdict or "—",
+        "why": s.verdict_reason or "",
+    } for label, s in summaries])
     sec.blocks.append(Table(table, "Weibull shape (log-scale Wald CI) and bootstrap KS p"))
     return sec
 
@@ -208,14 +217,12 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
     return sec
 
 
-def _fits(rows: pd.DataFrame, by: list[str], grid: float | None = None
-          ) -> list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]]:
-    """(label, rows, fit, error) per stratum of ``by`` (``stats.arrhenius_by``)."""
-    from escapestat.stats._per_stratum import arrhenius_by
-
+def _labelled(results: Sequence[StratumFit[ArrheniusFit]], rows: pd.DataFrame
+              ) -> list[tuple[str, pd.DataFrame, ArrheniusFit | None, str | None]]:
+    """(label, rows, fit, error) per stratum; the label names the columns that vary."""
     return [(", ".join(f"{c} = {_short(v)}" for c, v in r.stratum.key
                        if rows[c].astype(str).nunique() > 1),
-             r.stratum.rows, r.fit, r.error) for r in arrhenius_by(rows, by, grid)]
+             r.stratum.rows, r.fit, r.error) for r in results]
 
 
 def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, Schedule]]:
@@ -240,7 +247,7 @@ def _run_schedules(first: pd.DataFrame, labels: dict) -> dict[str, dict[str, Sch
 
 def _run_report(path: Path, n_bootstrap: int, seed: int,
                 theory_barrier: float | None = None) -> Report:
-    from escapestat.stats._summary import SURVIVAL, run_summary, strata_columns
+    from escapestat.stats._summary import SURVIVAL, run_summary
 
     meta = {}
     if (path / vocab.RUN_JSON).is_file():
@@ -265,7 +272,7 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
     sections = [Section("Run", [_meta_table(meta)] if meta else ["no run.json"])]
     fixed = fixed_settings(replicas)
     sections.append(Section("Conditions", ([f"All conditions: {fixed}."] if fixed else [])
-                            + [_conditions_table(summary["conditions"], labels, grokking)]))
+                            + [_conditions_table(summary.conditions, labels, grokking)]))
     rows = replicas[replicas["status"].isin(SURVIVAL)]
     columns = records.Columns(group="condition")
     if len(rows):
@@ -274,11 +281,11 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
                                 _km_figures(rows, columns, labels, unit, "km")))
     temps = rows["temperature"].nunique() if "temperature" in rows else 0
     if not grokking and temps >= 2:
-        fits = _fits(rows, strata_columns(rows), meta.get("check_every"))
+        fits = _labelled([f.result for f in summary.arrhenius], rows)
         sections.append(_arrhenius_section(rows, unit, fits, theory_barrier))
     if len(rows):
-        diag = [{**c, "label": labels[c["condition"]]} for c in summary["conditions"]
-                if c["n"]]
+        diag = [(labels[c.condition], c.escape) for c in summary.conditions
+                if c.escape is not None and c.n]
         sections.append(_diagnostics(rows, columns, labels, unit, diag))
     if (path / vocab.CURVES).is_file():
         curves = records.read_table(path / vocab.CURVES)
@@ -304,6 +311,7 @@ def _run_report(path: Path, n_bootstrap: int, seed: int,
 # ---------------------------------------------------------------- a plain table
 def _table_report(path: Path, n_bootstrap: int, seed: int,
                   theory_barrier: float | None = None) -> Report:
+    from escapestat.stats._per_stratum import arrhenius_by
     from escapestat.stats._strata import condition_columns
     from escapestat.stats._survival import summarize
 
@@ -348,9 +356,9 @@ def _table_report(path: Path, n_bootstrap: int, seed: int,
         by = [c for c in condition_columns(df, exclude=("temperature", "condition",
                                                         "barrier_theory"))
               if df[c].astype(str).nunique() > 1]
-        sections.append(_arrhenius_section(df, "steps", _fits(df, by, grid), theory_barrier))
-    diag = [{**s.as_dict(), "label": labels.get(s.group, s.group) if labels else s.group}
-            for s in summaries]
+        fits = _labelled(arrhenius_by(df, by, grid), df)
+        sections.append(_arrhenius_section(df, "steps", fits, theory_barrier))
+    diag = [(labels.get(s.group, s.group) if labels else s.group, s) for s in summaries]
     sections.append(_diagnostics(df, columns, labels, "steps", diag))
     if group == "condition":
         schedules = _run_schedules(df.groupby("condition").first(), labels or {})
@@ -361,7 +369,8 @@ def _table_report(path: Path, n_bootstrap: int, seed: int,
     return Report(f"escapestat report — table {path.name}", str(path.resolve()), sections)
 
 
-def _milestone_marks(summary: dict) -> dict[int, dict[str, float | None]]:
+def _milestone_marks(summary: RunSummary) -> dict[int, dict[str, float | None]]:
     """Per condition the KM median fit and generalisation steps (grokking runs)."""
-    return {c["condition"]: {"fit": c.get("fit_median"), "generalise": c.get("generalize_median")}
-            for c in summary["conditions"] if "fit_median" in c}
+    return {c.condition: {"fit": c.grokking.fit_median,
+                          "generalise": c.grokking.generalize_median}
+            for c in summary.conditions if c.grokking is not None}

@@ -66,6 +66,11 @@ from ._strata import (  # noqa: F401
     fit_strata,
 )
 from ._summary import (  # noqa: F401
+    ConditionSummary,
+    GrokkingTimes,
+    RunSummary,
+    StratumArrhenius,
+    Twin,
     grokking_times,
     run_summary,
 )
@@ -155,6 +160,11 @@ __all__ = [
     "condition_columns",
     "fit_strata",
     "arrhenius_strata",
+    "ConditionSummary",
+    "GrokkingTimes",
+    "RunSummary",
+    "StratumArrhenius",
+    "Twin",
     "grokking_times",
     "run_summary",
 ]

@@ -182,3 +182,22 @@ def test_a_start_that_failed_does_not_block_a_rerun(cli, study_file, tmp_path):
     assert code == 1 and "strength 1e+300" in stderr and "Traceback" not in stderr
     code, _, stderr = cli("run", study_file, "--out", out, "--device", "cpu", "--max-steps", 200)
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize("kinds", [("absorbing", "deterministic", "deterministic", "absorbing"),
+                                   ("deterministic", "absorbing", "absorbing", "deterministic")])
+def test_a_tied_mechanism_line_is_led_by_the_first_condition(kinds, monkeypatch):
+    """Two verdicts tied 2–2: the first condition's leads, whatever the hash seed (a set's
+    order made the line differ from one process to the next)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import escapestat_cli.run_cmd as run_cmd
+
+    buf = io.StringIO()
+    monkeypatch.setattr(run_cmd, "out_console", Console(file=buf, width=300))
+    rows = [SimpleNamespace(verdict=k, verdict_reason="why") for k in kinds]
+    run_cmd._print_verdicts(rows, lambda c: "T")
+    assert buf.getvalue().startswith(f"mechanism: {kinds[0]} for 2 of 4;")

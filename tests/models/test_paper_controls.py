@@ -105,7 +105,7 @@ def test_seeded_amplitude_escapes_iff_past_the_saddle_with_or_without_noise(tmp_
     assert q.loc[0.5] == pytest.approx((0.5 * saddle) ** 3 / learned**3, rel=0.1)
     rows = {(c["seed_over_saddle"], c["batch_size"]): c
             for c in run_summary(df, n_bootstrap=49,
-                                 threshold=study.escape.threshold)["conditions"]}
+                                 threshold=study.escape.threshold).as_dict()["conditions"]}
     assert rows[(1.6, 512)]["verdict"] == DETERMINISTIC
     assert "no noise" in rows[(1.6, 512)]["verdict_reason"]
     assert rows[(0.5, 512)]["verdict"] == ABSORBING
@@ -136,13 +136,13 @@ def test_a_twin_that_stays_trapped_leaves_the_minibatch_verdict_alone():
     t = np.ceil(rng.exponential(300.0, 200) / 10) * 10
     sgd = _table(np.minimum(t, 3000), (t <= 3000).astype(int), 0, 64, False)
     twin = _table(np.full(200, 3000.0), np.zeros(200, int), 1, 512, True)
-    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
+    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10).as_dict()["conditions"]
     assert rows[0]["twin_events"] == 0 and rows[0]["twin_logrank_p"] < 1e-6
     assert rows[0]["verdict"] == ACTIVATED
     assert rows[1]["verdict"] == NOT_REACHED  # a table without the order parameter's record
     # The same escapes in the twin too: now the delay needs no noise.
     twin = _table(np.minimum(t, 3000)[::-1], (t <= 3000).astype(int)[::-1], 1, 512, True)
-    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10)["conditions"]
+    rows = run_summary(pd.concat([sgd, twin]), n_bootstrap=99, grid=10).as_dict()["conditions"]
     assert rows[0]["verdict"] == DETERMINISTIC and rows[1]["verdict"] == DETERMINISTIC
 
 

@@ -25,7 +25,7 @@ def _run(tmp_path, name: str, replace: dict[str, str], replicas: int, max_steps:
     result = run_study(study, tmp_path / "run", device="cpu")
     summary = run_summary(result.replicas, n_bootstrap=49, grid=study.escape.check_every,
                           budget=max_steps, threshold=result.meta["threshold"])
-    return result, summary["conditions"]
+    return result, summary.as_dict()["conditions"]
 
 
 def test_a_grokking_run_still_climbing_at_the_budget_is_not_reached(tmp_path):
