@@ -68,9 +68,9 @@ def _cluster_line(event) -> None:
 
 def _arm_line(arm, run) -> None:
     s = run.summary(n_bootstrap=1)
-    diverged = f", {s['diverged']} diverged" if s["diverged"] else ""
-    err_console.print(escape(f"compare {arm.name}: median {_fmt(s['median'])}, "
-                             f"{s['events']}/{s['n']} escaped{diverged}, "
+    diverged = f", {s.diverged} diverged" if s.diverged else ""
+    err_console.print(escape(f"compare {arm.name}: median {_fmt(s.median)}, "
+                             f"{s.events}/{s.n} escaped{diverged}, "
                              f"{run.seconds:.0f} s"), highlight=False)
 
 

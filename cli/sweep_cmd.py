@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from escapestat.vocab import SWEEP_CSV, SWEEP_JSON, SWEEP_PNG
+
+if TYPE_CHECKING:
+    from escapestat.sweep import SweepResult
 
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut
@@ -26,27 +29,28 @@ def _jump(value: float | None, lo: float | None, hi: float | None) -> str:
     return f"{value:.3f}\n({_fmt(lo)}–{'beyond' if hi is None else _fmt(hi)})"
 
 
-def _print_table(summary: dict) -> None:
-    noise = (f"Langevin T = {summary['temperature']:.3g}" if summary["noise"] == "langevin"
-             else f"SGD lr = {summary['lr']:.3g}, B = {summary['batch_size']}")
+def _print_table(result: SweepResult) -> None:
+    sw, spec, study = result.sweep, result.sweep.sweep, result.sweep.study
+    noise = (f"Langevin T = {sw.temperature:.3g}" if sw.noise == "langevin"
+             else f"SGD lr = {sw.lr:.3g}, B = {sw.batch_size}")
     table = Table(
-        title=f"Hysteresis per mode: depth {summary['depth']}, {noise}",
-        caption=f"β from {summary['beta_low']:.3g} to {summary['beta_high']:.3g} and back, "
-                f"grid step {summary['grid_step']:.3g}, {summary['steps_per_point']} steps "
-                f"per β, {summary['replicas']} replicas; jumps: median (10–90%); loop: up "
+        title=f"Hysteresis per mode: depth {result.depth}, {noise}",
+        caption=f"β from {spec.beta_low:.3g} to {spec.beta_high:.3g} and back, "
+                f"grid step {spec.grid_step:.3g}, {spec.steps_per_point} steps "
+                f"per β, {study.run.replicas} replicas; jumps: median (10–90%); loop: up "
                 "jump above down jump by more than one grid step")
     for name in ("mode", "s", "β_c", "β_sp", "up jump", "down jump", "width", "loop"):
         table.add_column(name, justify="right", overflow="fold")
-    for m in summary["modes"]:
-        loop = "no" if not m["loop"] else ("yes" if m["closed"] else "yes (open)")
+    for m in result.modes:
+        loop = "no" if not m.loop else ("yes" if m.closed else "yes (open)")
         table.add_row(
-            str(m["mode"]), f"{m['strength']:.3g}", f"{m['beta_c']:.3f}", f"{m['beta_sp']:.3f}",
-            _jump(m["up_jump"], m["up_jump_q10"], m["up_jump_q90"]),
-            _jump(m["down_jump"], m["down_jump_q10"], m["down_jump_q90"]),
-            "—" if m["width"] is None else f"{m['width']:.3f}", loop)
+            str(m.mode), f"{m.strength:.3g}", f"{m.beta_c:.3f}", f"{m.beta_sp:.3f}",
+            _jump(m.up_jump, m.up_jump_q10, m.up_jump_q90),
+            _jump(m.down_jump, m.down_jump_q10, m.down_jump_q90),
+            "—" if m.width is None else f"{m.width:.3f}", loop)
     out_console.print(table)
-    out_console.print(f"{summary['loops']} of {len(summary['modes'])} modes show a loop "
-                      f"({summary['seconds']:.1f} s on {summary['device']})", highlight=False)
+    out_console.print(f"{result.loops} of {len(result.modes)} modes show a loop "
+                      f"({result.seconds:.1f} s on {result.device})", highlight=False)
 
 
 @domain_errors
@@ -84,12 +88,11 @@ def sweep(
         task = bar.add_task("sweep", total=len(sw.sweep.plateaus()))
         result = run_sweep(sw, dev, progress=lambda done, _: bar.update(task, completed=done))
     write_sweep(result, out_dir, study_text=study_file.read_text(encoding="utf-8"))
-    summary = {"out": str(out_dir), **result.as_dict()}
     for note in result.notes:
         err_console.print(escape(f"note: {note}"))
     if json_out:
-        print_json(summary)
+        print_json({"out": str(out_dir), **result.as_dict()})
         return
     err_console.print(escape(f"wrote {out_dir / SWEEP_CSV}, {out_dir / SWEEP_JSON} and "
                              f"{out_dir / SWEEP_PNG}"))
-    _print_table(summary)
+    _print_table(result)

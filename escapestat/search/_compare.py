@@ -36,7 +36,14 @@ from escapestat.engine._cluster import ClusterSpec, TaskFailed, cluster_device, 
 from escapestat.engine._loop import ClusterReady
 from escapestat.errors import EscapestatError
 from escapestat.search._arm_result import ArmComparison
-from escapestat.search._search import ArmRun, SearchOutcome, constraint_values, needs_hold, run_arm
+from escapestat.search._search import (
+    ArmRun,
+    ArmSummary,
+    SearchOutcome,
+    constraint_values,
+    needs_hold,
+    run_arm,
+)
 from escapestat.search._space import SearchSpec, apply_overrides, build_study
 from escapestat.stats._contrast import incidence_median_ratio, logrank_p, scaled, time_ratio
 
@@ -182,7 +189,7 @@ def _run_arms_on_cluster(cluster: ClusterSpec, spec: SearchSpec, arms: list[Arm]
     return {arm.name: done[arm.name] for arm in arms}  # the arms' order, as run here
 
 
-def meets_constraints(spec: SearchSpec, summary: dict[str, Any]) -> bool:
+def meets_constraints(spec: SearchSpec, summary: ArmSummary) -> bool:
     """Whether an arm's final test error or loss is within the search's constraint."""
     return all(v <= 0 for v in constraint_values(spec, summary).values())
 
@@ -248,11 +255,11 @@ def contrast_rows(arms: list[Arm], runs: dict[str, ArmRun], spec: SearchSpec,
     for arm in arms:
         run, s = runs[arm.name], summaries[arm.name]
         row = {"arm": arm.name, "source": arm.source, "params": arm.overrides,
-               **{k: s[k] for k in ("n", "events", "diverged", "median", "median_ci",
-                                    "escaped_fraction", "diverged_fraction",
-                                    "censored_fraction", "final_test_error",
-                                    "final_train_error", "final_loss", "rmst",
-                                    "seconds_per_step")},
+               **{k: getattr(s, k) for k in ("n", "events", "diverged", "median", "median_ci",
+                                             "escaped_fraction", "diverged_fraction",
+                                             "censored_fraction", "final_test_error",
+                                             "final_train_error", "final_loss", "rmst",
+                                             "seconds_per_step")},
                "feasible": feasible[arm.name]}
         for ref_name, key in ((DEFAULT, "default"), (BEST_CONSTANT, "best_constant")):
             ref = runs.get(ref_name)
@@ -281,7 +288,7 @@ def _time_columns(key: str, c: _Contrast | None) -> dict[str, Any]:
             f"ratio_vs_{key}_bound": None if c is None else c.bound}
 
 
-def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, dict],
+def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, ArmSummary],
                       feasible: dict[str, bool], names: list[str], n_bootstrap: int,
                       seed: int) -> dict[str, Any]:
     """The best feasible ablation (shortest median, then restricted mean) and the arm's
@@ -296,7 +303,7 @@ def _ablation_columns(arm: Arm, runs: dict[str, ArmRun], summaries: dict[str, di
     if not ok:
         out["schedule_verdict"] = "no ablation is feasible"
         return out
-    best = min(ok, key=lambda n: (summaries[n]["median"] or np.inf, summaries[n]["rmst"]))
+    best = min(ok, key=lambda n: (summaries[n].median or np.inf, summaries[n].rmst))
     c = _contrast(runs[arm.name], runs[best], n_bootstrap, seed)
     out.update(ablation_best=best, ratio_vs_ablation=c.ratio, ratio_vs_ablation_ci=c.ci,
                wall_ratio_vs_ablation=c.wall, logrank_p_vs_ablation=c.logrank_p,

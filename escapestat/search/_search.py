@@ -29,7 +29,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,34 @@ def needs_hold(study: Study, spec: SearchSpec) -> bool:
 
 
 # ---------------------------------------------------------------- one arm, run and summarised
+@dataclass(frozen=True)
+class ArmSummary:
+    """An arm's outcome: counts and fractions (divergence competing with escape), the
+    incidence median with a bootstrap CI, the restricted mean time not yet escaped
+    (``rmst``), the exposure, final errors and wall time; ``as_dict()`` is what a trial
+    keeps as user attributes."""
+
+    n: int
+    events: int
+    diverged: int
+    escaped_fraction: float
+    diverged_fraction: float
+    censored_fraction: float
+    median: float | None
+    median_ci: list[float | None]
+    rmst: float
+    exposure: float
+    final_test_error: float | None
+    final_train_error: float | None
+    final_loss: float | None
+    seconds: float
+    seconds_per_step: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
 class ArmRun:
     """One study run in memory: every replica's row, the wall time and the steps run."""
@@ -135,25 +163,21 @@ class ArmRun:
             raise EscapestatError("no replica gave survival data (all untrapped or unfit)")
         return EscapeIncidence().fit(self.durations, self.causes)
 
-    def summary(self, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """Outcome counts and fractions, the incidence median with a bootstrap CI, the
-        restricted mean time not yet escaped (``rmst``), exposure and final errors."""
+    def summary(self, n_bootstrap: int = 1000, seed: int = 0) -> ArmSummary:
+        """The arm's outcome (``ArmSummary``); the median's CI from ``n_bootstrap`` draws."""
         inc = self.incidence()
         d, c = self.durations, self.causes
         frac = inc.fractions()
-        return {"n": int(d.size), "events": int((c == ESCAPE).sum()),
-                "diverged": int((c == DIVERGE).sum()),
-                "escaped_fraction": frac["escaped"], "diverged_fraction": frac["diverged"],
-                "censored_fraction": frac["censored"],
-                "median": inc.median_,
-                "median_ci": list(incidence_median_ci(d, c, n_bootstrap, seed=seed)),
-                "rmst": inc.restricted_mean(self.budget),
-                "exposure": float(self.at_risk_to_budget()[0].sum()),
-                "final_test_error": self.final_test_error(),
-                "final_train_error": self.final_train_error(),
-                "final_loss": self.final_loss(),
-                "seconds": round(self.seconds, 3),
-                "seconds_per_step": self.seconds_per_step}
+        return ArmSummary(
+            n=int(d.size), events=int((c == ESCAPE).sum()), diverged=int((c == DIVERGE).sum()),
+            escaped_fraction=frac["escaped"], diverged_fraction=frac["diverged"],
+            censored_fraction=frac["censored"], median=inc.median_,
+            median_ci=list(incidence_median_ci(d, c, n_bootstrap, seed=seed)),
+            rmst=inc.restricted_mean(self.budget),
+            exposure=float(self.at_risk_to_budget()[0].sum()),
+            final_test_error=self.final_test_error(), final_train_error=self.final_train_error(),
+            final_loss=self.final_loss(), seconds=round(self.seconds, 3),
+            seconds_per_step=self.seconds_per_step)
 
 
 def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | None = None,
@@ -177,11 +201,11 @@ def run_arm(study: Study, device: str = "auto", watch: Callable[..., None] | Non
                   last_t[0], study.run.max_steps, float(study.escape.check_every))
 
 
-def objective_value(kind: str, summary: dict[str, Any]) -> float:
+def objective_value(kind: str, summary: ArmSummary) -> float:
     """The searched value of an arm (lower is better): see the module docstring."""
     if kind == "rmst":
-        return math.log(summary["rmst"])
-    return math.log(summary["exposure"] / max(summary["events"], 0.5))
+        return math.log(summary.rmst)
+    return math.log(summary.exposure / max(summary.events, 0.5))
 
 
 def censored_rmst(t: int, status: np.ndarray, duration: np.ndarray,
@@ -273,7 +297,7 @@ class Objective:
                 rmst = censored_rmst(t, final[0], final[1], np.array([], dtype=int))
                 report(math.log(rmst / t), t)
             summary = arm.summary()
-            for key, value in summary.items():
+            for key, value in summary.as_dict().items():
                 trial.set_user_attr(key, value)
             for name, value in constraint_values(self.spec, summary).items():
                 _constrain(trial, name, value)
@@ -287,16 +311,16 @@ class Objective:
                 tracker.close()
 
 
-def constraint_values(spec: SearchSpec, summary: dict[str, Any]) -> dict[str, float]:
+def constraint_values(spec: SearchSpec, summary: ArmSummary) -> dict[str, float]:
     """The search's constraints on an arm's summary, each ≤ 0 where met: mean final test
     error − limit (an arm that measured none counts as error 1), final loss − limit
     (capped at 1e300: a diverged replica makes the loss infinite)."""
     out = {}
     if spec.max_final_test_error is not None:
-        err = summary["final_test_error"]
+        err = summary.final_test_error
         out[CONSTRAINT] = (1.0 if err is None else err) - spec.max_final_test_error
     if spec.max_final_loss is not None:
-        loss = summary["final_loss"]
+        loss = summary.final_loss
         out["final_loss"] = min(1e300 if loss is None else loss, 1e300) - spec.max_final_loss
     return out
 

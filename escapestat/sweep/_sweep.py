@@ -99,6 +99,11 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def depth(self) -> int:
+        """The deep linear net's depth L (loops need L ≥ 3)."""
+        return deep_linear_spec(self.sweep.study).depth
+
+    @property
     def loops(self) -> int:
         """How many modes show a hysteresis loop."""
         return sum(m.loop for m in self.modes)
@@ -127,7 +132,7 @@ class SweepResult:
         sw, spec, study = self.sweep, self.sweep.sweep, self.sweep.study
         m = deep_linear_spec(study)
         return {
-            "name": study.name, "depth": m.depth,
+            "name": study.name, "depth": self.depth,
             "strengths": list(m.strengths), "widths": study.widths,
             "noise": sw.noise, "temperature": sw.temperature, "lr": sw.lr,
             "batch_size": sw.batch_size, "data": study.data.kind,

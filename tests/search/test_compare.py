@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -137,17 +138,17 @@ def test_an_arm_with_divergences_cannot_win_against_the_same_escape_times():
     row = {r.arm: r.as_dict() for r in contrast_rows(arms, runs, spec, n_bootstrap=500)}["best-1"]
     assert row["ratio_vs_default"] >= 1 and row["diverged_fraction"] == pytest.approx(0.3)
     assert row["escaped_fraction"] == pytest.approx(0.7) and row["censored_fraction"] == 0
-    assert row["rmst"] > clean.summary()["rmst"]
+    assert row["rmst"] > clean.summary().rmst
 
 
 def test_constraints_decide_feasibility():
     _, spec = load_search(STUDY, "abl.toml")
-    ok = {"final_test_error": 0.05, "final_loss": None}
-    assert meets_constraints(spec, ok)
-    assert not meets_constraints(spec, dict(ok, final_test_error=0.2))
-    assert not meets_constraints(spec, dict(ok, final_test_error=None))
     censored = _run([1000.0] * 4, [CENSORED] * 4, 0.0).summary()
-    assert censored["median"] is None and math.isclose(censored["rmst"], 1000.0)
+    assert censored.median is None and math.isclose(censored.rmst, 1000.0)
+    ok = replace(censored, final_test_error=0.05, final_loss=None)
+    assert meets_constraints(spec, ok)
+    assert not meets_constraints(spec, replace(ok, final_test_error=0.2))
+    assert not meets_constraints(spec, replace(ok, final_test_error=None))
 
 
 def _grid_arm(rng, tau, n, grid, budget=4000):

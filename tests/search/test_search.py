@@ -42,7 +42,7 @@ def test_the_objective_never_fills_censored_replicas_in_as_the_budget():
     # t = 10 is 1 (both replicas at risk then escaped), so the RMST is 10.
     arm = _arm([10.0, 10.0, 5.0, 5.0], [ESCAPED, ESCAPED, CENSORED, CENSORED])
     s = arm.summary()
-    assert s["rmst"] == pytest.approx(10.0)
+    assert s.rmst == pytest.approx(10.0)
     assert objective_value("rmst", s) == pytest.approx(math.log(10.0))
     assert objective_value("log_tau", s) == pytest.approx(math.log(30.0 / 2))
     none = _arm([100.0, 100.0], [CENSORED, CENSORED]).summary()
@@ -55,22 +55,22 @@ def test_a_diverged_replica_never_escapes_in_the_objective():
     budget = 1000
     clean = _arm([100.0] * 16, [ESCAPED] * 16, budget).summary()
     mixed = _arm([100.0] * 8 + [50.0] * 8, [ESCAPED] * 8 + [DIVERGED] * 8, budget).summary()
-    assert clean["rmst"] == pytest.approx(100.0)
+    assert clean.rmst == pytest.approx(100.0)
     # Half never escape: 100 + ½ · (1000 − 100).
-    assert mixed["rmst"] == pytest.approx(100.0 + 0.5 * 900.0)
+    assert mixed.rmst == pytest.approx(100.0 + 0.5 * 900.0)
     for kind in ("rmst", "log_tau"):
         assert objective_value(kind, mixed) > objective_value(kind, clean)
-    assert (mixed["events"], mixed["diverged"], mixed["diverged_fraction"]) == (8, 8, 0.5)
+    assert (mixed.events, mixed.diverged, mixed.diverged_fraction) == (8, 8, 0.5)
     # The median is where the incidence of escape reaches ½: at 100 for the mixed arm too
     # (8 of 16 escaped), but an arm with 30% diverged and the clean arm's times cannot win.
     times = list(np.linspace(100, 400, 20))
     worse = _arm(times[:14] + [30.0] * 6, [ESCAPED] * 14 + [DIVERGED] * 6, budget).summary()
     base = _arm(times, [ESCAPED] * 20, budget).summary()
-    assert worse["rmst"] > base["rmst"] and worse["median"] >= base["median"]
+    assert worse.rmst > base.rmst and worse.median >= base.median
     assert objective_value("rmst", worse) > objective_value("rmst", base)
     # Kaplan–Meier, censoring the divergences at 30, would have made it the faster arm.
     km = KaplanMeierMedian().fit(np.array(times[:14] + [30.0] * 6), np.r_[np.ones(14), np.zeros(6)])
-    assert km.median_ < base["median"]
+    assert km.median_ < base.median
 
 
 @pytest.fixture(scope="module")
