@@ -15,6 +15,7 @@ from .common import dask_line, domain_errors, err_console, out_console, print_js
 from .options import Device, DeviceOpt, JsonOut, LogOpt, cluster_option, parse_cluster_option
 
 if TYPE_CHECKING:
+    from escapestat.search._arm_result import ArmComparison
     from escapestat.search._optimize import OptimizeResult
 
 StudyArg = Annotated[Path, typer.Argument(help="Study file (TOML) with a \\[search] table.",
@@ -74,11 +75,11 @@ def _arm_line(arm, run) -> None:
                              f"{run.seconds:.0f} s"), highlight=False)
 
 
-def _ratio(r: dict, key: str) -> str:
+def _ratio(r: ArmComparison, key: str) -> str:
     """The ratio of medians (a zero-width CI said as "within one check", a not-reached
     median as the side it bounds) over the time ratio from the whole curve."""
-    v, ci = r[f"ratio_vs_{key}"], r[f"ratio_vs_{key}_ci"]
-    bound = r.get(f"ratio_vs_{key}_bound")
+    v, ci = getattr(r, f"ratio_vs_{key}"), getattr(r, f"ratio_vs_{key}_ci")
+    bound = getattr(r, f"ratio_vs_{key}_bound")
     lo, hi = ci or (None, None)
     if v is None and bound:
         median = f"{bound[0]} {_fmt(bound[1])} (not reached)"
@@ -89,7 +90,7 @@ def _ratio(r: dict, key: str) -> str:
     else:
         median = (f"{_fmt(v) if v is not None else '—'} [{'0' if lo is None else _fmt(lo)}, "
                   f"{'∞' if hi is None else _fmt(hi)}]")
-    t, tci = r.get(f"time_ratio_vs_{key}"), r.get(f"time_ratio_vs_{key}_ci")
+    t, tci = getattr(r, f"time_ratio_vs_{key}"), getattr(r, f"time_ratio_vs_{key}_ci")
     if t is None:
         return median
     assert tci is not None  # the compare rows hold a time ratio with its CI (_time_columns)
@@ -103,8 +104,8 @@ def _table(title: str, caption: str, cols: tuple[str, ...]) -> Table:
     return table
 
 
-def _print_compare(rows: list[dict]) -> None:
-    loss = any(r.get("final_loss") is not None for r in rows)
+def _print_compare(rows: list[ArmComparison]) -> None:
+    loss = any(r.final_loss is not None for r in rows)
     end_col, end_key = ("final loss", "final_loss") if loss else ("test error",
                                                                   "final_test_error")
     times = _table("Arms on fresh seeds: time to escape (steps)",
@@ -118,41 +119,41 @@ def _print_compare(rows: list[dict]) -> None:
                     "decides faster/slower; p: log-rank against the best constant (else the "
                     "default)", ("arm", "× default", "× best constant", "p"))
     for r in rows:
-        lo, hi = r["median_ci"]
-        median = ("not reached" if r["median"] is None
-                  else f"{_fmt(r['median'])} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
-        times.add_row(r["arm"], median, f"{100 * r['escaped_fraction']:.0f}%",
-                      f"{100 * r['diverged_fraction']:.0f}%",
-                      _fmt(r[end_key], 3) + ("" if r["feasible"] else "*"))
-        if r["source"].startswith("ablation"):
+        lo, hi = r.median_ci or (None, None)
+        median = ("not reached" if r.median is None
+                  else f"{_fmt(r.median)} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
+        times.add_row(r.arm, median, f"{100 * r.escaped_fraction:.0f}%",
+                      f"{100 * r.diverged_fraction:.0f}%",
+                      _fmt(getattr(r, end_key), 3) + ("" if r.feasible else "*"))
+        if r.source.startswith("ablation"):
             continue
-        ratios.add_row(r["arm"], _ratio(r, "default"), _ratio(r, "best_constant"),
-                       _fmt(r["logrank_p"], 2))
+        ratios.add_row(r.arm, _ratio(r, "default"), _ratio(r, "best_constant"),
+                       _fmt(r.logrank_p, 2))
     out_console.print(times)
     out_console.print(ratios)
-    scheduled = [r for r in rows if r["ablations"]]
+    scheduled = [r for r in rows if r.ablations]
     if scheduled:
         ablated = _table("Does the schedule matter? Against its own ablations",
                          "each scheduled quantity held constant at its start, end and mean; "
                          "the best feasible of them; bootstrap 95% CI",
                          ("arm", "best ablation", "× ablation [CI]", "p", "verdict"))
         for r in scheduled:
-            ablated.add_row(r["arm"], (r["ablation_best"] or "—").removeprefix(r["arm"] + ":"),
-                            _ratio(r, "ablation"), _fmt(r["logrank_p_vs_ablation"], 2),
-                            r["schedule_verdict"])
+            ablated.add_row(r.arm, (r.ablation_best or "—").removeprefix(r.arm + ":"),
+                            _ratio(r, "ablation"), _fmt(r.logrank_p_vs_ablation, 2),
+                            r.schedule_verdict)
         out_console.print(ablated)
     for r in rows:
-        walls = [f"× {name} {_fmt(r[f'wall_ratio_vs_{key}'])}"
+        walls = [f"× {name} {_fmt(getattr(r, f'wall_ratio_vs_{key}'))}"
                  for key, name in (("default", "default"), ("best_constant", "best const"))
-                 if r[f"wall_ratio_vs_{key}"] is not None]
+                 if getattr(r, f"wall_ratio_vs_{key}") is not None]
         wall = f" — in wall-clock time: {', '.join(walls)}" if walls else ""
-        detect = r.get("detectable_vs_best_constant") or r.get("detectable_vs_default")
+        detect = r.detectable_vs_best_constant or r.detectable_vs_default
         if detect is not None:
             wall += (f"; with these replicas a time ratio beyond ×{_fmt(detect)} or "
                      f"÷{_fmt(detect)} is detectable (80% power)")
         params = ", ".join(f"{k.removeprefix('dynamics.')}={_short(v)}"
-                           for k, v in r["params"].items())
-        out_console.print(escape(f"{r['arm']}: {params or 'the study as written'}{wall}"),
+                           for k, v in r.params.items())
+        out_console.print(escape(f"{r.arm}: {params or 'the study as written'}{wall}"),
                           highlight=False)
 
 
@@ -182,7 +183,7 @@ def _report(result: OptimizeResult, json_out: bool) -> None:
                  f"{_fmt(best.user_attrs.get('median'))}")
     out_console.print(escape(line), highlight=False)
     if result.compare:
-        _print_compare(payload["compare"])
+        _print_compare(result.compare)
 
 
 @domain_errors
