@@ -67,9 +67,10 @@ def half_widths(df: pd.DataFrame, aft: bool) -> tuple[dict, dict, float]:
         "moderated-ν̂": stats.t.ppf(0.975, nu_hat) * math.sqrt(moderated) * se_poisson,
     }
     centre = {rule: fit.barrier for rule in half}
-    if aft and fit.weibull_aft.get("barrier") is not None:
-        lo, hi = fit.weibull_aft["barrier_ci"]
-        half["AFT"], centre["AFT"] = (hi - lo) / 2, fit.weibull_aft["barrier"]
+    cross = fit.weibull_aft
+    if aft and cross is not None and cross.barrier is not None and cross.barrier_ci:
+        lo, hi = cross.barrier_ci
+        half["AFT"], centre["AFT"] = (hi - lo) / 2, cross.barrier
     return centre, half, phi
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,9 @@ from escapestat.stats._arrhenius import (
 from escapestat.stats._per_stratum import fit_each, strata_json
 from escapestat.stats._strata import arrhenius_strata
 from escapestat.table import _records as records
+
+if TYPE_CHECKING:
+    from escapestat.stats._frailty import FrailtyFit
 
 from .common import (
     domain_errors,
@@ -78,35 +81,34 @@ def _print_fit(fit: ArrheniusFit, payload: dict, unit: str, label: str | None) -
             _say("  rates scatter more than Poisson: CIs widened by the quasi-Poisson "
                  "scale", style="yellow")
     aft = fit.weibull_aft
-    if aft.get("barrier") is not None:
-        alo, ahi = aft["barrier_ci"]
+    if aft is not None and aft.barrier is not None and aft.barrier_ci is not None:
+        alo, ahi = aft.barrier_ci
         what = ("=" if fit.direction == "faster with more noise" else
                 ": slope")  # no barrier: the cross-check is a slope too
-        _say(f"Weibull AFT     {what} {aft['barrier']:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
-             f"  (shape {aft['shape']:.3g}; CI assumes no extra scatter between "
+        _say(f"Weibull AFT     {what} {aft.barrier:.5g}  95% CI [{alo:.5g}, {ahi:.5g}]"
+             f"  (shape {aft.shape:.3g}; CI assumes no extra scatter between "
              f"temperatures)")
-    elif aft.get("note"):
-        _say(f"Weibull AFT did not fit: {escape(aft['note'])}")
-    _print_frailty(fit.frailty)
+    elif aft is not None and aft.note:
+        _say(f"Weibull AFT did not fit: {escape(aft.note)}")
+    if fit.frailty is not None:
+        _print_frailty(fit.frailty)
     if "theory_barrier" in payload:
         rlo, rhi = payload["barrier_ratio_ci"]
         _say(f"theory barrier  = {payload['theory_barrier']:.5g}; fitted / theory = "
              f"{payload['barrier_ratio']:.3f} [{rlo:.3f}, {rhi:.3f}]")
 
 
-def _print_frailty(fr: dict) -> None:
+def _print_frailty(fr: FrailtyFit) -> None:
     """The replica-heterogeneity test, and the frailty barrier when it finds some."""
-    if "barrier" not in fr:
+    if not fr.heterogeneous:
+        _say(f"heterogeneity   : none detected (gamma-frailty LR test p {fr.lr_pvalue:.2g})")
         return
-    if not fr["heterogeneous"]:
-        _say(f"heterogeneity   : none detected (gamma-frailty LR test p {fr['lr_pvalue']:.2g})")
-        return
-    lo, hi = fr["barrier_ci"]
-    vlo, vhi = fr["frailty_variance_ci"]
+    lo, hi = fr.barrier_ci
+    vlo, vhi = fr.frailty_variance_ci
     _say(f"heterogeneity   : replicas escape at different rates (gamma-frailty variance "
-         f"{fr['frailty_variance']:.3g} [{vlo:.3g}, {vhi:.3g}], LR p {fr['lr_pvalue']:.2g}); "
+         f"{fr.frailty_variance:.3g} [{vlo:.3g}, {vhi:.3g}], LR p {fr.lr_pvalue:.2g}); "
          f"the Poisson barrier above assumes they do not and is biased", style="yellow")
-    _say(f"frailty barrier = {fr['barrier']:.5g}  95% CI [{lo:.5g}, {hi:.5g}]  (use this one)",
+    _say(f"frailty barrier = {fr.barrier:.5g}  95% CI [{lo:.5g}, {hi:.5g}]  (use this one)",
          style="yellow")
 
 

@@ -233,13 +233,13 @@ def _print_arrhenius(f: StratumArrhenius) -> None:
         line += (f"; theory {f.theory_barrier:.4g}; fitted/theory {ratio['barrier_ratio']:.3f} "
                  f"[{rlo:.3f}, {rhi:.3f}]")
     out_console.print(line)
-    fr = fit.frailty or {}
-    if fr.get("heterogeneous"):
-        flo, fhi = fr["barrier_ci"]
+    fr = fit.frailty
+    if fr is not None and fr.heterogeneous:
+        flo, fhi = fr.barrier_ci
         out_console.print(
             f"  replicas escape at different rates (gamma-frailty variance "
-            f"{fr['frailty_variance']:.3g}, LR p {fr['lr_pvalue']:.2g}): the barrier above "
-            f"is biased; frailty barrier {fr['barrier']:.4g} [{flo:.4g}, {fhi:.4g}]",
+            f"{fr.frailty_variance:.3g}, LR p {fr.lr_pvalue:.2g}): the barrier above "
+            f"is biased; frailty barrier {fr.barrier:.4g} [{flo:.4g}, {fhi:.4g}]",
             style="yellow", highlight=False)
 
 

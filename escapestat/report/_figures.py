@@ -279,11 +279,11 @@ def arrhenius_figure(fit: ArrheniusFit, theory_barrier: float | None = None,
         ratio = fit.barrier / theory_barrier
         ax.plot(grid, anchor * np.exp(-theory_barrier * grid), "--", color="C3",
                 label=f"theory slope: ΔE = {fmt3(theory_barrier)} (fit/theory {ratio:.3g})")
-    fr = getattr(fit, "frailty", None) or {}
-    if fr.get("heterogeneous"):
-        f_lo, f_hi = fr["barrier_ci"]
-        ax.plot(grid, np.exp(fr["log_prefactor"] - fr["barrier"] * grid), ":", color="C2",
-                label=f"gamma frailty (replicas differ): ΔE = {fmt3(fr['barrier'])} "
+    fr = fit.frailty
+    if fr is not None and fr.heterogeneous:
+        f_lo, f_hi = fr.barrier_ci
+        ax.plot(grid, np.exp(fr.log_prefactor - fr.barrier * grid), ":", color="C2",
+                label=f"gamma frailty (replicas differ): ΔE = {fmt3(fr.barrier)} "
                       f"[{fmt3(f_lo)}, {fmt3(f_hi)}]")
     ax.set_yscale("log")
     ax.set_xlabel("1 / T")

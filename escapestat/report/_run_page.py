@@ -203,13 +203,13 @@ def _arrhenius_section(rows: pd.DataFrame, unit: str, strata_fits,
             text += (f"; theory {fmt3(theory)}, fitted/theory {r['barrier_ratio']:.3g} "
                      f"{_ci(r['barrier_ratio_ci'])}")
         fr = fit.frailty
-        if fr.get("heterogeneous"):
+        if fr is not None and fr.heterogeneous:
             text += (f". Warning: the replicas escape at different rates (gamma-frailty "
-                     f"variance {fmt3(fr['frailty_variance'])}, LR p {fr['lr_pvalue']:.2g}); "
+                     f"variance {fmt3(fr.frailty_variance)}, LR p {fr.lr_pvalue:.2g}); "
                      f"the Poisson barrier assumes they do not and is biased — the frailty "
-                     f"fit's barrier is {fmt3(fr['barrier'])} {_ci(fr['barrier_ci'])}")
-        elif "lr_pvalue" in fr:
-            text += f"; no replica heterogeneity detected (frailty LR p {fr['lr_pvalue']:.2g})"
+                     f"fit's barrier is {fmt3(fr.barrier)} {_ci(fr.barrier_ci)}")
+        elif fr is not None:
+            text += f"; no replica heterogeneity detected (frailty LR p {fr.lr_pvalue:.2g})"
         sec.blocks.append(text)
         sec.blocks.append(Figure(f"arrhenius-{i + 1}", figure_png(
             arrhenius_figure(fit, theory, unit.rstrip("s"), rows_s)),

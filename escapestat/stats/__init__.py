@@ -4,6 +4,7 @@ Arrhenius and rate regressions, strata, verdicts, arm contrasts and run summarie
 from __future__ import annotations
 
 from ._arrhenius import (  # noqa: F401
+    AftBarrier,
     ArrheniusFit,
     aggregate,
     check_theory_barrier,
@@ -134,6 +135,7 @@ __all__ = [
     "summaries_json",
     "arrhenius_by",
     "ArrheniusFit",
+    "AftBarrier",
     "check_theory_barrier",
     "aggregate",
     "fit_arrhenius",

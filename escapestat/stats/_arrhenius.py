@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,26 @@ from escapestat.stats._poisson_glm import (  # noqa: F401 (re-exported)
 )
 from escapestat.stats._survival import LEVEL, poisson_rate_ci
 from escapestat.table._records import Columns, round_significant
+
+if TYPE_CHECKING:
+    from escapestat.stats._frailty import FrailtyFit
+
+
+@dataclass(frozen=True)
+class AftBarrier:
+    """The Weibull-AFT cross-check of a barrier: log λ = a + b/T, so b is the barrier;
+    its CI assumes no extra scatter between temperatures. Without a fit, ``note`` says why."""
+
+    barrier: float | None
+    barrier_ci: tuple[float, float] | None
+    shape: float | None
+    note: str | None = None
+
+    def as_dict(self) -> dict:
+        out: dict = {"barrier": self.barrier, "barrier_ci": self.barrier_ci, "shape": self.shape}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
 
 
 @dataclass(frozen=True)
@@ -56,11 +77,13 @@ class ArrheniusFit:
     scale: float = 1.0
     quantile: float = float(stats.norm.ppf(0.5 + LEVEL / 2))
     quantile_df: float = math.inf
-    weibull_aft: dict = field(default_factory=dict)
+    #: The Weibull-AFT cross-check (None when not asked for).
+    weibull_aft: AftBarrier | None = None
     covariance: list[list[float]] = field(default_factory=list)
-    #: The gamma-frailty fit (``frailty.FrailtyFit.as_dict``): whether the replicas'
-    #: rates differ, and the barrier that stays unbiased when they do.
-    frailty: dict = field(default_factory=dict)
+    #: The gamma-frailty fit: whether the replicas' rates differ, and the barrier that
+    #: stays unbiased when they do (None when not fitted; ``frailty_note`` says why).
+    frailty: FrailtyFit | None = None
+    frailty_note: str | None = None
 
     @property
     def tau0(self) -> float:
@@ -103,6 +126,10 @@ class ArrheniusFit:
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("covariance")
+        out.pop("frailty_note")
+        out["weibull_aft"] = {} if self.weibull_aft is None else self.weibull_aft.as_dict()
+        out["frailty"] = (self.frailty.as_dict() if self.frailty is not None else
+                          {"note": self.frailty_note} if self.frailty_note else {})
         out["direction"] = self.direction
         return out
 
@@ -135,7 +162,7 @@ def aggregate(df: pd.DataFrame, columns: Columns) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> dict:
+def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> AftBarrier:
     """Cross-check: lifelines WeibullAFTFitter with log λ = a + b/T, so b is the barrier."""
     data = pd.DataFrame(
         {
@@ -153,9 +180,9 @@ def _weibull_aft(df: pd.DataFrame, columns: Columns, level: float) -> dict:
         se = float(aft.standard_errors_[("lambda_", "inv_temperature")]) / scale
         shape = float(np.exp(aft.params_[("rho_", "Intercept")]))
     except Exception as exc:  # lifelines raises several types when the fit cannot converge
-        return {"barrier": None, "barrier_ci": None, "shape": None, "note": first_sentence(exc)}
+        return AftBarrier(None, None, None, first_sentence(exc))
     z = stats.norm.ppf(0.5 + level / 2)
-    return {"barrier": coef, "barrier_ci": (coef - z * se, coef + z * se), "shape": shape}
+    return AftBarrier(coef, (coef - z * se, coef + z * se), shape)
 
 
 def fit_arrhenius(
@@ -208,6 +235,7 @@ def fit_arrhenius(
                           intercept=0, level=level)
     log_k0, barrier = (float(v) for v in glm.params)
     rate_ci = [poisson_rate_ci(int(d), e, level) for d, e in zip(events, exposure, strict=True)]
+    frailty, frailty_note = _frailty(df, columns, level, grid)
     return ArrheniusFit(
         barrier=barrier,
         barrier_ci=glm.ci(1),
@@ -224,19 +252,22 @@ def fit_arrhenius(
         scale=glm.scale,
         quantile=glm.quantile,
         quantile_df=glm.quantile_df,
-        weibull_aft=_weibull_aft(df, columns, level) if crosscheck else {},
+        weibull_aft=_weibull_aft(df, columns, level) if crosscheck else None,
         covariance=glm.covariance.tolist(),
-        frailty=_frailty(df, columns, level, grid),
+        frailty=frailty,
+        frailty_note=frailty_note,
     )
 
 
-def _frailty(df: pd.DataFrame, columns: Columns, level: float, grid: float | None) -> dict:
+def _frailty(df: pd.DataFrame, columns: Columns, level: float, grid: float | None
+             ) -> tuple[FrailtyFit | None, str | None]:
+    """The gamma-frailty fit, or None and why it failed."""
     from escapestat.stats._frailty import fit_frailty_arrhenius
 
     try:
-        return fit_frailty_arrhenius(df, columns, level, grid).as_dict()
+        return fit_frailty_arrhenius(df, columns, level, grid), None
     except (EscapestatError, ValueError, np.linalg.LinAlgError) as exc:
-        return {"note": str(exc)[:120]}
+        return None, str(exc)[:120]
 
 
 def temperature_from_lr_batch(df: pd.DataFrame, lr_col: str, batch_col: str) -> pd.Series:

@@ -184,9 +184,9 @@ class StratumArrhenius:
         if fit is None:
             out["error"] = self.error
             return out
-        out.update(barrier=fit.barrier, barrier_ci=fit.barrier_ci,
-                   log_prefactor=fit.log_prefactor, method=fit.method,
-                   dispersion=fit.dispersion, direction=fit.direction, frailty=fit.frailty)
+        full = fit.as_dict()
+        out.update({k: full[k] for k in ("barrier", "barrier_ci", "log_prefactor", "method",
+                                         "dispersion", "direction", "frailty")})
         ratio = self.versus_theory()
         if ratio is not None:
             out.update(barrier_ratio=ratio["barrier_ratio"],

@@ -38,9 +38,9 @@ def test_weighted_distinct_rows_give_the_fit_on_every_row():
 def test_too_many_distinct_rows_skip_the_crosscheck_with_a_note(monkeypatch):
     df = arrhenius_table(0.03, -np.log(120), [0.01, 0.0075], 200, 4e4, seed=3)
     fit = fit_arrhenius(df, Columns(temperature="temperature"))
-    assert fit.weibull_aft["barrier"] is not None
+    assert fit.weibull_aft.barrier is not None
     monkeypatch.setattr(_aft, "MAX_ROWS", 100)
     skipped = fit_arrhenius(df, Columns(temperature="temperature"))
-    assert skipped.weibull_aft["barrier"] is None
-    assert skipped.weibull_aft["note"] == "skipped: 400 distinct rows, more than 100."
+    assert skipped.weibull_aft.barrier is None
+    assert skipped.weibull_aft.note == "skipped: 400 distinct rows, more than 100."
     assert skipped.barrier == fit.barrier  # the Poisson fit itself is untouched

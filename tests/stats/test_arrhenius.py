@@ -31,8 +31,8 @@ def test_barrier_recovered_with_censoring_and_zero_event_temperature():
     se = (hi - lo) / (2 * 1.96)
     assert abs(fit.barrier - 0.03) < 3 * se and se < 0.05 * 0.03  # unbiased and precise
     assert fit.log_prefactor == pytest.approx(-np.log(120), abs=0.3)
-    assert fit.weibull_aft["barrier"] == pytest.approx(0.03, rel=0.08)
-    assert fit.weibull_aft["shape"] == pytest.approx(1.0, abs=0.1)
+    assert fit.weibull_aft.barrier == pytest.approx(0.03, rel=0.08)
+    assert fit.weibull_aft.shape == pytest.approx(1.0, abs=0.1)
     assert fit.rate(0.01) == pytest.approx(np.exp(fit.log_prefactor - fit.barrier / 0.01))
 
 

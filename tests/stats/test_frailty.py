@@ -29,7 +29,7 @@ def test_heterogeneous_replicas_bias_the_poisson_barrier_and_the_frailty_fit_is_
     assert fr.barrier == pytest.approx(BARRIER, rel=0.05)
     assert fr.barrier_ci[0] <= BARRIER <= fr.barrier_ci[1]
     assert fr.frailty_variance_ci[0] <= 0.5 <= fr.frailty_variance_ci[1]
-    assert glm.frailty["heterogeneous"] and glm.frailty["barrier"] == pytest.approx(fr.barrier)
+    assert glm.frailty.heterogeneous and glm.frailty.barrier == pytest.approx(fr.barrier)
 
 
 def test_without_heterogeneity_nothing_is_flagged_and_both_fits_agree():
