@@ -41,13 +41,12 @@ def _table(fit: RateRegression, label: str | None) -> Table:
     table.add_column("term", overflow="fold", min_width=12)
     for name in ("τ exponent", "95% CI", "p"):
         table.add_column(name, justify="right", overflow="fold")
-    aft = {t["term"]: t for t in (fit.aft_.get("terms") or [])}
     for t in fit.terms_:
         table.add_row(t.term, _num(t.tau_exponent), _ci(t.tau_exponent_ci), f"{t.p:.2g}")
-        if t.term in aft:
-            a = aft[t.term]
-            table.add_row("  Weibull AFT", _num(a["tau_exponent"]), _ci(a["tau_exponent_ci"]),
-                          f"{a['p']:.2g}", style="dim")
+        a = fit.aft_.term(t.term) if fit.aft_ is not None else None
+        if a is not None:
+            table.add_row("  Weibull AFT", _num(a.tau_exponent), _ci(a.tau_exponent_ci),
+                          f"{a.p:.2g}", style="dim")
     return table
 
 
@@ -71,16 +70,16 @@ def _print_fit(fit: RateRegression, unit: str, label: str | None) -> None:
         if fit.dispersion_ > 1:
             _say("  rates scatter more than Poisson: CIs widened by the quasi-Poisson "
                  "scale", style="yellow")
-    shape = fit.aft_.get("shape")
-    if shape is not None:
-        lo, hi = fit.aft_["shape_ci"]
-        _say(f"Weibull AFT shape ρ {shape:.3g} [{lo:.3g}, {hi:.3g}]; its intervals assume no "
-             "extra scatter between conditions")
+    aft = fit.aft_
+    if aft is not None and aft.shape is not None and aft.shape_ci is not None:
+        lo, hi = aft.shape_ci
+        _say(f"Weibull AFT shape ρ {aft.shape:.3g} [{lo:.3g}, {hi:.3g}]; its intervals assume "
+             "no extra scatter between conditions")
         if not lo <= 1 <= hi:
             _say("  escape is not exponential (ρ ≠ 1): the GLM and AFT exponents need not "
                  "agree", style="yellow")
-    elif fit.aft_.get("note"):
-        _say(f"Weibull AFT did not fit: {escape(fit.aft_['note'])}")
+    elif aft is not None and aft.note:
+        _say(f"Weibull AFT did not fit: {escape(aft.note)}")
 
 
 @domain_errors

@@ -49,6 +49,8 @@ from ._poisson_glm import (  # noqa: F401
     quasi_poisson_scale,
 )
 from ._regress import (  # noqa: F401
+    AftExponents,
+    AftTerm,
     RateRegression,
     Term,
     fit_regression,
@@ -155,6 +157,8 @@ __all__ = [
     "curve_bands",
     "RateRegression",
     "Term",
+    "AftExponents",
+    "AftTerm",
     "fit_regression",
     "regress_strata",
     "CONDITION_COLUMNS",

@@ -245,7 +245,40 @@ def _p_value(estimate: float, se: float, nu: float) -> float:
     return float(2 * dist.sf(z))
 
 
-def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
+@dataclass(frozen=True)
+class AftTerm:
+    """One term's τ exponent in the Weibull-AFT cross-check, with its Wald CI and p."""
+
+    term: str
+    tau_exponent: float
+    tau_exponent_ci: tuple[float, float]
+    p: float
+
+
+@dataclass(frozen=True)
+class AftExponents:
+    """``RateRegression.aft_``: the Weibull-AFT cross-check of every exponent, and the
+    Weibull shape ρ; its intervals assume no extra scatter between conditions. Without a
+    fit, ``note`` says why."""
+
+    terms: tuple[AftTerm, ...] | None
+    shape: float | None
+    shape_ci: tuple[float, float] | None
+    note: str | None = None
+
+    def term(self, name: str) -> AftTerm | None:
+        """The cross-check of term ``name`` (None when it has none)."""
+        return next((t for t in self.terms or () if t.term == name), None)
+
+    def as_dict(self) -> dict:
+        out: dict = {"terms": None if self.terms is None else [asdict(t) for t in self.terms],
+                     "shape": self.shape, "shape_ci": self.shape_ci}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> AftExponents:
     """Cross-check: lifelines WeibullAFTFitter, log λ = a + xᵀb on the replica rows; b are
     exponents of τ (log τ = log λ + log Γ(1 + 1/ρ)), ρ the Weibull shape."""
     names = [c for c in x.columns if c != _INTERCEPT]
@@ -257,19 +290,17 @@ def _weibull_aft(x: pd.DataFrame, durations, events, level: float) -> dict:
     z = float(stats.norm.ppf(0.5 + level / 2))
     try:
         aft = fit_weibull_aft(data, level)
-        terms = []
+        terms: list[AftTerm] = []
         for j, name in enumerate(names):
             b = float(aft.params_[("lambda_", f"x{j}")]) / spread.iloc[j]
             se = float(aft.standard_errors_[("lambda_", f"x{j}")]) / spread.iloc[j]
-            terms.append({"term": name, "tau_exponent": b,
-                          "tau_exponent_ci": (b - z * se, b + z * se),
-                          "p": _p_value(b, se, math.inf)})
+            terms.append(AftTerm(name, b, (b - z * se, b + z * se), _p_value(b, se, math.inf)))
         log_rho = float(aft.params_[("rho_", _INTERCEPT)])
         se_rho = float(aft.standard_errors_[("rho_", _INTERCEPT)])
     except Exception as exc:  # lifelines raises several types when the fit cannot converge
-        return {"terms": None, "shape": None, "shape_ci": None, "note": first_sentence(exc)}
-    return {"terms": terms, "shape": math.exp(log_rho),
-            "shape_ci": (math.exp(log_rho - z * se_rho), math.exp(log_rho + z * se_rho))}
+        return AftExponents(None, None, None, first_sentence(exc))
+    return AftExponents(tuple(terms), math.exp(log_rho),
+                        (math.exp(log_rho - z * se_rho), math.exp(log_rho + z * se_rho)))
 
 
 class RateRegression:
@@ -302,8 +333,8 @@ class RateRegression:
     method_ : ``"quasi-poisson"`` or ``"poisson"`` (no residual df).
     n_rows_, n_cells_, events_, exposure_ : replicas, cells, escapes and Σ durations.
     cells_ : per cell: the formula's columns, ``n``, ``events``, ``exposure``.
-    aft_ : the Weibull AFT cross-check: ``terms`` (τ exponents with CIs), ``shape``,
-        ``shape_ci`` (or ``None``s and a ``note`` when it did not converge).
+    aft_ : the Weibull AFT cross-check (``AftExponents``; None without ``crosscheck``):
+        τ exponents with CIs and the shape, or a ``note`` when it did not converge.
     covariance_ : the scaled covariance of β (design-column order, intercept first).
     """
 
@@ -374,7 +405,7 @@ class RateRegression:
         self.cells_ = cells.rename(columns={_EVENTS: "events", _EXPOSURE: "exposure", _N: "n"})
         self.covariance_ = glm.covariance
         self.aft_ = (_weibull_aft(rows_x, durations, events, self.level)
-                     if self.crosscheck else {})
+                     if self.crosscheck else None)
         return self
 
     def as_dict(self) -> dict:
@@ -390,7 +421,7 @@ class RateRegression:
             "n_rows": self.n_rows_,
             "n_cells": self.n_cells_,
             "events": self.events_,
-            "aft": self.aft_,
+            "aft": {} if self.aft_ is None else self.aft_.as_dict(),
         }
 
 

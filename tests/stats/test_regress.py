@@ -102,12 +102,12 @@ def test_same_numbers_as_arrhenius_for_minus_one_over_t():
 
 def test_weibull_aft_crosscheck_agrees(fitted):
     aft = fitted.aft_
-    lo, hi = aft["shape_ci"]
+    lo, hi = aft.shape_ci
     assert lo < 1 < hi  # exponential escape
-    for glm, a in zip(fitted.terms_, aft["terms"], strict=True):
-        assert a["term"] == glm.term
-        assert a["tau_exponent"] == pytest.approx(glm.tau_exponent, abs=0.1)
-        alo, ahi = a["tau_exponent_ci"]
+    for glm, a in zip(fitted.terms_, aft.terms, strict=True):
+        assert a.term == glm.term and aft.term(glm.term) == a
+        assert a.tau_exponent == pytest.approx(glm.tau_exponent, abs=0.1)
+        alo, ahi = a.tau_exponent_ci
         assert alo < TAU_EXPONENTS[glm.term] < ahi
 
 
