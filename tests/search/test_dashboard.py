@@ -47,22 +47,22 @@ def _command() -> list[str]:
 
 
 def _serve(url: str, tmp_path) -> dict[str, list[dict]]:
-    """Start the dashboard on 127.0.0.1, wait (≤ 30 s) until it answers, and return each
-    study's trials as it serves them, by study name."""
+    """Start the dashboard on 127.0.0.1, wait (≤ 90 s, for a loaded CI machine) until it
+    answers, and return each study's trials as it serves them, by study name."""
     port = _free_port()
     log = (tmp_path / "dashboard.log").open("wb")
     server = subprocess.Popen([*_command(), url, "--host", "127.0.0.1", "--port", str(port),
                                "--quiet"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/api"
     try:
-        deadline, studies = time.monotonic() + 30, None
+        deadline, studies = time.monotonic() + 90, None
         while studies is None and time.monotonic() < deadline:
             try:
                 studies = _get(f"{base}/studies")["study_summaries"]
             except OSError:  # not listening yet (URLError, a refused connection)
                 assert server.poll() is None, (tmp_path / "dashboard.log").read_text()
                 time.sleep(0.2)
-        assert studies is not None, "the dashboard did not answer in 30 s"
+        assert studies is not None, "the dashboard did not answer in 90 s"
         return {s["study_name"]: _get(f"{base}/studies/{s['study_id']}")["trials"]
                 for s in studies}
     finally:
