@@ -356,7 +356,7 @@ def spent(trials: list[optuna.trial.FrozenTrial]) -> int:
         t.number in retried or t.user_attrs.get("interrupted"))) for t in trials)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchOutcome:
     """A search's trials and its best feasible complete trial (None if there is none)."""
 
@@ -375,10 +375,8 @@ class SearchOutcome:
 def outcome(study: optuna.Study) -> SearchOutcome:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    result = SearchOutcome(study.study_name, trials, None, counts)
-    ranked = result.ranked()
-    result.best = ranked[0] if ranked else None
-    return result
+    ranked = SearchOutcome(study.study_name, trials, None, counts).ranked()
+    return SearchOutcome(study.study_name, trials, ranked[0] if ranked else None, counts)
 
 
 #: How close to an end of its range a best value must be for ``edge_notes`` to speak.

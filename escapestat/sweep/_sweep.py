@@ -80,7 +80,7 @@ BRANCHES = ("up", "down")
 Progress = Callable[[int, int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepResult:
     """What a sweep measured.
 
