@@ -1,7 +1,7 @@
 """Throughput of `escapestat run` in one process against `--cluster local:N`, and the cost
 of one chunk as a Dask task.
 
-Why (issue 21): a study's chunks are independent, so they can run as Dask tasks on many
+Why: a study's chunks are independent, so they can run as Dask tasks on many
 processes, GPUs or machines. On one small machine the question is what that costs: the
 start of a local cluster, and a per-chunk overhead (submitting the task, pickling the study
 and the chunk's table and curves back, writing it here).

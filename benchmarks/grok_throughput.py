@@ -1,6 +1,6 @@
 """Replica-steps per second of the grokking engine (MLP ensemble + fused AdamW) against two recipes.
 
-Why: design §8 asks of the one-hidden-layer MLP on modular arithmetic (p 23, width 128,
+Why: the targets ask of the one-hidden-layer MLP on modular arithmetic (p 23, width 128,
 quadratic activation, B 64, AdamW, R 256) ≥ 20× the replica-steps/s of a Python loop of
 ``nn.Module``s with ``torch.optim.AdamW`` and ≥ 3× ``torch.func.vmap`` ensembling, side by
 side in one process. This script measures that.
@@ -31,7 +31,7 @@ Before timing, the three are checked (float64, untimed) to reach the same parame
 after ``CHECK_STEPS`` steps from the same init on the same minibatches.
 
 All three run with ``torch.set_flush_denormal(True)``: once the softmax saturates, its
-probabilities underflow to subnormal floats, which made a bmm ~100× slower (design §5).
+probabilities underflow to subnormal floats, which made a bmm ~100× slower.
 
 Timing: float32; one untimed warm-up block each; then ``--repeats`` blocks per
 implementation, interleaved (engine, torch route, vmap, naive, engine, …) so that drift on a shared
@@ -345,7 +345,7 @@ def mlp_section(device: torch.device, steps: int, repeats: int, replicas: int,
           f"analytically); a {MATMUL_N}² float32 matmul {mm:.1f} GFLOP/s "
           f"({100 * gflops / mm:.0f}%)")
     vs_naive, vs_vmap = rate["engine"] / rate["naive"], rate["engine"] / rate["vmap"]
-    print(f"targets (design §8), MLP at R {replicas}:")
+    print(f"targets, MLP at R {replicas}:")
     print(f"  engine vs naive  {vs_naive:8.1f}×   target ≥ {TARGET_NAIVE:.0f}×  "
           f"{mark(vs_naive >= TARGET_NAIVE)}")
     print(f"  engine vs vmap   {vs_vmap:8.2f}×   target ≥ {TARGET_VMAP:.0f}×   "

@@ -1,9 +1,8 @@
 """How much compute pruning saves in a search, at what cost to the best value found.
 
 Why: ``escapestat optimize`` reports the censored RMST so far at checkpoints, so that a
-pruner can stop trials that are already worse than most (design §6; issue 9 asks for
-this figure). A pruner that stops the eventual winner early would save time and lose
-the answer, so both are measured.
+pruner can stop trials that are already worse than most. A pruner that stops the
+eventual winner early would save time and lose the answer, so both are measured.
 
 What: the same search (the study file's ``[search]``, same sampler seed, same trial
 budget, same training seed) run twice in one process, with ``pruner = "none"`` and with

@@ -71,7 +71,7 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    """The ``[search]`` table (design §6). ``seed`` seeds the sampler; trials all train on
+    """The ``[search]`` table of a study file. ``seed`` seeds the sampler; trials all train on
     the study's ``run.seed``; ``compare`` re-runs arms on ``compare_seed`` (default
     ``run.seed + 1``), never used in the search."""
 

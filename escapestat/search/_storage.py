@@ -3,7 +3,7 @@
 Every worker of a shared study opens the same URL. Workers send heartbeats while a trial
 runs; a trial whose worker stopped beating for ``grace_period`` seconds is failed by the
 next worker that looks, and ``RetryHeartbeatStaleTrialCallback`` queues a copy of it (same
-parameters) so that no trial is lost (design §6).
+parameters) so that no trial is lost.
 """
 
 from __future__ import annotations

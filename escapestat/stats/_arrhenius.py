@@ -55,7 +55,7 @@ class AftBarrier:
 
 @dataclass(frozen=True)
 class ArrheniusFit:
-    """A fitted Arrhenius law (the §3 ``arrhenius --json`` contract, plus the cross-check).
+    """A fitted Arrhenius law (the ``arrhenius --json`` contract, plus the cross-checks).
 
     ``dispersion`` is the Pearson χ²/df (None with two temperatures); ``scale`` the
     φ̂ that multiplies the Poisson covariance (1 then); ``quantile`` the t quantile on

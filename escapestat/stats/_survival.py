@@ -57,7 +57,7 @@ def _upper_note(median: KaplanMeierMedian, durations: np.ndarray, events: np.nda
 
 @dataclass(frozen=True)
 class GroupSummary:
-    """Everything ``escapestat fit`` reports for one condition (the §3 JSON contract)."""
+    """Everything ``escapestat fit`` reports for one condition (its ``--json`` contract)."""
 
     group: object
     n: int

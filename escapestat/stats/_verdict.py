@@ -1,6 +1,6 @@
 """Which mechanism a condition's escape times show: activated, deterministic, absorbing.
 
-Design §4's rule, per condition:
+The rule, per condition (docs/statistics.md):
 
 - ``absorbing``: no escapes at all, and the run shows the state stable (``stability``:
   its order parameter did not rise toward the threshold over the last half); the rate

@@ -1,7 +1,8 @@
 """Hysteresis sweeps: ramp β up and then down across many replicas, find each mode's loop.
 
-Physics (design §1). Each teacher mode of strength s has the one-mode landscape
-ℓ(a) = ½ (s − a^L)² + (β L / 2) a², end-to-end strength w = a^L (``theory``).
+Physics (docs/paper.md, the hysteresis rows). Each teacher mode of strength s has the
+one-mode landscape ℓ(a) = ½ (s − a^L)² + (β L / 2) a², end-to-end strength w = a^L
+(``theory``).
 
 - **Up branch.** Replicas start in the learned state at ``beta_low`` (every mode at its
   fixed point, plus small noise). For depth L ≥ 3 the learned state exists up to the
@@ -19,11 +20,11 @@ Physics (design §1). Each teacher mode of strength s has the one-mode landscape
   and the time spent per β. So the loop is [β_down, β_up] ⊃ roughly [β_c, β_sp], wider
   at lower T and shorter dwell. Free hidden units (more than one per mode, or several
   modes at zero at once) give the zero state many ways out and lower the effective
-  barrier below the one-mode ΔE (design §1, width): ``ModeLoop.down_barrier_over_t``
+  barrier below the one-mode ΔE (wide nets): ``ModeLoop.down_barrier_over_t``
   reports the one-mode ΔE(β_down)/T, ≈ ln(dwell/τ₀) only for a single free channel.
   This module gives no Kramers prediction of β_down for that reason. SGD noise cannot
-  relearn a mode from the zero state (design §1: its noise lies in the learned
-  directions), so under SGD a loop stays open (down jump None).
+  relearn a mode from the zero state (its noise lies in the learned directions), so under
+  SGD a loop stays open (down jump None).
 - **Depth 2** has a continuous transition at β = s: no barrier on either side, the
   strength follows s − β both ways and there is no loop.
 

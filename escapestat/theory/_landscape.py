@@ -1,7 +1,7 @@
 """The one-mode landscape of a deep linear net under L2: critical points, spinodal, barrier.
 
 With balanced, aligned layers each teacher mode of strength s reduces to a scalar layer
-amplitude a, end-to-end strength w = a^L, and loss (design §1, whitened inputs)
+amplitude a, end-to-end strength w = a^L, and loss (whitened inputs)
 
     ℓ(a) = ½ (s − a^L)² + (β L / 2) a².
 

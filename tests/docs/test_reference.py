@@ -89,3 +89,21 @@ def test_markers_are_replaced_and_unknown_ones_fail():
     assert "| `cosine` |" in hooks.render(page)
     with pytest.raises(KeyError):
         hooks.render("<!-- generated: nothing -->\n")
+
+
+#: A citation of the project's internal design notes or issue tracker, which readers of
+#: the docs, the API reference (docstrings), the CLI help or a benchmark's output lack.
+INTERNAL = re.compile(r"design\s*§|design\.md|\bissues?\s+#?\d+|\(#\d+\)", re.IGNORECASE)
+
+
+def test_nothing_a_reader_sees_cites_internal_notes():
+    """Docs, README, CHANGELOG and the sources the API reference, the help and the
+    benchmarks' output come from name no design section or issue number."""
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for folder in ("escapestat", "cli", "benchmarks", "scripts"):
+        files += sorted((ROOT / folder).rglob("*.py"))
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in files
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if INTERNAL.search(line)]
+    assert not found, "\n".join(found)

@@ -185,7 +185,7 @@ def test_keep_shrinks_the_same_tensors():
 
 
 def test_saturated_softmax_leaves_no_subnormal_gradients():
-    """Logits 95 apart: softmax probabilities e^-95 ≈ 5e-42, subnormal in float32 (design §5)."""
+    """Logits 95 apart: softmax probabilities e^-95 ≈ 5e-42, subnormal in float32."""
     p, width = 5, 8
     model = MLPEnsemble.random(2, p, width)
     model.embed.fill_(0.5)  # z = 1, h = 1 for every pair

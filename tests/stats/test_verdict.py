@@ -1,4 +1,4 @@
-"""The mechanism verdict (design §4) on simulated data with known mechanisms."""
+"""The mechanism verdict on simulated data with known mechanisms."""
 
 from __future__ import annotations
 

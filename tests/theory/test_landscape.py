@@ -19,13 +19,13 @@ from escapestat.theory._landscape import (
 
 
 def test_reference_values_depth3():
-    # design §1: L = 3, s = 1: β_c ≈ 0.397, β_sp ≈ 0.472, ΔE(β_c) ≈ 0.0337, ΔE(β_c/2) ≈ 0.0039
+    # L = 3, s = 1: β_c ≈ 0.397, β_sp ≈ 0.472, ΔE(β_c) ≈ 0.0337, ΔE(β_c/2) ≈ 0.0039
     bc = critical_beta(3, 1.0)
     assert bc == pytest.approx(0.397, abs=5e-4)
     assert spinodal(3, 1.0) == pytest.approx(0.472, abs=5e-4)
     assert barrier(3, 1.0, bc) == pytest.approx(0.0337, abs=5e-5)
     assert barrier(3, 1.0, 0.5 * bc) == pytest.approx(0.0039, abs=5e-5)
-    # The paper's "critical" values are the spinodals of its modes (design §1).
+    # The paper's "critical" values are the spinodals of its modes.
     assert spinodal(3, 0.8) == pytest.approx(0.351, abs=5e-4)
     assert spinodal(3, 0.9) == pytest.approx(0.411, abs=5e-4)
     assert critical_beta(3, 0.8) == pytest.approx(0.295, abs=5e-4)

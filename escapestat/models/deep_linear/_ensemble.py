@@ -5,7 +5,7 @@ through Sxx = XᵀX/B and Syx = YᵀX/B, so with P = W_L ··· W_1 and G = P Sx
 
     ∇W_l = (W_L ··· W_{l+1})ᵀ G (W_{l−1} ··· W_1)ᵀ + β W_l,
 
-a few small batched matmuls whose cost does not grow with B (design §5); for small nets
+a few small batched matmuls whose cost does not grow with B; for small nets
 with many replicas on CPU, a few vector ops over the replicas instead (``VECTOR_MAX_MADDS``).
 Per-replica lr, β and temperature are tensors of shape [R], so one launch covers a whole
 ladder.

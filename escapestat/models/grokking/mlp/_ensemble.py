@@ -28,7 +28,7 @@ thread's cache (``native.py``, ``native/kernel_body.h``); elsewhere batched torc
 memory several times per step.
 
 Denormals: once the softmax saturates, the smallest probabilities underflow to subnormal
-floats, which some CPUs multiply ~100× slower (design §5). The shifted logits are
+floats, which some CPUs multiply ~100× slower. The shifted logits are
 floored at ``xent.PROB_FLOOR_DECADES`` decades above the log of the smallest normal number
 (far below the float32 resolution of the loss or its gradient), so δ stays normal.
 Products can still underflow, and so can AdamW's second moments: callers on the CPU
@@ -242,8 +242,8 @@ class MLPEnsemble:
 
         The bmm with one-hot counts C [R, 2p, B] by default: CUDA's ``index_add_`` adds in
         a nondeterministic order, and one route for every thread count keeps runs exactly
-        repeatable (design §7). ``index_add`` (two ``index_add_`` over E's rows) measured
-        3.6 ms against 5.4 ms at R 256, p 23, width 128, B 64 on one thread.
+        repeatable (same seed, same table). ``index_add`` (two ``index_add_`` over E's rows)
+        measured 3.6 ms against 5.4 ms at R 256, p 23, width 128, B 64 on one thread.
         """
         grad = self.grads[0]
         if self.embed_grad == "index_add":

@@ -35,7 +35,7 @@ small ops on 27-row tables) is a C kernel (``native.py``, ``native/attention_bod
 elsewhere the same formulas in torch (``backend``). Measured at R 32, p 23, d 128, 2
 cores, per loss and gradients: autograd 21.5 ms, written-out torch 15.0 ms, with the C
 attention 14.1 ms. Once softmax saturates its outputs
-may underflow to denormals, which made a CPU ``bmm`` ~100× slower here (design §5): the
+may underflow to denormals, which made a CPU ``bmm`` ~100× slower here: the
 backward floors the probabilities (as mlp_ensemble.py does), and callers on CPU should
 also set ``torch.set_flush_denormal(True)``.
 """
@@ -275,7 +275,7 @@ class TransformerEnsemble:
         d_attn = (d_mix.gather(3, by_head) + d_mix[..., p + 1:]).permute(0, 2, 3, 1)
         d_score = attn * (d_attn - (attn * d_attn).sum(2, keepdim=True))  # softmax over s
         # ∂table by a matmul with the one-hot selection, not a scatter-add: on CUDA that
-        # would add in a nondeterministic order (design §7).
+        # would add in a nondeterministic order (same seed, same table).
         d_table = self._rows(pairs, emb.dtype).flatten(1, 2).mT @ d_score.flatten(1, 2)
         d_emb = d_table @ kq  # [R, N, d]
         d_kq = d_table.mT @ emb  # [R, H, d]
