@@ -18,9 +18,6 @@ from escapestat.stats._per_stratum import fit_each, strata_json
 from escapestat.stats._strata import arrhenius_strata
 from escapestat.table import _records as records
 
-if TYPE_CHECKING:
-    from escapestat.stats._frailty import FrailtyFit
-
 from .common import (
     domain_errors,
     err_console,
@@ -40,6 +37,9 @@ from .options import (
     Unit,
     positive,
 )
+
+if TYPE_CHECKING:
+    from escapestat.stats._frailty import FrailtyFit
 
 
 def _table(fit: ArrheniusFit, unit: str, label: str | None) -> Table:

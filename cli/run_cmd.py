@@ -38,6 +38,7 @@ from .options import (
 if TYPE_CHECKING:
     from escapestat.stats._summary import ConditionSummary, RunSummary, StratumArrhenius
 
+
 class _Bar:
     """Renders the engine's progress events as a rich bar on stderr."""
 

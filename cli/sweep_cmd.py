@@ -12,11 +12,11 @@ from rich.table import Table
 
 from escapestat.vocab import SWEEP_CSV, SWEEP_JSON, SWEEP_PNG
 
-if TYPE_CHECKING:
-    from escapestat.sweep import SweepResult
-
 from .common import domain_errors, err_console, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut
+
+if TYPE_CHECKING:
+    from escapestat.sweep import SweepResult
 
 
 def _fmt(x: float | None) -> str:
