@@ -42,6 +42,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def number(x: float | None, digits: int = 3) -> str:
+    """A number for the terminal: whole between 100 and 10⁶ (steps and times read 1930 or
+    164413, not 1.93e+03), else ``digits`` significant digits; — for None or NaN."""
+    if x is None or x != x:
+        return "—"
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
+
+
 def print_json(obj: Any) -> None:
     """Print exactly one JSON object on stdout."""
     sys.stdout.write(json.dumps(_clean(obj), allow_nan=False) + "\n")

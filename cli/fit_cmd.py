@@ -15,7 +15,7 @@ from escapestat.stats._per_stratum import GroupSummaries, fit_each, summaries_js
 from escapestat.stats._strata import fit_strata
 from escapestat.table import _records as records
 
-from .common import domain_errors, err_console, note_pooled, out_console, print_json
+from .common import domain_errors, err_console, note_pooled, number, out_console, print_json
 from .options import (
     Bootstrap,
     BootstrapSeed,
@@ -38,19 +38,15 @@ class CiTransform(str, Enum):
     log = "log"
 
 
-def _fmt(x, digits: int = 4) -> str:
-    return "—" if x is None or x != x else f"{x:.{digits}g}"
-
-
 def _rmst_interval(ci) -> tuple[str, str] | str:
     """The RMST's CI, or "not estimable" (with the sure bound μ ≤ h where there is one)."""
     if ci[0] is not None:
         return _interval(ci)
-    return "not estimable" + (f" (≤ {_fmt(ci[1], 3)})" if ci[1] is not None else "")
+    return "not estimable" + (f" (≤ {number(ci[1])})" if ci[1] is not None else "")
 
 
 def _interval(ci) -> tuple[str, str]:
-    return _fmt(ci[0], 3), "∞" if ci[1] is None or ci[1] == float("inf") else _fmt(ci[1], 3)
+    return number(ci[0], 3), "∞" if ci[1] is None or ci[1] == float("inf") else number(ci[1], 3)
 
 
 def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: str,
@@ -65,18 +61,18 @@ def _table(summaries: list[survival.GroupSummary], group_col: str | None, unit: 
         "replicas": lambda s: str(s.n),
         "escaped": lambda s: str(s.events),
         "censored": lambda s: str(s.censored),
-        "rate": lambda s: _fmt(s.rate, 3),
+        "rate": lambda s: number(s.rate, 3),
         "  CI": lambda s: _interval(s.rate_ci),
-        "tau = 1/rate": lambda s: _fmt(s.tau),
+        "tau = 1/rate": lambda s: number(s.tau, 4),
         "  CI ": lambda s: _interval(s.tau_ci),
-        "KM median": lambda s: _fmt(s.median) if s.median_reached else "not reached",
+        "KM median": lambda s: number(s.median, 4) if s.median_reached else "not reached",
         "  CI  ": lambda s: _interval(s.median_ci),
-        "RMST": lambda s: _fmt(s.rmst),
-        "  horizon": lambda s: _fmt(s.rmst_horizon, 3),
+        "RMST": lambda s: number(s.rmst, 4),
+        "  horizon": lambda s: number(s.rmst_horizon),
         "  CI   ": lambda s: _rmst_interval(s.rmst_ci),
-        "Weibull shape": lambda s: _fmt(s.weibull_shape, 3),
+        "Weibull shape": lambda s: number(s.weibull_shape, 3),
         "  CI    ": lambda s: _interval(s.weibull_shape_ci),
-        "KS p vs exp": lambda s: _fmt(s.poisson_pvalue, 3),
+        "KS p vs exp": lambda s: number(s.poisson_pvalue, 3),
         "mechanism": lambda s: s.verdict,
     }
     if any(s.median_upper_note for s in summaries):
@@ -153,6 +149,6 @@ def fit(
         for g in summaries:
             if g.events == 0:
                 out_console.print(
-                    f"{g.group}: no escapes — the rate is below {_fmt(g.rate_ci[1], 3)} per "
+                    f"{g.group}: no escapes — the rate is below {number(g.rate_ci[1], 3)} per "
                     f"{unit.rstrip('s')} (95% upper bound)."
                 )

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from escapestat.vocab import COMPARE_CSV, TRIALS
 
-from .common import dask_line, domain_errors, err_console, out_console, print_json
+from .common import dask_line, domain_errors, err_console, number, out_console, print_json
 from .options import Device, DeviceOpt, JsonOut, LogOpt, cluster_option, parse_cluster_option
 
 if TYPE_CHECKING:
@@ -31,12 +31,6 @@ ClusterOpt = Annotated[str | None, cluster_option(
     "compare arms, one task per arm,", "Same replicas per arm as one process")]
 
 
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or x != x:
-        return "—"
-    return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
-
-
 class _TrialLine:
     """One line on stderr per finished trial: state, value, best so far, pruned count."""
 
@@ -50,15 +44,15 @@ class _TrialLine:
         best = min(ok, key=lambda t: t.value) if ok else None
         a = trial.user_attrs
         diverged = f", {a['diverged']} diverged" if a.get("diverged") else ""
-        what = (f"median {_fmt(a.get('median'))} ({a.get('events', 0)}/{a.get('n', 0)} "
-                f"escaped{diverged}), value {_fmt(trial.value, 4)}"
+        what = (f"median {number(a.get('median'))} ({a.get('events', 0)}/{a.get('n', 0)} "
+                f"escaped{diverged}), value {number(trial.value, 4)}"
                 if trial.state.name == "COMPLETE"
                 else f"pruned at step {a.get('pruned_at')}" if trial.state.name == "PRUNED"
                 else "interrupted" if a.get("interrupted")
                 else f"failed: {a['fail_reason']}" if a.get("fail_reason")
                 else trial.state.name.lower())
-        best_text = (f"best #{best.number} {_fmt(best.value, 4)} (median "
-                     f"{_fmt(best.user_attrs.get('median'))})" if best else "no feasible yet")
+        best_text = (f"best #{best.number} {number(best.value, 4)} (median "
+                     f"{number(best.user_attrs.get('median'))})" if best else "no feasible yet")
         err_console.print(escape(f"{name} trial {trial.number}: {what} · {best_text} · "
                                  f"{pruned} pruned"), highlight=False)
 
@@ -70,7 +64,7 @@ def _cluster_line(event) -> None:
 def _arm_line(arm, run) -> None:
     s = run.summary(n_bootstrap=1)
     diverged = f", {s.diverged} diverged" if s.diverged else ""
-    err_console.print(escape(f"compare {arm.name}: median {_fmt(s.median)}, "
+    err_console.print(escape(f"compare {arm.name}: median {number(s.median)}, "
                              f"{s.events}/{s.n} escaped{diverged}, "
                              f"{run.seconds:.0f} s"), highlight=False)
 
@@ -82,19 +76,19 @@ def _ratio(r: ArmComparison, key: str) -> str:
     bound = getattr(r, f"ratio_vs_{key}_bound")
     lo, hi = ci or (None, None)
     if v is None and bound:
-        median = f"{bound[0]} {_fmt(bound[1])} (not reached)"
+        median = f"{bound[0]} {number(bound[1])} (not reached)"
     elif v is None and lo is None and hi is None:
         median = "—"
     elif lo is not None and lo == hi:
-        median = f"{_fmt(v)} (within one check)"
+        median = f"{number(v)} (within one check)"
     else:
-        median = (f"{_fmt(v) if v is not None else '—'} [{'0' if lo is None else _fmt(lo)}, "
-                  f"{'∞' if hi is None else _fmt(hi)}]")
+        median = (f"{number(v) if v is not None else '—'} [{'0' if lo is None else number(lo)}, "
+                  f"{'∞' if hi is None else number(hi)}]")
     t, tci = getattr(r, f"time_ratio_vs_{key}"), getattr(r, f"time_ratio_vs_{key}_ci")
     if t is None:
         return median
     assert tci is not None  # the compare rows hold a time ratio with its CI (_time_columns)
-    return f"{median}\ntime {_fmt(t)} [{_fmt(tci[0])}, {_fmt(tci[1])}]"
+    return f"{median}\ntime {number(t)} [{number(tci[0])}, {number(tci[1])}]"
 
 
 def _table(title: str, caption: str, cols: tuple[str, ...]) -> Table:
@@ -121,14 +115,14 @@ def _print_compare(rows: list[ArmComparison]) -> None:
     for r in rows:
         lo, hi = r.median_ci or (None, None)
         median = ("not reached" if r.median is None
-                  else f"{_fmt(r.median)} [{_fmt(lo)}, {'∞' if hi is None else _fmt(hi)}]")
+                  else f"{number(r.median)} [{number(lo)}, {'∞' if hi is None else number(hi)}]")
         times.add_row(r.arm, median, f"{100 * r.escaped_fraction:.0f}%",
                       f"{100 * r.diverged_fraction:.0f}%",
-                      _fmt(getattr(r, end_key), 3) + ("" if r.feasible else "*"))
+                      number(getattr(r, end_key), 3) + ("" if r.feasible else "*"))
         if r.source.startswith("ablation"):
             continue
         ratios.add_row(r.arm, _ratio(r, "default"), _ratio(r, "best_constant"),
-                       _fmt(r.logrank_p, 2))
+                       number(r.logrank_p, 2))
     out_console.print(times)
     out_console.print(ratios)
     scheduled = [r for r in rows if r.ablations]
@@ -139,18 +133,18 @@ def _print_compare(rows: list[ArmComparison]) -> None:
                          ("arm", "best ablation", "× ablation [CI]", "p", "verdict"))
         for r in scheduled:
             ablated.add_row(r.arm, (r.ablation_best or "—").removeprefix(r.arm + ":"),
-                            _ratio(r, "ablation"), _fmt(r.logrank_p_vs_ablation, 2),
+                            _ratio(r, "ablation"), number(r.logrank_p_vs_ablation, 2),
                             r.schedule_verdict)
         out_console.print(ablated)
     for r in rows:
-        walls = [f"× {name} {_fmt(getattr(r, f'wall_ratio_vs_{key}'))}"
+        walls = [f"× {name} {number(getattr(r, f'wall_ratio_vs_{key}'))}"
                  for key, name in (("default", "default"), ("best_constant", "best const"))
                  if getattr(r, f"wall_ratio_vs_{key}") is not None]
         wall = f" — in wall-clock time: {', '.join(walls)}" if walls else ""
         detect = r.detectable_vs_best_constant or r.detectable_vs_default
         if detect is not None:
-            wall += (f"; with these replicas a time ratio beyond ×{_fmt(detect)} or "
-                     f"÷{_fmt(detect)} is detectable (80% power)")
+            wall += (f"; with these replicas a time ratio beyond ×{number(detect)} or "
+                     f"÷{number(detect)} is detectable (80% power)")
         params = ", ".join(f"{k.removeprefix('dynamics.')}={_short(v)}"
                            for k, v in r.params.items())
         out_console.print(escape(f"{r.arm}: {params or 'the study as written'}{wall}"),
@@ -180,7 +174,7 @@ def _report(result: OptimizeResult, json_out: bool) -> None:
             f"pruned, {payload['n_failed']} failed")
     if best is not None:
         line += (f"; best trial #{best.number}: {best.user_attrs.get('overrides')} — median "
-                 f"{_fmt(best.user_attrs.get('median'))}")
+                 f"{number(best.user_attrs.get('median'))}")
     out_console.print(escape(line), highlight=False)
     if result.compare:
         _print_compare(result.compare)

@@ -23,7 +23,7 @@ from rich.table import Table
 from escapestat.stats._survival import KS_BOOTSTRAP
 from escapestat.vocab import CHECKPOINT_EVERY, ESCAPES, REPLICAS
 
-from .common import dask_line, domain_errors, err_console, out_console, print_json
+from .common import dask_line, domain_errors, err_console, number, out_console, print_json
 from .options import (
     Bootstrap,
     BootstrapSeed,
@@ -76,19 +76,10 @@ class _Bar:
                                  trapped=f"{event.active} still running")
 
 
-def _fmt(x, digits: int = 3) -> str:
-    """Short numbers for narrow terminals: whole steps below 10⁶, else 3 significant digits."""
-    if x is None or x != x:
-        return "—"
-    if x == float("inf"):
-        return "∞"
-    return f"{x:.0f}" if 100 <= abs(x) < 1e6 else f"{x:.{digits}g}"
-
-
 def _compact(x, digits: int = 3) -> str:
     """``_fmt`` with short exponents (1.6e6, 9.8e-7), for the cells of wide tables."""
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "")
-                  + m.group(2), _fmt(x, digits))
+                  + m.group(2), number(x, digits))
 
 
 def _pair(lo, hi, digits: int = 2) -> str:
@@ -102,7 +93,7 @@ def _median(c: ConditionSummary, name: str) -> str:
     m, (lo, hi) = c.grokking.median(name) if c.grokking else (None, (None, None))
     if m is None:
         return "not reached"
-    return f"{_fmt(m)}\n{_fmt(lo)}–{'∞' if hi is None else _fmt(hi)}"
+    return f"{number(m)}\n{number(lo)}–{'∞' if hi is None else number(hi)}"
 
 
 def _batch(c: ConditionSummary) -> str:
@@ -138,13 +129,13 @@ def _print_grokking(summary: RunSummary) -> None:
         table.add_column(name, justify="right", overflow="fold")
     for c in rows:
         table.add_row(
-            _fmt(c.lr, 3), _fmt(c.weight_decay, 3), _batch(c),
+            number(c.lr, 3), number(c.weight_decay, 3), _batch(c),
             *((str(c.n),) if per == "" else ()),
             _median(c, "fit"), _median(c, "generalize"), _median(c, "delay"),
             f"{100 * c.grokking.grokked:.0f}%" if c.grokking else "—",
             _shape(c, grokking=True))
     out_console.print(table)
-    _print_verdicts(rows, lambda c: f"lr {_fmt(c.lr, 3)}, wd {_fmt(c.weight_decay, 3)}, "
+    _print_verdicts(rows, lambda c: f"lr {number(c.lr, 3)}, wd {number(c.weight_decay, 3)}, "
                                     f"B {c.batch_size}" + (" (full)" if c.full_batch else ""))
 
 
@@ -172,7 +163,7 @@ def _print_summary(summary: RunSummary) -> None:
     rows = summary.conditions
     constant = {key: {getattr(r, key) for r in rows} for key in _SETTINGS}
     shown = [key for key, values in constant.items() if len(values) > 1]
-    fixed = [f"{_SETTINGS[key]} = {_fmt(next(iter(constant[key])), 4)}"
+    fixed = [f"{_SETTINGS[key]} = {number(next(iter(constant[key])), 4)}"
              for key in _SETTINGS
              if key not in shown and next(iter(constant[key])) is not None]
     excluded = any(c.diverged + c.untrapped for c in rows)
@@ -201,15 +192,15 @@ def _print_summary(summary: RunSummary) -> None:
             *([f"{c.diverged}/{c.untrapped}"] if excluded else []),
         )
     out_console.print(table)
-    _print_verdicts(rows, lambda c: f"T {_fmt(c.temperature)}")
+    _print_verdicts(rows, lambda c: f"T {number(c.temperature)}")
     parts = [c for c in rows if c.switch_trapped_component is not None]
     if parts:
         comp = sorted(cast(float, c.switch_trapped_component) for c in parts)
         floor = sorted(cast(float, c.rounding_floor) for c in parts)
         out_console.print(
             f"trapped component at the switch (the layers' largest direction beyond the "
-            f"learned modes; medians per condition {_fmt(comp[0])} … {_fmt(comp[-1])}); "
-            f"rounding floor eps·‖W‖ ≈ {_fmt(floor[len(floor) // 2])}", highlight=False)
+            f"learned modes; medians per condition {number(comp[0])} … {number(comp[-1])}); "
+            f"rounding floor eps·‖W‖ ≈ {number(floor[len(floor) // 2])}", highlight=False)
     for f in summary.arrhenius:
         _print_arrhenius(f)
 

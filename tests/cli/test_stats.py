@@ -43,6 +43,20 @@ def test_fit_without_group_is_all(cli, ladder_csv):
     assert "pooled knowingly" in err
 
 
+def test_fit_prints_the_rmst_horizon_as_a_step_count(cli, tmp_path):
+    """The horizon (and the bound of a not-estimable RMST) reads 1000, not 1e+03."""
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"duration": [120.0, 400.0, 650.0, 1000.0],
+                  "event": [1, 1, 1, 0]}).to_csv(path, index=False)
+    code, out, err = cli("fit", path, "--bootstrap", "99")
+    assert code == 0, err
+    assert re.search(r"horizon\s*│\s*1000\s*│", out) and "e+03" not in out, out
+    pd.DataFrame({"duration": [1000.0], "event": [1]}).to_csv(path, index=False)
+    code, out, err = cli("fit", path, "--bootstrap", "99")
+    assert code == 0, err
+    assert "not estimable (≤ 1000)" in " ".join(out.split()), out
+
+
 def test_fit_table_and_plot(cli, ladder_csv, tmp_path):
     png = tmp_path / "km.png"
     code, out, err = cli("fit", ladder_csv, "--group-col", "temperature", "--plot", png,
