@@ -31,7 +31,9 @@ def report(
         "the fit with (default: the run's own, when it knows one).",
         callback=positive("--theory-barrier"), show_default=False)] = None,
 ) -> None:
-    """Write a report: metadata, per-condition statistics with the mechanism verdict,
+    """Write an HTML (and Markdown) report of a run, a search, a sweep or an escape table.
+
+    For a run or a table: metadata, per-condition statistics with the mechanism verdict,
     Kaplan–Meier curves with at-risk counts, the Arrhenius plot with its theory line,
     Weibull/KS diagnostics, grokking curves and schedules; for an optimisation folder the
     optimisation history, parameter importances and the compare arms; for a sweep folder
