@@ -352,14 +352,17 @@ class EscapeMonitor:
                 self._log_end(row)
                 return row
         finally:
-            self._end_log()
-            if not _OPEN:
-                _restore_handlers()
+            self._release()
 
     def discard(self) -> None:
         """End the run without writing a row (e.g. its data were found bad)."""
         self.closed = True
         _OPEN.pop(id(self), None)
+        self._release()
+
+    def _release(self) -> None:
+        """After the end: close or flush the tracker log; the last open monitor gives the
+        signal handlers back."""
         self._end_log()
         if not _OPEN:
             _restore_handlers()

@@ -367,15 +367,19 @@ class SearchOutcome:
 
     def ranked(self) -> list[optuna.trial.FrozenTrial]:
         """Complete, feasible trials, best first."""
-        ok = [t for t in self.trials if t.state == optuna.trial.TrialState.COMPLETE
-              and feasible(t) and t.value is not None]
-        return sorted(ok, key=lambda t: (t.value, t.number))
+        return _ranked(self.trials)
+
+
+def _ranked(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+          and feasible(t) and t.value is not None]
+    return sorted(ok, key=lambda t: (t.value, t.number))
 
 
 def outcome(study: optuna.Study) -> SearchOutcome:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    ranked = SearchOutcome(study.study_name, trials, None, counts).ranked()
+    ranked = _ranked(trials)
     return SearchOutcome(study.study_name, trials, ranked[0] if ranked else None, counts)
 
 

@@ -128,10 +128,15 @@ class ArrheniusFit:
         out.pop("covariance")
         out.pop("frailty_note")
         out["weibull_aft"] = {} if self.weibull_aft is None else self.weibull_aft.as_dict()
-        out["frailty"] = (self.frailty.as_dict() if self.frailty is not None else
-                          {"note": self.frailty_note} if self.frailty_note else {})
+        out["frailty"] = self.frailty_dict()
         out["direction"] = self.direction
         return out
+
+    def frailty_dict(self) -> dict:
+        """The ``frailty`` object of the JSON: the fit's, or the note why there is none."""
+        if self.frailty is not None:
+            return self.frailty.as_dict()
+        return {"note": self.frailty_note} if self.frailty_note else {}
 
 
 def check_theory_barrier(theory_barrier: float | None) -> None:

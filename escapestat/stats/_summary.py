@@ -184,9 +184,10 @@ class StratumArrhenius:
         if fit is None:
             out["error"] = self.error
             return out
-        full = fit.as_dict()
-        out.update({k: full[k] for k in ("barrier", "barrier_ci", "log_prefactor", "method",
-                                         "dispersion", "direction", "frailty")})
+        out.update(barrier=fit.barrier, barrier_ci=fit.barrier_ci,
+                   log_prefactor=fit.log_prefactor, method=fit.method,
+                   dispersion=fit.dispersion, direction=fit.direction,
+                   frailty=fit.frailty_dict())
         ratio = self.versus_theory()
         if ratio is not None:
             out.update(barrier_ratio=ratio["barrier_ratio"],
